@@ -1,0 +1,1 @@
+"""The `pirl` command line."""

@@ -1,0 +1,1 @@
+"""Datasets: demonstrations in LeRobot v3 layout, loaders for SFT."""

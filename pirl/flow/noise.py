@@ -1,0 +1,45 @@
+"""Learned noise network for Flow-Noise: features -> bounded per-element std."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class NoiseHead(nn.Module):
+    """Maps features [B, F] (or [B, H, F]) to a std in [std_min, std_max].
+
+    The raw output is tanh-squashed and mapped linearly onto the log-variance range
+    [log std_min^2, log std_max^2], so the std can neither collapse nor explode
+    (πRL's π0 reference: 0.08-0.16). The last layer starts at zero, so a fresh head
+    outputs the geometric middle of the range.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_shape: tuple[int, ...],
+        *,
+        hidden: int = 128,
+        std_min: float = 0.08,
+        std_max: float = 0.16,
+    ) -> None:
+        super().__init__()
+        if not (0 < std_min < std_max):
+            raise ValueError(f"need 0 < std_min < std_max, got std_min={std_min}, std_max={std_max}")
+        self.out_shape = tuple(out_shape)
+        self.log_var_min = 2.0 * math.log(std_min)
+        self.log_var_max = 2.0 * math.log(std_max)
+        out = math.prod(self.out_shape)
+        self.net = nn.Sequential(nn.Linear(in_features + 1, hidden), nn.SiLU(), nn.Linear(hidden, out))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: Tensor, t: Tensor) -> Tensor:
+        """std of shape [B, *out_shape] (float32) for features [B, F] at times t [B]."""
+        h = torch.cat([features.float(), t.float().view(-1, 1)], dim=-1)
+        squashed = torch.tanh(self.net(h))
+        log_var = self.log_var_min + 0.5 * (squashed + 1.0) * (self.log_var_max - self.log_var_min)
+        return torch.exp(0.5 * log_var).view(-1, *self.out_shape)

@@ -1,0 +1,374 @@
+"""Flow samplers with exact per-transition log-probabilities.
+
+Convention (docs/MATH.md): time runs from t = 1 (noise) to t = 0 (data) on the grid
+t_k = 1 - k/K, k = 0..K, step delta = 1/K. The velocity is any callable
+``velocity(x, t) -> v`` (or ``(v, std)`` for Flow-Noise) with ``x`` of shape [B, ...]
+and ``t`` a float tensor [B]. The model has already encoded its observation and holds
+that context inside the closure; this module knows nothing about models.
+
+Sampling and re-scoring share one code path (:func:`_transition`), so recomputing a
+stored chain's log-probability under the same parameters returns the stored value
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal, Optional, Union
+
+import torch
+from torch import Tensor
+
+Method = Literal["ode", "flow_sde", "flow_noise"]
+SdeSteps = Literal["one", "all"]
+Reduce = Literal["sum", "mean"]
+VelocityOut = Union[Tensor, tuple[Tensor, Tensor]]
+VelocityFn = Callable[[Tensor, Tensor], VelocityOut]
+NoiseStdFn = Callable[[Tensor, Tensor], Tensor]
+
+METHODS = ("ode", "flow_sde", "flow_noise")
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclass
+class Chain:
+    """A sampled denoising chain and the Gaussian transitions it was drawn from.
+
+    Shapes: B batch, K denoising steps, ``...`` the sample shape (e.g. an action chunk [H, D]).
+    """
+
+    xs: Tensor
+    """[B, K+1, ...] the chain x at t = 1, 1 - 1/K, ..., 0 (float32)."""
+    means: Tensor
+    """[B, K, ...] mean of every transition (float32)."""
+    stds: Tensor
+    """[B, K, ...] std of every transition; 0 where the transition is deterministic."""
+    stochastic: Tensor
+    """[B, K] bool, True where transition k was drawn with noise."""
+    log_probs: Tensor
+    """[B, K] float32 log-density of each transition (0 where deterministic)."""
+    init_log_prob: Tensor
+    """[B] log N(x^0; 0, I) (Flow-Noise counts it in the chain's likelihood)."""
+    method: str
+    steps: int
+    noise_level: Optional[float] = None
+    reduce: str = "sum"
+    mask: Optional[Tensor] = field(default=None, repr=False)
+    """Elements that count in the log-probabilities (broadcastable to [B, ...]); None = all."""
+
+    @property
+    def actions(self) -> Tensor:
+        """[B, ...] the final sample x at t = 0."""
+        return self.xs[:, -1]
+
+    @property
+    def log_prob(self) -> Tensor:
+        """[B] the chain's log-likelihood, aggregated as :func:`aggregate` describes."""
+        return aggregate(self.log_probs, self.stochastic, self.init_log_prob, self.method, self.reduce)
+
+    def detach(self) -> "Chain":
+        """A copy whose tensors carry no autograd history."""
+        return replace(
+            self,
+            xs=self.xs.detach(),
+            means=self.means.detach(),
+            stds=self.stds.detach(),
+            log_probs=self.log_probs.detach(),
+            init_log_prob=self.init_log_prob.detach(),
+        )
+
+
+def time_grid(steps: int, device: torch.device | str | None = None) -> Tensor:
+    """[K+1] float32 times t_k = 1 - k/K, from noise (1) to data (0)."""
+    _check_steps(steps)
+    k = torch.arange(steps + 1, device=device, dtype=torch.float64)
+    return (1.0 - k / steps).to(torch.float32)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Elementwise log N(x; mean, std^2) in float32."""
+    x, mean, std = x.float(), mean.float(), std.float()
+    z = (x - mean) / std
+    return -torch.log(std) - _LOG_SQRT_2PI - 0.5 * z * z
+
+
+def gaussian_entropy(std: Tensor) -> Tensor:
+    """Elementwise entropy 1/2 log(2 pi e std^2) of a Gaussian."""
+    return torch.log(std.float()) + _LOG_SQRT_2PI + 0.5
+
+
+def sde_sigma(t: Tensor, steps: int, noise_level: float) -> Tensor:
+    """Flow-SDE noise schedule sigma_t = a sqrt(t / (1 - t)).
+
+    At t = 1 the schedule is infinite; as in the reference, (1 - t) in the denominator
+    is replaced by the step delta there, giving sigma_1 = a sqrt(K).
+    """
+    delta = 1.0 / steps
+    one_minus = torch.where(t >= 1.0, torch.full_like(t, delta), 1.0 - t)
+    return noise_level * torch.sqrt(t / one_minus)
+
+
+def aggregate(
+    log_probs: Tensor, stochastic: Tensor, init_log_prob: Tensor, method: str, reduce: str = "sum"
+) -> Tensor:
+    """Chain log-likelihood [B] from per-transition log-probs [B, K].
+
+    ``sum``: sum over the stochastic transitions, plus log N(x^0; 0, I) for Flow-Noise.
+    ``mean``: that sum divided by the number of its terms (the πRL reference averages
+    over the K + 1 terms of Flow-Noise).
+    """
+    total = (log_probs * stochastic).sum(dim=1)
+    n_terms = stochastic.sum(dim=1).to(log_probs.dtype)
+    if method == "flow_noise":
+        total = total + init_log_prob
+        n_terms = n_terms + 1
+    if reduce == "sum":
+        return total
+    if reduce == "mean":
+        return total / n_terms.clamp(min=1)
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def _validate(method: str, steps: int, noise_level: Optional[float], sde_steps: str, reduce: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    _check_steps(steps)
+    if method == "flow_sde":
+        if noise_level is None:
+            raise ValueError("method 'flow_sde' needs noise_level (the SDE's a, reference 0.5)")
+        if not (isinstance(noise_level, (int, float)) and math.isfinite(noise_level) and noise_level > 0):
+            raise ValueError(f"noise_level must be a finite number > 0, got {noise_level!r}")
+        if sde_steps not in ("one", "all"):
+            raise ValueError(f"sde_steps must be 'one' (hybrid) or 'all', got {sde_steps!r}")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+
+def _call_velocity(
+    velocity: VelocityFn, x: Tensor, t: Tensor, method: str, noise_std: Optional[NoiseStdFn], check: bool
+) -> tuple[Tensor, Optional[Tensor]]:
+    out = velocity(x, t)
+    std = None
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise ValueError(f"velocity must return v or (v, std); got a tuple of {len(out)}")
+        v, std = out
+    else:
+        v = out
+    if not isinstance(v, Tensor) or v.shape != x.shape:
+        got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(f"velocity returned shape {got} for x of shape {tuple(x.shape)}; they must match")
+    v = v.float()
+    if check and not torch.isfinite(v).all():
+        raise ValueError("velocity returned non-finite values (NaN/inf); check the model's weights and inputs")
+    if method == "flow_noise":
+        if std is None:
+            if noise_std is None:
+                raise ValueError("method 'flow_noise' needs a std: return (v, std) from velocity or pass noise_std")
+            std = noise_std(x, t)
+        std = std.float()
+        try:
+            torch.broadcast_shapes(std.shape, x.shape)
+        except RuntimeError:
+            raise ValueError(f"std of shape {tuple(std.shape)} does not broadcast to x {tuple(x.shape)}") from None
+        if check and not (std > 0).all():
+            raise ValueError("std must be > 0 everywhere (got a value <= 0 or NaN); bound the noise head's output")
+    return v, std
+
+
+def _transition(
+    x: Tensor, v: Tensor, t: Tensor, delta: float, method: str, noise_level: Optional[float], steps: int,
+    std: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Mean and std of the transition from x at time t to t - delta (float32). ``t``: [B]."""
+    tb = t.view(-1, *([1] * (x.dim() - 1)))
+    if method == "flow_sde":
+        sigma = sde_sigma(tb, steps, noise_level)
+        x_hat1 = x + (1.0 - tb) * v
+        mean = x - delta * v - delta * sigma.square() / (2.0 * tb) * x_hat1
+        return mean, (sigma * math.sqrt(delta)).expand_as(x)
+    mean = x - delta * v
+    if method == "flow_noise":
+        return mean, std.expand_as(x)
+    return mean, torch.zeros_like(x)
+
+
+def _masked_sum(logp: Tensor, mask: Optional[Tensor]) -> Tensor:
+    if mask is not None:
+        logp = logp * mask.to(logp.dtype)
+    return logp.flatten(1).sum(dim=1)
+
+
+def sample(
+    velocity: VelocityFn,
+    x_init: Tensor,
+    *,
+    steps: int,
+    method: Method = "ode",
+    noise_level: Optional[float] = None,
+    sde_steps: SdeSteps = "one",
+    noise_std: Optional[NoiseStdFn] = None,
+    generator: Optional[torch.Generator] = None,
+    reduce: Reduce = "sum",
+    mask: Optional[Tensor] = None,
+    check_finite: bool = True,
+) -> Chain:
+    """Integrate from ``x_init`` (noise at t = 1) to t = 0 in ``steps`` steps and record the chain.
+
+    Args:
+        velocity: ``velocity(x, t)`` -> v, or (v, std) for Flow-Noise; x [B, ...], t [B].
+        x_init: [B, ...] starting noise (usually standard normal).
+        steps: K, the number of denoising steps.
+        method: ``"ode"`` (Euler), ``"flow_sde"`` (MATH.md's SDE with noise level a),
+            ``"flow_noise"`` (Euler mean, learned std, every step stochastic).
+        noise_level: a, for Flow-SDE.
+        sde_steps: Flow-SDE only; ``"one"`` = hybrid ODE-SDE (one random transition per sample
+            is stochastic), ``"all"`` = every transition stochastic.
+        noise_std: for Flow-Noise, a callable ``(x, t) -> std`` when velocity returns v alone.
+        generator: torch RNG for the noise and the hybrid step index.
+        reduce: how :attr:`Chain.log_prob` aggregates transitions (``"sum"`` or ``"mean"``).
+        mask: elements of x that count in log-probabilities (e.g. executed actions, unpadded dims).
+        check_finite: raise ``ValueError`` on non-finite velocities or non-positive stds.
+    """
+    _validate(method, steps, noise_level, sde_steps, reduce)
+    if not isinstance(x_init, Tensor) or x_init.dim() < 1 or x_init.shape[0] < 1:
+        raise ValueError("x_init must be a tensor [B, ...] with B >= 1")
+    B, device = x_init.shape[0], x_init.device
+    x = x_init.float()
+    grid = time_grid(steps, device)
+    delta = 1.0 / steps
+
+    if method == "flow_sde" and sde_steps == "one":
+        r = torch.randint(0, steps, (B,), device=device, generator=generator)
+        stochastic = torch.nn.functional.one_hot(r, steps).bool()
+    elif method == "ode":
+        stochastic = torch.zeros(B, steps, dtype=torch.bool, device=device)
+    else:
+        stochastic = torch.ones(B, steps, dtype=torch.bool, device=device)
+
+    xs, means, stds, log_probs = [x], [], [], []
+    for k in range(steps):
+        t = grid[k].expand(B)
+        v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
+        mean, std = _transition(x, v, t, delta, method, noise_level, steps, std)
+        noisy = stochastic[:, k]
+        if method == "flow_sde" and not bool(noisy.all()):
+            # hybrid: the deterministic transitions are plain ODE (Euler) steps, not the SDE's drift
+            mean = torch.where(_rows(noisy, x), mean, x - delta * v)
+        if noisy.any():
+            eps = torch.randn(x.shape, device=device, generator=generator, dtype=torch.float32)
+            step_std = torch.where(_rows(noisy, x), std, torch.zeros_like(std))
+            x_next = mean + step_std * eps
+            lp = _masked_sum(gaussian_log_prob(x_next, mean, torch.where(_rows(noisy, x), std, 1.0)), mask)
+            lp = torch.where(noisy, lp, torch.zeros_like(lp))
+        else:
+            step_std = torch.zeros_like(std)
+            x_next, lp = mean, torch.zeros(B, device=device)
+        xs.append(x_next)
+        means.append(mean)
+        stds.append(step_std)
+        log_probs.append(lp)
+        x = x_next
+
+    x0 = xs[0]
+    init_lp = _masked_sum(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask)
+    return Chain(
+        xs=torch.stack(xs, 1),
+        means=torch.stack(means, 1),
+        stds=torch.stack(stds, 1),
+        stochastic=stochastic,
+        log_probs=torch.stack(log_probs, 1),
+        init_log_prob=init_lp,
+        method=method,
+        steps=steps,
+        noise_level=noise_level,
+        reduce=reduce,
+        mask=mask,
+    )
+
+
+def _rows(rows: Tensor, like: Tensor) -> Tensor:
+    return rows.view(-1, *([1] * (like.dim() - 1)))
+
+
+def transition_log_probs(
+    velocity: VelocityFn,
+    chain: Chain,
+    *,
+    noise_std: Optional[NoiseStdFn] = None,
+    check_finite: bool = True,
+    return_std: bool = False,
+):
+    """[B, K] log-probabilities of the chain's stored transitions under the current velocity.
+
+    Evaluates the velocity only where a transition is stochastic: for a hybrid chain
+    (one stochastic transition per sample) that is a single batched call at each
+    sample's own (x^r, t_r); otherwise one call per denoising step that has any.
+    With ``return_std`` also returns the stds [B, K, ...] used (for entropy bonuses).
+    """
+    xs, stoch = chain.xs, chain.stochastic
+    B, K = stoch.shape
+    if xs.shape[1] != K + 1:
+        raise ValueError(f"chain.xs has {xs.shape[1]} states for {K} transitions; expected {K + 1}")
+    method, delta, device = chain.method, 1.0 / chain.steps, xs.device
+    grid = time_grid(chain.steps, device)
+    log_probs = torch.zeros(B, K, device=device, dtype=torch.float32)
+    stds = torch.zeros_like(xs[:, 1:]) if return_std else None
+    if method == "ode":
+        return (log_probs, stds) if return_std else log_probs
+
+    counts = stoch.sum(dim=1)
+    if bool((counts == 1).all()):
+        r = stoch.float().argmax(dim=1)
+        idx = torch.arange(B, device=device)
+        x, x_next, t = xs[idx, r], xs[idx, r + 1], grid[r]
+        v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
+        mean, std = _transition(x, v, t, delta, method, chain.noise_level, chain.steps, std)
+        lp = _masked_sum(gaussian_log_prob(x_next, mean, std), chain.mask)
+        log_probs = log_probs.index_put((idx, r), lp)
+        if return_std:
+            stds = stds.index_put((idx, r), std)
+    else:
+        columns = []
+        std_cols = []
+        for k in range(K):
+            noisy = stoch[:, k]
+            if not bool(noisy.any()):
+                columns.append(torch.zeros(B, device=device))
+                std_cols.append(torch.zeros_like(xs[:, 0]))
+                continue
+            x = xs[:, k]
+            t = grid[k].expand(B)
+            v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
+            mean, std = _transition(x, v, t, delta, method, chain.noise_level, chain.steps, std)
+            safe_std = torch.where(_rows(noisy, x), std, 1.0)
+            lp = _masked_sum(gaussian_log_prob(xs[:, k + 1], mean, safe_std), chain.mask)
+            columns.append(torch.where(noisy, lp, torch.zeros_like(lp)))
+            std_cols.append(torch.where(_rows(noisy, x), std, torch.zeros_like(std)))
+        log_probs = torch.stack(columns, 1)
+        if return_std:
+            stds = torch.stack(std_cols, 1)
+    return (log_probs, stds) if return_std else log_probs
+
+
+def log_prob(
+    velocity: VelocityFn,
+    chain: Chain,
+    *,
+    noise_std: Optional[NoiseStdFn] = None,
+    reduce: Optional[Reduce] = None,
+    check_finite: bool = True,
+) -> Tensor:
+    """[B] log-likelihood of a stored chain under the current parameters.
+
+    Same aggregation as :attr:`Chain.log_prob` (``reduce`` overrides the chain's). Under
+    the parameters that sampled the chain, the result equals ``chain.log_prob``.
+    """
+    lps = transition_log_probs(velocity, chain, noise_std=noise_std, check_finite=check_finite)
+    return aggregate(lps, chain.stochastic, chain.init_log_prob, chain.method, reduce or chain.reduce)

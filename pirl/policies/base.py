@@ -1,0 +1,248 @@
+"""The contract every flow policy meets, and the one code path that samples and re-scores chains.
+
+A policy implements three things:
+
+- ``encode(obs) -> ctx``: everything computed once per observation (prefix features, a
+  KV cache); the sampler never sees it.
+- ``velocity(ctx, x, t) -> (v, features)``: the flow velocity for a noisy chunk x [B, H, D]
+  at times t [B], and per-sample features [B, F] the Flow-Noise head reads.
+- ``value_features(ctx) -> [B, F]``: what the critic's value head reads.
+
+Everything RL needs is built on these here: :meth:`FlowPolicy.act` samples a chain during
+rollouts, :meth:`FlowPolicy.evaluate` re-scores stored chains during updates. Both go
+through :mod:`pirl.flow`, so the first PPO ratio of every update is exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from pirl import flow
+from pirl.flow import Chain, NoiseHead, SamplerConfig
+
+Obs = dict[str, Tensor]
+
+
+class ValueHead(nn.Module):
+    """A small MLP critic on policy features [B, F] -> [B]."""
+
+    def __init__(self, in_features: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.float()).squeeze(-1)
+
+
+class Normalizer(nn.Module):
+    """Affine z-score normalisation whose statistics travel with the weights (as buffers)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.eps = eps
+
+    def set_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Load statistics (e.g. a dataset's ``stats.json``); tiny stds are floored."""
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean.shape != self.mean.shape or std.shape != self.std.shape:
+            raise ValueError(f"stats of shape {tuple(mean.shape)}/{tuple(std.shape)} for a {self.mean.numel()}-dim normaliser")
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=1e-3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / (self.std + self.eps)
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return x * (self.std + self.eps) + self.mean
+
+
+@dataclass
+class ActOutput:
+    """What a rollout step needs from the policy. Actions are in the environment's units."""
+
+    actions: Tensor
+    """[B, H, D] action chunk, unnormalised."""
+    chain: Chain
+    """The denoising chain in the policy's normalised action space (detached)."""
+    log_prob: Tensor
+    """[B] float32 log-probability of the chain under the sampling policy."""
+    value: Optional[Tensor]
+    """[B] critic value, or None if the policy has no value head."""
+
+
+@dataclass
+class EvalOutput:
+    """Re-scored chains during an update."""
+
+    log_prob: Tensor
+    """[B] log-probability under the current parameters (differentiable)."""
+    value: Optional[Tensor]
+    """[B] value (differentiable), or None."""
+    entropy: Optional[Tensor]
+    """[B] Gaussian entropy of the stochastic transitions (mean per element), or None for Flow-SDE/ODE."""
+
+
+class FlowPolicy(nn.Module):
+    """Base class of all flow-matching policies (MLP, vision-language, π0 family)."""
+
+    action_horizon: int
+    """H, actions per predicted chunk."""
+    action_dim: int
+    """D, action dimensions."""
+    noise_head: Optional[NoiseHead]
+    value_head: Optional[ValueHead]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noise_head = None
+        self.value_head = None
+
+    # -- to implement -----------------------------------------------------------------------
+    def encode(self, obs: Obs) -> Any:
+        """Per-observation context (computed once per chunk, reused by every denoising step)."""
+        raise NotImplementedError
+
+    def velocity(self, ctx: Any, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(v [B, H, D], features [B, F]) for noisy chunk x at times t [B]."""
+        raise NotImplementedError
+
+    def value_features(self, ctx: Any) -> Tensor:
+        """[B, F] features for the value head."""
+        raise NotImplementedError
+
+    # -- provided ---------------------------------------------------------------------------
+    @property
+    def action_shape(self) -> tuple[int, int]:
+        return (self.action_horizon, self.action_dim)
+
+    def attach_noise_head(self, in_features: int, std_min: float = 0.08, std_max: float = 0.16) -> NoiseHead:
+        """Adds a Flow-Noise head reading ``velocity``'s features (trained by RL only)."""
+        self.noise_head = NoiseHead(in_features, self.action_shape, std_min=std_min, std_max=std_max)
+        return self.noise_head
+
+    def attach_value_head(self, in_features: int, hidden: int = 256) -> ValueHead:
+        """Adds a critic reading ``value_features``."""
+        self.value_head = ValueHead(in_features, hidden)
+        return self.value_head
+
+    def velocity_fn(self, ctx: Any, with_std: bool) -> flow.sampler.VelocityFn:
+        """The closure the sampler calls: binds the encoded observation."""
+
+        def fn(x: Tensor, t: Tensor):
+            v, features = self.velocity(ctx, x, t)
+            if with_std:
+                if self.noise_head is None:
+                    raise ValueError("method 'flow_noise' needs a noise head: call policy.attach_noise_head(...)")
+                return v, self.noise_head(features, t)
+            return v
+
+        return fn
+
+    def logp_mask(self, cfg: SamplerConfig, device: torch.device) -> Optional[Tensor]:
+        """[H, D] mask of the chunk elements whose log-probs count (the executed actions)."""
+        if cfg.logp_steps is None or cfg.logp_steps >= self.action_horizon:
+            return None
+        mask = torch.zeros(self.action_shape, dtype=torch.bool, device=device)
+        mask[: cfg.logp_steps] = True
+        return mask
+
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def sample_chain(
+        self, obs: Obs, cfg: SamplerConfig, *, generator: Optional[torch.Generator] = None, ctx: Any = None
+    ) -> Chain:
+        """A denoising chain [B, K+1, H, D] in normalised action space."""
+        ctx = self.encode(obs) if ctx is None else ctx
+        B = _batch_size(obs)
+        device = self.device()
+        x0 = torch.randn((B, *self.action_shape), generator=generator, device=device)
+        return flow.sample(
+            self.velocity_fn(ctx, cfg.method == "flow_noise"),
+            x0,
+            steps=cfg.steps,
+            method=cfg.method,
+            noise_level=cfg.noise_level,
+            sde_steps=cfg.sde_steps,
+            generator=generator,
+            reduce=cfg.reduce,
+            mask=self.logp_mask(cfg, device),
+        )
+
+    @torch.no_grad()
+    def act(self, obs: Obs, cfg: SamplerConfig, *, generator: Optional[torch.Generator] = None) -> ActOutput:
+        """Samples an action chunk for a batch of observations (rollouts and evaluation)."""
+        ctx = self.encode(obs)
+        chain = self.sample_chain(obs, cfg, generator=generator, ctx=ctx).detach()
+        value = self.value_head(self.value_features(ctx)) if self.value_head is not None else None
+        return ActOutput(self.unnormalize_actions(chain.actions), chain, chain.log_prob, value)
+
+    def evaluate(self, obs: Obs, chain: Chain, *, with_value: bool = True) -> EvalOutput:
+        """Re-scores stored chains under the current parameters (differentiable)."""
+        ctx = self.encode(obs)
+        with_std = chain.method == "flow_noise"
+        lps, stds = flow.transition_log_probs(self.velocity_fn(ctx, with_std), chain, return_std=True)
+        log_prob = flow.aggregate(lps, chain.stochastic, chain.init_log_prob, chain.method, chain.reduce)
+        entropy = None
+        if with_std:
+            ent = flow.gaussian_entropy(stds.clamp(min=1e-12))
+            entropy = ent.flatten(1).mean(dim=1)
+        value = None
+        if with_value and self.value_head is not None:
+            value = self.value_head(self.value_features(ctx))
+        return EvalOutput(log_prob, value, entropy)
+
+    def value(self, obs: Obs) -> Tensor:
+        """[B] critic values."""
+        if self.value_head is None:
+            raise ValueError("this policy has no value head: call policy.attach_value_head(...)")
+        return self.value_head(self.value_features(self.encode(obs)))
+
+    def flow_matching_loss(
+        self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """SFT loss (MATH.md): ||v(x_t, t) - (eps - a)||^2 with t ~ Beta(1.5, 1) * 0.999 + 0.001.
+
+        ``actions`` [B, H, D] are in the environment's units; ``mask`` [B, H] marks valid steps
+        (chunks that run past an episode's end are padded).
+        """
+        if actions.shape[1:] != self.action_shape:
+            raise ValueError(f"actions of shape {tuple(actions.shape)}; the policy predicts chunks {self.action_shape}")
+        a = self.normalize_actions(actions)
+        B = a.shape[0]
+        eps = torch.randn(a.shape, generator=generator, device=a.device)
+        u = torch.rand(B, generator=generator, device=a.device)
+        # Beta(1.5, 1) by inverse CDF: F(t) = t^1.5
+        t = u.pow(1.0 / 1.5) * 0.999 + 0.001
+        tb = t.view(-1, 1, 1)
+        x_t = tb * eps + (1 - tb) * a
+        v, _ = self.velocity(self.encode(obs), x_t, t)
+        err = (v.float() - (eps - a)).square()
+        if mask is None:
+            return err.mean()
+        m = mask.to(err.dtype).unsqueeze(-1).expand_as(err)
+        return (err * m).sum() / m.sum().clamp(min=1)
+
+    # -- normalisation (subclasses own an ``action_norm`` Normalizer) ----------------------------
+    def normalize_actions(self, actions: Tensor) -> Tensor:
+        norm = getattr(self, "action_norm", None)
+        return norm(actions.float()) if norm is not None else actions.float()
+
+    def unnormalize_actions(self, actions: Tensor) -> Tensor:
+        norm = getattr(self, "action_norm", None)
+        return norm.inverse(actions) if norm is not None else actions
+
+
+def _batch_size(obs: Obs) -> int:
+    for value in obs.values():
+        if isinstance(value, Tensor):
+            return value.shape[0]
+    raise ValueError("observation has no tensor to take the batch size from")

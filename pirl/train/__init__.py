@@ -1,0 +1,1 @@
+"""Training loops: SFT, online RL (rollout collection + updates), evaluation, checkpoints."""

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates .venv and installs pirl with what it needs. Idempotent: a second call only checks.
+# On a machine without an NVIDIA GPU it installs PyTorch's CPU build first and pins it,
+# so that no dependency can pull multi-GB CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${PIRL_TORCH_SPEC:-torch==2.13.0}
+EXTRAS=${PIRL_EXTRAS:-metaworld,dev}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.pirl-installed
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $EXTRAS"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+pip=".venv/bin/python -m pip"
+$pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  $pip install -q "$TORCH_SPEC"
+fi
+# pin the torch already installed so nothing upgrades it to a CUDA build
+tv=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+echo "torch==$tv" > .venv/constraints.txt
+$pip install -q -c .venv/constraints.txt -e ".[${EXTRAS}]"
+echo "$want" > "$stamp"
