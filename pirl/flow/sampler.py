@@ -67,6 +67,51 @@ class Chain:
         """[B] the chain's log-likelihood, aggregated as :func:`aggregate` describes."""
         return aggregate(self.log_probs, self.stochastic, self.init_log_prob, self.method, self.reduce)
 
+    def index(self, idx: Tensor | slice) -> "Chain":
+        """The chains of the selected batch rows (for minibatches)."""
+        return replace(
+            self,
+            xs=self.xs[idx],
+            means=self.means[idx],
+            stds=self.stds[idx],
+            stochastic=self.stochastic[idx],
+            log_probs=self.log_probs[idx],
+            init_log_prob=self.init_log_prob[idx],
+            mask=self.mask[idx] if (self.mask is not None and self.mask.dim() == self.xs.dim() - 1) else self.mask,
+        )
+
+    def to(self, device: torch.device | str) -> "Chain":
+        """A copy on another device."""
+        return replace(
+            self,
+            xs=self.xs.to(device),
+            means=self.means.to(device),
+            stds=self.stds.to(device),
+            stochastic=self.stochastic.to(device),
+            log_probs=self.log_probs.to(device),
+            init_log_prob=self.init_log_prob.to(device),
+            mask=self.mask.to(device) if self.mask is not None else None,
+        )
+
+    @staticmethod
+    def cat(chains: "list[Chain]") -> "Chain":
+        """Concatenates chains of one method and K along the batch."""
+        first = chains[0]
+        for c in chains[1:]:
+            if (c.method, c.steps, c.noise_level, c.reduce) != (first.method, first.steps, first.noise_level, first.reduce):
+                raise ValueError("cannot concatenate chains sampled with different methods or step counts")
+        per_row_mask = first.mask is not None and first.mask.dim() == first.xs.dim() - 1
+        return replace(
+            first,
+            xs=torch.cat([c.xs for c in chains]),
+            means=torch.cat([c.means for c in chains]),
+            stds=torch.cat([c.stds for c in chains]),
+            stochastic=torch.cat([c.stochastic for c in chains]),
+            log_probs=torch.cat([c.log_probs for c in chains]),
+            init_log_prob=torch.cat([c.init_log_prob for c in chains]),
+            mask=torch.cat([c.mask for c in chains]) if per_row_mask else first.mask,
+        )
+
     def detach(self) -> "Chain":
         """A copy whose tensors carry no autograd history."""
         return replace(

@@ -118,6 +118,23 @@ class FlowPolicy(nn.Module):
         """[B, F] features for the value head."""
         raise NotImplementedError
 
+    def prepare(self, obs: dict[str, Any]) -> Obs:
+        """Environment observation (numpy arrays, strings) -> model inputs on the policy's device.
+
+        The default converts numeric arrays to tensors and drops text; policies that read
+        instructions override it to tokenise ``obs["instruction"]``.
+        """
+        import numpy as np
+
+        device = self.device()
+        out: Obs = {}
+        for key, value in obs.items():
+            if isinstance(value, Tensor):
+                out[key] = value.to(device)
+            elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                out[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device)
+        return out
+
     # -- provided ---------------------------------------------------------------------------
     @property
     def action_shape(self) -> tuple[int, int]:
