@@ -1,0 +1,294 @@
+"""The samplers against docs/MATH.md: marginals, ratio-1 identity, gradients, edge cases, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pirl import flow
+from pirl.flow import NoiseHead, SamplerConfig
+
+torch.set_num_threads(1)
+
+M, S = 0.7, 0.5  # target a ~ N(M, S^2 I)
+
+
+def gaussian_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Exact velocity for data N(M, S^2 I) (MATH.md's marginal check)."""
+    t = t.view(-1, *([1] * (x.dim() - 1)))
+    var = t**2 + (1 - t) ** 2 * S**2
+    return (t - (1 - t) * S**2) / var * (x - (1 - t) * M) - M
+
+
+def final_moments(method: str, steps: int, n: int = 40_000, **kw) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(1234)
+    chain = flow.sample(gaussian_velocity, torch.randn(n, 3, generator=g), steps=steps, method=method, generator=g, **kw)
+    a = chain.actions
+    return a.mean().item(), a.var().item()
+
+
+MARGINAL_CASES = [("ode", {})] + [
+    ("flow_sde", {"noise_level": a, "sde_steps": mode}) for a in (0.3, 0.5, 0.8) for mode in ("one", "all")
+]
+
+
+@pytest.mark.parametrize("method,kw", MARGINAL_CASES, ids=lambda c: str(c))
+def test_marginals_reach_target_and_error_shrinks_with_K(method, kw):
+    errs = []
+    for steps in (4, 16, 128):
+        mean, var = final_moments(method, steps, **kw)
+        errs.append(abs(mean - M) + abs(var - S**2))
+    mean, var = final_moments(method, 128, **kw)
+    # sampling error of the variance over 120k scalars is ~1e-3; discretisation at K=128 is ~4e-3
+    assert abs(mean - M) < 0.01, (method, kw, mean)
+    assert abs(var - S**2) < 0.015, (method, kw, var)
+    assert errs[2] < errs[0], f"error did not shrink with K: {errs}"
+    assert errs[2] < 0.5 * errs[0] or errs[0] < 0.02
+
+
+class MLPVelocity(nn.Module):
+    """A small conditional velocity network over [B, H, D] chunks, with features for a noise head."""
+
+    def __init__(self, shape=(4, 3), hidden=64, dtype=torch.float32):
+        super().__init__()
+        self.shape = shape
+        n = math.prod(shape)
+        self.body = nn.Sequential(nn.Linear(n + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()).to(dtype)
+        self.out = nn.Linear(hidden, n).to(dtype)
+        self.noise = NoiseHead(hidden, shape)
+        self.dtype = dtype
+
+    def features(self, x, t):
+        h = torch.cat([x.flatten(1), t.view(-1, 1)], dim=1).to(self.dtype)
+        return self.body(h)
+
+    def forward(self, x, t):
+        return self.out(self.features(x, t)).view(x.shape)
+
+    def with_std(self, x, t):
+        f = self.features(x, t)
+        return self.out(f).view(x.shape), self.noise(f, t)
+
+
+METHOD_CASES = [
+    ("ode", {}),
+    ("flow_sde", {"noise_level": 0.5, "sde_steps": "one"}),
+    ("flow_sde", {"noise_level": 0.5, "sde_steps": "all"}),
+    ("flow_noise", {}),
+]
+
+
+def _velocity_for(model: MLPVelocity, method: str):
+    return model.with_std if method == "flow_noise" else model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 256])
+@pytest.mark.parametrize("method,kw", METHOD_CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_ratio_one_identity(method, kw, batch, dtype, reduce):
+    torch.manual_seed(0)
+    model = MLPVelocity(dtype=dtype)
+    g = torch.Generator().manual_seed(7)
+    vel = _velocity_for(model, method)
+    with torch.no_grad():
+        chain = flow.sample(vel, torch.randn(batch, 4, 3, generator=g), steps=5, method=method, generator=g,
+                            reduce=reduce, **kw)
+        again = flow.log_prob(vel, chain)
+    assert chain.log_prob.dtype == torch.float32 and chain.log_probs.dtype == torch.float32
+    assert torch.isfinite(chain.log_prob).all()
+    ratio = torch.exp(again - chain.log_prob)
+    assert (ratio - 1).abs().max().item() <= 1e-6
+    if method == "ode":
+        assert (chain.log_prob == 0).all()
+
+
+def test_hybrid_structure_and_single_velocity_call():
+    model = MLPVelocity()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        chain = flow.sample(model, torch.randn(64, 4, 3, generator=g), steps=6, method="flow_sde", noise_level=0.5,
+                            generator=g)
+    assert chain.xs.shape == (64, 7, 4, 3) and chain.means.shape == (64, 6, 4, 3)
+    assert (chain.stochastic.sum(1) == 1).all()
+    assert len(set(chain.stochastic.float().argmax(1).tolist())) > 1, "the SDE step index should vary per sample"
+    assert ((chain.stds > 0).flatten(2).all(2) == chain.stochastic).all()
+    assert torch.equal(chain.actions, chain.xs[:, -1])
+    calls = []
+
+    def counting(x, t):
+        calls.append(x.shape[0])
+        return model(x, t)
+
+    flow.log_prob(counting, chain)
+    assert calls == [64], "hybrid re-evaluation must be one batched velocity call"
+
+
+@pytest.mark.parametrize("method,kw", METHOD_CASES[1:], ids=lambda c: str(c))
+def test_batch_elements_are_independent(method, kw):
+    model = MLPVelocity()
+    vel = _velocity_for(model, method)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        chain = flow.sample(vel, torch.randn(16, 4, 3, generator=g), steps=4, method=method, generator=g, **kw)
+        base = flow.log_prob(vel, chain)
+        xs = chain.xs.clone()
+        xs[5] += 0.3 * torch.randn_like(xs[5])
+        changed = flow.log_prob(vel, flow.Chain(**{**chain.__dict__, "xs": xs}))
+    others = torch.arange(16) != 5
+    assert torch.equal(changed[others], base[others])
+    assert changed[5] != base[5]
+
+
+@pytest.mark.parametrize("method,kw", METHOD_CASES[1:], ids=lambda c: str(c))
+def test_gradients_reach_velocity_and_noise_network(method, kw):
+    model = MLPVelocity()
+    vel = _velocity_for(model, method)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        chain = flow.sample(vel, torch.randn(32, 4, 3, generator=g), steps=4, method=method, generator=g, **kw)
+    flow.log_prob(vel, chain).sum().backward()
+    assert model.out.weight.grad is not None and model.out.weight.grad.abs().sum() > 0
+    if method == "flow_noise":
+        assert model.noise.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_noise_std_callable_alternative_matches_tuple_return():
+    model = MLPVelocity()
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    x = torch.randn(8, 4, 3)
+    a = flow.sample(model.with_std, x, steps=3, method="flow_noise", generator=g1)
+    b = flow.sample(model, x, steps=3, method="flow_noise", generator=g2,
+                    noise_std=lambda x, t: model.with_std(x, t)[1])
+    assert torch.equal(a.log_prob, b.log_prob)
+    assert torch.equal(flow.log_prob(model, b, noise_std=lambda x, t: model.with_std(x, t)[1]), b.log_prob)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_finite_at_t_one_and_for_one_step(steps):
+    model = MLPVelocity()
+    for method, kw in METHOD_CASES:
+        chain = flow.sample(_velocity_for(model, method), torch.randn(32, 4, 3), steps=steps, method=method, **kw)
+        for tensor in (chain.xs, chain.means, chain.stds, chain.log_probs, chain.log_prob):
+            assert torch.isfinite(tensor).all(), (method, steps)
+    sigma1 = flow.sde_sigma(torch.tensor([1.0]), steps, 0.5)
+    assert torch.allclose(sigma1, torch.tensor([0.5 * math.sqrt(steps)]))
+
+
+def test_sde_mean_matches_reference_form():
+    """MATH.md: mu = x0_hat (1 - (t - d)) + x1_hat (t - d - sigma^2 d / (2t))."""
+    K, a = 5, 0.5
+    x, v = torch.randn(4, 3), torch.randn(4, 3)
+    for k in range(1, K):  # t < 1 (the t = 1 step replaces the denominator)
+        t, d = 1 - k / K, 1 / K
+        tt = torch.full((4,), t)
+        mean, std = flow.sampler._transition(x, v, tt, d, "flow_sde", a, K, None)
+        sig2 = a**2 * t / (1 - t)
+        x0, x1 = x - t * v, x + (1 - t) * v
+        ref = x0 * (1 - (t - d)) + x1 * (t - d - sig2 * d / (2 * t))
+        assert torch.allclose(mean, ref, atol=1e-6)
+        assert torch.allclose(std, torch.full_like(std, math.sqrt(sig2 * d)), atol=1e-6)
+
+
+def test_log_prob_matches_torch_distributions():
+    x, m, s = torch.randn(10), torch.randn(10), torch.rand(10) + 0.1
+    ref = torch.distributions.Normal(m, s).log_prob(x)
+    assert torch.allclose(flow.gaussian_log_prob(x, m, s), ref, atol=1e-6)
+    assert torch.allclose(flow.gaussian_entropy(s), torch.distributions.Normal(m, s).entropy(), atol=1e-6)
+
+
+def test_mask_restricts_log_prob_to_executed_actions():
+    model = MLPVelocity()
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[:2] = True
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(8, 4, 3, generator=g)
+    full = flow.sample(model, x, steps=3, method="flow_sde", noise_level=0.5, sde_steps="all",
+                       generator=torch.Generator().manual_seed(1))
+    part = flow.sample(model, x, steps=3, method="flow_sde", noise_level=0.5, sde_steps="all",
+                       generator=torch.Generator().manual_seed(1), mask=mask)
+    assert torch.equal(full.xs, part.xs)
+    per_elem = flow.gaussian_log_prob(full.xs[:, 1:], full.means, full.stds)
+    assert torch.allclose(part.log_probs, (per_elem * mask).flatten(2).sum(2), atol=1e-5)
+    assert torch.equal(flow.log_prob(model, part), part.log_prob)
+
+
+def test_noise_head_bounds():
+    head = NoiseHead(8, (4, 3), std_min=0.08, std_max=0.16)
+    with torch.no_grad():
+        head.net[-1].weight.normal_(0, 100.0)
+    std = head(torch.randn(1000, 8) * 10, torch.rand(1000))
+    assert std.shape == (1000, 4, 3)
+    assert std.min() >= 0.08 - 1e-6 and std.max() <= 0.16 + 1e-6
+    with pytest.raises(ValueError, match="std_min"):
+        NoiseHead(8, (2,), std_min=0.2, std_max=0.1)
+
+
+def test_chain_index_and_cat():
+    model = MLPVelocity()
+    c = flow.sample(model, torch.randn(6, 4, 3), steps=3, method="flow_sde", noise_level=0.5)
+    both = flow.Chain.cat([c, c])
+    assert both.xs.shape[0] == 12 and torch.equal(both.index(torch.tensor([7])).xs, c.index(torch.tensor([1])).xs)
+    assert torch.equal(flow.log_prob(model, both.index(slice(6, 12))), c.log_prob)
+
+
+BAD = [
+    (dict(method="sde"), "unknown method"),
+    (dict(method="ode", steps=0), "steps must be"),
+    (dict(method="flow_sde"), "needs noise_level"),
+    (dict(method="flow_sde", noise_level=0.0), "noise_level must be"),
+    (dict(method="flow_sde", noise_level=-1.0), "noise_level must be"),
+    (dict(method="flow_sde", noise_level=0.5, sde_steps="some"), "sde_steps"),
+    (dict(method="flow_noise"), "needs a std"),
+    (dict(method="ode", reduce="max"), "reduce"),
+]
+
+
+@pytest.mark.parametrize("kw,match", BAD, ids=[m for _, m in BAD])
+def test_bad_configuration_raises(kw, match):
+    kw = {"steps": 3, **kw}
+    with pytest.raises(ValueError, match=match):
+        flow.sample(gaussian_velocity, torch.randn(2, 3), **kw)
+
+
+def test_bad_velocity_outputs_raise():
+    x = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match="shape"):
+        flow.sample(lambda x, t: x[:, :2], x, steps=2)
+    with pytest.raises(ValueError, match="non-finite"):
+        flow.sample(lambda x, t: x * float("nan"), x, steps=2)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        flow.sample(lambda x, t: (x, torch.zeros_like(x)), x, steps=2, method="flow_noise")
+    with pytest.raises(ValueError, match="std must be > 0"):
+        flow.sample(lambda x, t: (x, -torch.ones(1)), x, steps=2, method="flow_noise")
+    with pytest.raises(ValueError, match="does not broadcast"):
+        flow.sample(lambda x, t: (x, torch.ones(5)), x, steps=2, method="flow_noise")
+    with pytest.raises(ValueError, match="x_init"):
+        flow.sample(gaussian_velocity, torch.randn(0, 3), steps=2)
+
+
+def test_sampler_config_validates_and_deterministic_copy():
+    with pytest.raises(ValueError, match="unknown method"):
+        SamplerConfig(method="flow")
+    with pytest.raises(ValueError, match="noise_level"):
+        SamplerConfig(noise_level=0.0)
+    cfg = SamplerConfig(method="flow_noise", steps=7)
+    assert cfg.deterministic().method == "ode" and cfg.deterministic().steps == 7
+
+
+def test_policy_act_evaluate_ratio_one_all_methods():
+    from pirl.policies import make_mlp_policy
+
+    torch.manual_seed(0)
+    policy = make_mlp_policy(6, 2, action_horizon=3, hidden=32)
+    obs = {"state": torch.randn(16, 6)}
+    for cfg in (SamplerConfig(), SamplerConfig(sde_steps="all"), SamplerConfig(method="flow_noise"),
+                SamplerConfig(logp_steps=2)):
+        out = policy.act(obs, cfg, generator=torch.Generator().manual_seed(0))
+        ev = policy.evaluate(obs, out.chain)
+        assert out.actions.shape == (16, 3, 2) and out.value.shape == (16,)
+        assert torch.equal(ev.log_prob, out.log_prob)
+        assert (ev.entropy is not None) == (cfg.method == "flow_noise")

@@ -1,0 +1,37 @@
+"""The seams stay honest: samplers import no models, algorithms no envs, envs no policies."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "pirl"
+
+FORBIDDEN = {
+    "flow": ("pirl.policies", "pirl.algorithms", "pirl.envs", "pirl.train", "pirl.data"),
+    "algorithms": ("pirl.envs", "pirl.policies.", "pirl.train", "pirl.data"),
+    "envs": ("pirl.policies", "pirl.algorithms", "pirl.flow", "pirl.train"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_import_boundaries(package):
+    bad = []
+    for path in (ROOT / package).rglob("*.py"):
+        for name in _imports(path):
+            if any(name == f.rstrip(".") or name.startswith(f if f.endswith(".") else f + ".") or name == f
+                   for f in FORBIDDEN[package]):
+                bad.append(f"{path.relative_to(ROOT.parent)} imports {name}")
+    assert not bad, "\n".join(bad)
