@@ -434,8 +434,10 @@ def describe(cls: type, prefix: str = "", width: int = 100) -> str:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        if sub is not None and (default is dataclasses.MISSING or dataclasses.is_dataclass(default)):
-            lines.append(f"  {key}: {sub.__name__}" + (f"  — {docs[f.name]}" if f.name in docs else ""))
+        if sub is not None and (default is None or default is dataclasses.MISSING or dataclasses.is_dataclass(default)):
+            # an Optional sub-config that defaults to None is created by setting any of its keys
+            head = sub.__name__ + (" | None = null" if default is None else "")
+            lines.append(f"  {key}: {head}" + (f"  — {docs[f.name]}" if f.name in docs else ""))
             lines.append(describe(sub, key, width))
             continue
         shown = "(required)" if default is dataclasses.MISSING else yaml.safe_dump(
