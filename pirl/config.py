@@ -172,7 +172,12 @@ def coerce(tp: Any, value: Any, path: str = "") -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():  # 1e6 parses as a float in YAML
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
             return int(value)
         raise _bad(path, value, tp)
     if tp is float:
@@ -311,6 +316,11 @@ def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]
                 node[part] = value
                 break
             sub = _dataclass_in(tp)
+            if sub is None and _is_dict(tp) and i == len(parts) - 2:  # `weights.reach=2` sets one entry
+                if not isinstance(node.get(part), Mapping):
+                    node[part] = {}
+                node[part][parts[-1]] = value
+                break
             if sub is None:
                 raise ConfigError(f"unknown key {key!r}: {here!r} ({type_name(tp)}) has no sub-keys")
             if not isinstance(node.get(part), Mapping):
@@ -318,6 +328,14 @@ def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]
             node = node[part]
             klass = sub
     return out
+
+
+def _is_dict(tp: Any) -> bool:
+    if tp is dict or typing.get_origin(tp) is dict:
+        return True
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_is_dict(a) for a in typing.get_args(tp))
+    return False
 
 
 def _dataclass_in(tp: Any) -> type | None:

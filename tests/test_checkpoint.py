@@ -181,3 +181,19 @@ def test_manager_keeps_latest_and_best(tmp_path):
     assert verify_checkpoint(mgr2.latest)["models"] == ["policy"]
     mgr2.save(50, models={"policy": model}, trainer_state={"step": 50, "again": True})  # overwrite in place
     assert load_checkpoint(mgr2.latest)["again"] is True
+
+
+def test_find_checkpoint_and_tensor_in_trainer_state(tmp_path):
+    from pirl.train.checkpoint import find_checkpoint
+
+    mgr = CheckpointManager(tmp_path / "run" / "checkpoints", keep_last=3)
+    for step in (1, 2, 3):
+        mgr.save(step, models={"policy": _model()}, metric=1.0 if step == 2 else 0.0)
+    assert find_checkpoint(tmp_path / "run") == mgr.path(3)
+    assert find_checkpoint(tmp_path / "run", "best") == mgr.path(2)
+    assert find_checkpoint(mgr.path(1)) == mgr.path(1)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        find_checkpoint(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
+    with pytest.raises(CheckpointError, match=r"trainer_state holds tensors at \['trainer.x'\]"):
+        save_checkpoint(tmp_path / "ck", trainer_state={"x": torch.ones(1)})
+    assert not (tmp_path / "ck").exists()

@@ -141,3 +141,8 @@ def test_field_docs_and_describe():
     assert "  sampler.method: 'ode' | 'flow_sde' | 'flow_noise' = flow_sde" in text
     assert "  env.image_size: tuple[int, int] | None = null" in text
     assert "  critic: OptimCfg | None = null  — Separate critic" in text and "critic.lr" in text
+
+
+def test_yaml11_numbers_and_dict_entries():
+    cfg = load_config(TopCfg, {"optim": {"lr": "3e-4"}, "env": {"num_envs": "1e2"}}, ["weights.push=0.5"])
+    assert cfg.optim.lr == 3e-4 and cfg.env.num_envs == 100 and cfg.weights == {"push": 0.5}

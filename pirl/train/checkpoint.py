@@ -250,7 +250,11 @@ def save_checkpoint(
         rng_meta, rng_tensors = capture_rng(generators)
         _save_tensors(tmp / "rng.safetensors", rng_tensors)
         _write_json(tmp / "rng.json", rng_meta)
-        _write_json(tmp / "trainer.json", _flatten(dict(trainer_state), "trainer", {}))
+        stray: dict[str, torch.Tensor] = {}
+        trainer_json = _flatten(dict(trainer_state), "trainer", stray)
+        if stray:  # kept JSON-only so the trainer state stays readable; tensors belong in models/stateful
+            raise CheckpointError(f"trainer_state holds tensors at {sorted(stray)}; store numbers (.item()) instead")
+        _write_json(tmp / "trainer.json", trainer_json)
         files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
         _write_json(
             tmp / MANIFEST,
@@ -459,3 +463,23 @@ class CheckpointManager:
         for s in steps:
             if _step_dir(s) not in keep:
                 shutil.rmtree(self.path(s), ignore_errors=True)
+
+
+def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """A checkpoint directory from a checkpoint, a ``checkpoints/`` directory or a run
+    directory; ``which`` ('latest' or 'best') picks among a run's checkpoints."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not root.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    mgr = CheckpointManager(root)
+    if which not in ("latest", "best"):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    found = mgr.best if which == "best" else mgr.latest
+    if found is None and which == "best":
+        found = mgr.latest  # no metric was ever given: the newest is the best we know
+    if found is None:
+        raise CheckpointError(f"{root}: no complete checkpoint (step_*/manifest.json) found")
+    return found
