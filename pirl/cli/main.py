@@ -1,8 +1,199 @@
-"""`pirl` entry point (placeholder until the CLI lands)."""
+"""``pirl``: the command line. Each subcommand builds its typed config from ``--config``
+(a YAML path or a preset name in ``configs/<command>/`` or ``configs/``) and trailing
+``key=value`` overrides, then calls its entry function.
 
+The dispatch table :data:`COMMANDS` names every entry point as ``module:function`` and its
+config class as ``module:Class``; they are imported only when that subcommand runs, so a
+missing or heavy module never slows down or breaks the others. An entry function is called
+as ``fn(cfg, args) -> int | None`` with the resolved config and the parsed arguments
+(``args.run_dir``, ``args.resume``, ``args.checkpoint``, ``args.runs``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from pirl import __version__
+from pirl.config import PACKAGE_CONFIGS, ConfigError, describe, dump_yaml, list_presets, load_config
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("pirl: the CLI is not built yet", file=sys.stderr)
-    return 2
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: where its entry function and its config class live."""
+
+    help: str
+    """One line for ``pirl --help``."""
+    target: str
+    """``module:function`` called as ``fn(cfg, args) -> int | None``."""
+    config: str
+    """``module:Class`` of its typed config (a frozen dataclass)."""
+    run_dir: bool = True
+    """Takes ``--run-dir`` (where it writes its outputs)."""
+
+
+COMMANDS: dict[str, Command] = {
+    "collect": Command("collect expert demonstrations into a dataset",
+                       "pirl.data.collect:collect_main", "pirl.data.collect:CollectConfig"),
+    "sft": Command("supervised flow-matching fine-tuning on demonstrations",
+                   "pirl.train.sft:sft_main", "pirl.train.sft:SFTConfig"),
+    "train": Command("online RL fine-tuning (PPO / GRPO / LOOP with Flow-Noise / Flow-SDE)",
+                     "pirl.train.rl:train_main", "pirl.train.rl:TrainConfig"),
+    "eval": Command("evaluate a checkpoint on held-out seeds (success rates, videos)",
+                    "pirl.train.evaluate:eval_main", "pirl.train.evaluate:EvalConfig"),
+    "report": Command("plot success curves and tabulate results of run directories",
+                      "pirl.train.report:report_main", "pirl.train.report:ReportConfig", run_dir=False),
+    "demo": Command("a short end-to-end run (SFT then RL) on a small task set",
+                    "pirl.demo:demo_main", "pirl.demo:DemoConfig"),
+}
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Unavailable(RuntimeError):
+    """A subcommand's module is not importable (not built yet, or a missing dependency)."""
+
+
+def resolve(ref: str) -> Any:
+    """Imports ``module:attr``; raises :class:`Unavailable` saying what is missing."""
+    module, _, attr = ref.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise Unavailable(f"cannot import {module} ({e})") from e
+    try:
+        return getattr(mod, attr)
+    except AttributeError as e:
+        raise Unavailable(f"{module} has no {attr!r}") from e
+
+
+def preset_dirs(command: str) -> list[Path]:
+    """Where ``--config NAME`` is looked up: ``configs/<command>/``, then ``configs/``, in the
+    current directory first, then in the pirl checkout."""
+    roots = [Path("configs"), PACKAGE_CONFIGS]
+    out: list[Path] = []
+    for r in roots:
+        for d in (r / command, r):
+            if d.resolve() not in [o.resolve() for o in out]:
+                out.append(d)
+    return out
+
+
+class _HelpAction(argparse.Action):
+    """``-h/--help``: the usual help, then every config field with its docstring."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show this help (with every config key) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        parser.print_help()
+        name = getattr(parser, "_pirl_command", None)
+        if name is not None:
+            cmd = COMMANDS[name]
+            try:
+                cls = resolve(cmd.config)
+                print(f"\nconfig keys ({cls.__name__}; set with key=value, nested keys dotted):")
+                print(describe(cls))
+            except (Unavailable, ConfigError) as e:
+                print(f"\nconfig keys: not available yet: {e}")
+            presets = list_presets(preset_dirs(name))
+            if presets:
+                print(f"\npresets: {', '.join(presets)}")
+        parser.exit(0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pirl`` parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="pirl", add_help=False,
+        description="Online RL fine-tuning of flow-matching robot policies.",
+        epilog="Run 'pirl COMMAND --help' for a command's options and config keys.",
+    )
+    parser.add_argument("-h", "--help", action=_HelpAction)
+    parser.add_argument("--version", action="version", version=f"pirl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, add_help=False,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p._pirl_command = name  # type: ignore[attr-defined]
+        p.add_argument("-h", "--help", action=_HelpAction)
+        p.add_argument("-c", "--config", metavar="PRESET|PATH",
+                       help="YAML config file or preset name (default: the config class's defaults)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        if cmd.run_dir:
+            p.add_argument("--run-dir", type=Path, metavar="DIR",
+                           help="where the run writes its outputs (default: runs/<command>-<time>)")
+        if name == "train":
+            p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                           help="continue a run from its latest checkpoint, with its saved config")
+        if name in ("eval", "demo"):
+            p.add_argument("--checkpoint", type=Path, metavar="PATH",
+                           help="checkpoint directory (or run directory: its best/latest checkpoint)")
+        if name == "report":
+            p.add_argument("items", nargs="*", metavar="RUN_DIR|key=value",
+                           help="run directories to report on, and config overrides")
+        else:
+            p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
+    return parser
+
+
+def _split_report_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    runs, overrides = [], []
+    for it in items:
+        (overrides if "=" in it and not Path(it).is_dir() else runs).append(it)
+    return runs, overrides
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``pirl`` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    name, cmd = args.command, COMMANDS[args.command]
+    if name == "report":
+        args.runs, args.overrides = _split_report_items(args.items)
+
+    def fail(msg: str) -> int:
+        print(f"pirl {name}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+    source: Any = args.config
+    if getattr(args, "resume", None) is not None:
+        if args.config is not None or args.overrides:
+            return fail("--resume continues a run with its saved config; --config and overrides are not allowed "
+                        "(start a new run to change the config)")
+        source = args.resume / "config.yaml"
+        if not source.is_file():
+            return fail(f"{args.resume}: not a run directory (no config.yaml)")
+    try:
+        cls = resolve(cmd.config)
+        cfg = load_config(cls, source, args.overrides, search=preset_dirs(name))
+    except Unavailable as e:
+        return fail(f"not available yet: {e}")
+    except ConfigError as e:
+        return fail(str(e))
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    try:
+        fn: Callable[..., Optional[int]] = resolve(cmd.target)
+    except Unavailable as e:
+        return fail(f"not available yet: {e}")
+    try:
+        rc = fn(cfg, args)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one is handled by the loop)
+        print(f"pirl {name}: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""``pirl report RUN_DIR [RUN_DIR ...]``: success curves (PNG) and a markdown table.
+
+Reads each run's ``metrics.jsonl`` (evaluation records: ``eval/success`` and per-task
+``eval/success/<task>``, with ``env_steps`` and ``wall_time``), ``summary.json`` (``name``,
+``method``, ``env_steps``, ``wall_time``) and ``config.yaml``. Writes into ``out``:
+
+- ``success_vs_env_steps.png`` and ``success_vs_wall_time.png``: one panel for the mean and
+  one per task, runs overlaid;
+- ``report.md``: per run, success before -> after (first and last evaluation), env steps,
+  wall time; then the same per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import yaml
+
+from pirl.train.logging import iter_eval_records, read_metrics, read_summary
+
+PLOTS = {"env_steps": "success_vs_env_steps.png", "wall_time": "success_vs_wall_time.png"}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``pirl report`` draws and where it writes."""
+
+    out: Optional[Path] = None
+    """Output directory; default: <RUN_DIR>/report for one run, ./report for several."""
+    key: str = "eval/success"
+    """Metric to plot and tabulate; its per-task values are '<key>/<task>'."""
+    per_task: bool = True
+    """Draw one panel per task besides the mean."""
+    max_panels: int = 24
+    """At most this many task panels (the first ones by name); the table lists all tasks."""
+    title: str = ""
+    """Figure title prefix (default: none)."""
+    dpi: int = 120
+    """PNG resolution."""
+    x_axes: tuple[Literal["env_steps", "wall_time"], ...] = ("env_steps", "wall_time")
+    """Which x axes to draw, one PNG each."""
+
+    def __post_init__(self) -> None:
+        if self.dpi < 30:
+            raise ValueError(f"dpi must be >= 30, got {self.dpi}")
+        if self.max_panels < 0:
+            raise ValueError(f"max_panels must be >= 0, got {self.max_panels}")
+
+
+@dataclass
+class RunData:
+    """One run's evaluation history, as the report sees it."""
+
+    path: Path
+    name: str
+    method: str
+    tasks: list[str]
+    env_steps: list[float] = field(default_factory=list)
+    wall_time: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    per_task: dict[str, list[float]] = field(default_factory=dict)
+    """Task -> success per evaluation (NaN where that evaluation lacks the task)."""
+    total_env_steps: Optional[float] = None
+    total_wall_time: Optional[float] = None
+
+
+def _method(summary: dict, config: dict) -> str:
+    if summary.get("method"):
+        return str(summary["method"])
+    for key in ("method", "algo", "algorithm"):
+        v = config.get(key)
+        if isinstance(v, str):
+            return v
+        if isinstance(v, dict) and isinstance(v.get("name"), str):
+            return v["name"]
+    return "?"
+
+
+def load_run(run_dir: str | Path, key: str = "eval/success") -> RunData:
+    """Reads a run directory; raises FileNotFoundError if it has neither metrics nor summary."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run directory")
+    records = read_metrics(path)
+    summary = read_summary(path)
+    if not records and not summary:
+        raise FileNotFoundError(f"{path}: no metrics.jsonl or summary.json (not a run directory?)")
+    cfg_file = path / "config.yaml"
+    config = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
+    evals = list(iter_eval_records(records, key))
+    prefix = key + "/"
+    tasks = sorted({k[len(prefix):] for r in evals for k in r if k.startswith(prefix)})
+    run = RunData(path=path, name=str(summary.get("name") or path.name), method=_method(summary, config or {}), tasks=tasks)
+    for r in evals:
+        per = {t: float(r[prefix + t]) for t in tasks if prefix + t in r}
+        mean = float(r[key]) if key in r else (sum(per.values()) / len(per) if per else math.nan)
+        run.env_steps.append(float(r.get("env_steps", math.nan)))
+        run.wall_time.append(float(r.get("wall_time", math.nan)))
+        run.mean.append(mean)
+        for t in tasks:
+            run.per_task.setdefault(t, []).append(per.get(t, math.nan))
+    last = records[-1] if records else {}
+    run.total_env_steps = summary.get("env_steps", max((r.get("env_steps", 0) for r in records), default=None))
+    run.total_wall_time = summary.get("wall_time", last.get("wall_time"))
+    if not evals and key in summary:  # no curve, but a final result in the summary
+        run.mean.append(float(summary[key]))
+        run.env_steps.append(float(run.total_env_steps or math.nan))
+        run.wall_time.append(float(run.total_wall_time or math.nan))
+    return run
+
+
+def _unique_labels(runs: Sequence[RunData]) -> list[str]:
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # same dir names under different parents
+        names = [f"{r.path.parent.name}/{r.name}" for r in runs]
+    return [f"{n} ({r.method})" if r.method != "?" else n for n, r in zip(names, runs)]
+
+
+def _fmt_time(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _fmt_steps(n: Optional[float]) -> str:
+    if n is None or not math.isfinite(n):
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{int(n)}"
+
+
+def _before_after(values: Sequence[float]) -> str:
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{vals[0]:.2f} → {vals[-1]:.2f}"
+
+
+def markdown_table(runs: Sequence[RunData]) -> str:
+    """Markdown: a run table (mean success before → after, env steps, wall time), then a
+    task × run table when the runs report per-task success."""
+    labels = _unique_labels(runs)
+    lines = [
+        "| run | method | success (first → last eval) | env steps | wall time |",
+        "|---|---|---|---|---|",
+    ]
+    for r, label in zip(runs, labels):
+        name = label.split(" (")[0]
+        lines.append(
+            f"| {name} | {r.method} | {_before_after(r.mean)} | {_fmt_steps(r.total_env_steps)} | "
+            f"{_fmt_time(r.total_wall_time)} |"
+        )
+    tasks = sorted({t for r in runs for t in r.tasks})
+    if tasks:
+        lines += ["", "| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(runs)]
+        for t in tasks:
+            cells = [_before_after(r.per_task.get(t, [])) for r in runs]
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(runs: Sequence[RunData], path: str | Path, x: str, cfg: ReportConfig = ReportConfig()) -> Path:
+    """One PNG: mean success (and per-task panels) against ``x`` ('env_steps' or 'wall_time')."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    tasks = sorted({t for r in runs for t in r.tasks})[: cfg.max_panels] if cfg.per_task else []
+    panels = ["mean over tasks" if tasks else cfg.key] + tasks
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.6), squeeze=False,
+                             sharex=True, sharey=True)
+    hours = x == "wall_time" and max((max(r.wall_time, default=0) for r in runs), default=0) > 2 * 3600
+    scale = 3600.0 if hours else 60.0
+    colors = plt.get_cmap("tab10").colors
+    labels = _unique_labels(runs)
+    for i, panel in enumerate(panels):
+        ax = axes[i // ncols][i % ncols]
+        for j, (r, label) in enumerate(zip(runs, labels)):
+            xs = r.env_steps if x == "env_steps" else [w / scale for w in r.wall_time]
+            ys = r.mean if i == 0 else r.per_task.get(panel, [])
+            pts = [(a, b) for a, b in zip(xs, ys) if math.isfinite(a) and math.isfinite(b)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, linewidth=1.6, color=colors[j % 10],
+                        label=label if i == 0 else None)
+        ax.set_title(panel, fontsize=10, fontweight="bold" if i == 0 else "normal")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        if x == "env_steps":
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt_steps(v)))
+    xlabel = "env steps" if x == "env_steps" else f"wall time ({'h' if hours else 'min'})"
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for k in range(len(panels), nrows * ncols):  # empty slots: the panel above gets the x axis
+        axes[k // ncols][k % ncols].axis("off")
+        above = axes[k // ncols - 1][k % ncols]
+        above.xaxis.set_tick_params(labelbottom=True)
+        above.set_xlabel(xlabel)
+    for row in axes:
+        row[0].set_ylabel("success rate")
+    title = f"{cfg.title + ': ' if cfg.title else ''}success vs {xlabel.split(' (')[0]}"
+    fig.suptitle(title, fontsize=12)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(4, len(handles)), fontsize=9, frameon=False)
+    legend_rows = math.ceil(len(handles) / 4) if handles else 0
+    fig.tight_layout(rect=(0, 0.05 * legend_rows / nrows + 0.02 * legend_rows, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=cfg.dpi)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Report:
+    """What :func:`make_report` wrote."""
+
+    out: Path
+    plots: list[Path]
+    markdown: Path
+    table: str
+
+
+def make_report(run_dirs: Sequence[str | Path], cfg: ReportConfig = ReportConfig()) -> Report:
+    """Reads the runs, draws the plots and writes ``report.md``."""
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    runs = [load_run(d, cfg.key) for d in run_dirs]
+    out = Path(cfg.out) if cfg.out is not None else (runs[0].path / "report" if len(runs) == 1 else Path("report"))
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [plot_runs(runs, out / PLOTS[x], x, cfg) for x in cfg.x_axes]
+    table = markdown_table(runs)
+    md = [f"# {cfg.title or 'pirl report'}", "", "Runs: " + ", ".join(f"`{r.path}`" for r in runs), "", table]
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return Report(out=out, plots=plots, markdown=out / "report.md", table=table)
+
+
+def report_main(cfg: ReportConfig, args: argparse.Namespace) -> int:
+    """CLI entry: ``args.runs`` are the run directories."""
+    runs: list[Any] = list(getattr(args, "runs", []) or [])
+    if not runs:
+        print("pirl report: error: give at least one RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        rep = make_report(runs, cfg)
+    except FileNotFoundError as e:
+        print(f"pirl report: error: {e}", file=sys.stderr)
+        return 2
+    print(rep.table)
+    print(f"wrote {rep.markdown} and {', '.join(str(p) for p in rep.plots)}")
+    return 0

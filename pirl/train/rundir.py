@@ -1,0 +1,71 @@
+"""The layout of a run directory, in one place.
+
+    <run>/config.yaml          resolved config (load it back with pirl.config.load_config)
+    <run>/metrics.jsonl        one JSON record per log call (pirl.train.logging)
+    <run>/tb/                  TensorBoard event files
+    <run>/checkpoints/         step_<n>/ checkpoints + index.json (pirl.train.checkpoint)
+    <run>/videos/              evaluation videos (pirl.train.video)
+    <run>/summary.json         final results (pirl.train.logging.write_summary)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from pirl.config import dump_config
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def videos(self) -> Path:
+        return self.path / "videos"
+
+    @classmethod
+    def create(cls, path: Optional[str | Path] = None, *, root: str | Path = "runs", name: str = "run") -> "RunDir":
+        """A new run directory: ``path``, or ``<root>/<name>-<YYYYmmdd-HHMMSS>``. Refuses a
+        directory that already holds a run (use ``open`` + resume for that)."""
+        p = Path(path) if path is not None else Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (p / "config.yaml").exists():
+            raise FileExistsError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
+        p.mkdir(parents=True, exist_ok=True)
+        return cls(p)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """An existing run directory (for resume/eval/report); it must have its config.yaml."""
+        p = Path(path)
+        if not (p / "config.yaml").is_file():
+            raise FileNotFoundError(f"{p}: not a run directory (no config.yaml)")
+        return cls(p)
+
+    def save_config(self, cfg: Any) -> Path:
+        """Writes the resolved config (atomically)."""
+        return dump_config(cfg, self.config)

@@ -1,0 +1,92 @@
+"""`pirl report` on synthetic run directories, and the CLI skeleton."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pirl.cli.main import COMMANDS, build_parser, main
+from pirl.train.logging import MetricsLogger, write_summary
+from pirl.train.report import ReportConfig, load_run, make_report
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("reach-v3", "push-v3")
+
+
+def _fake_run(path: Path, method: str, gain: float) -> Path:
+    log = MetricsLogger(path, tensorboard=False)
+    for i, step in enumerate(range(0, 25, 5)):
+        log.log(step, {"loss/policy": 0.1}, env_steps=step * 100)
+        per = {f"eval/success/{t}": min(1.0, 0.2 + gain * i * (k + 1) / 4) for k, t in enumerate(TASKS)}
+        log._start -= 60  # pretend each eval interval took a minute
+        log.log(step, {"eval/success": sum(per.values()) / len(per), **per}, env_steps=step * 100)
+    log.close()
+    (path / "config.yaml").write_text(f"algo: {{name: {method}}}\n")
+    write_summary(path, {"env_steps": 2400})
+    return path
+
+
+def test_report_png_and_table(tmp_path):
+    a = _fake_run(tmp_path / "ppo_run", "ppo", 0.2)
+    b = _fake_run(tmp_path / "grpo_run", "grpo", 0.1)
+    rep = make_report([a, b], ReportConfig(out=tmp_path / "out", title="toy"))
+    for p in rep.plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    assert {p.name for p in rep.plots} == {"success_vs_env_steps.png", "success_vs_wall_time.png"}
+    assert "| ppo_run | ppo | 0.20 → 0.50 | 2.4k | 5m00s |" in rep.table
+    assert "| push-v3 | 0.20 → 0.60 | 0.20 → 0.40 |" in rep.table
+    md = rep.markdown.read_text()
+    assert "![success_vs_env_steps](success_vs_env_steps.png)" in md
+    run = load_run(a)
+    assert run.tasks == sorted(TASKS) and run.method == "ppo" and len(run.mean) == 5
+
+
+def test_report_cli(tmp_path, capsys):
+    a = _fake_run(tmp_path / "r1", "loop", 0.2)
+    assert main(["report", str(a), "per_task=false", "x_axes=[env_steps]"]) == 0
+    assert (a / "report" / "success_vs_env_steps.png").is_file()
+    assert not (a / "report" / "success_vs_wall_time.png").exists()
+    assert "| r1 | loop |" in capsys.readouterr().out
+    assert main(["report", str(a), "dpii=3"]) == 2
+    assert "did you mean 'dpi'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert main(["report"]) == 2
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_exits_zero(command, capsys):
+    argv = ["--help"] if command is None else [command, "--help"]
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: pirl" in out and "config keys" in (out if command else "config keys")
+
+
+def test_report_help_lists_config_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "dpi: int = 120\n      PNG resolution." in capsys.readouterr().out
+
+
+def test_unavailable_command_and_resume_rules(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(COMMANDS, "train", COMMANDS["train"].__class__(
+        "t", "pirl.no_such_module:main", "pirl.train.report:ReportConfig"))
+    assert main(["train", "dpi=100"]) == 2
+    assert "not available yet: cannot import pirl.no_such_module" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "dpi=100"]) == 2
+    assert "--resume continues a run with its saved config" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("dpi: 77\n")
+    assert main(["train", "--resume", str(tmp_path), "--print-config"]) == 0
+    assert "dpi: 77" in capsys.readouterr().out
+
+
+def test_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "pirl.cli.main", "--version"], cwd=ROOT, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.startswith("pirl ")
