@@ -217,3 +217,67 @@ def test_gae_without_critic_raises():
     rollout = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=4)).collect()
     with pytest.raises(ValueError, match="GAE needs values"):
         build_batch(rollout.buffers, AdvantageConfig("gae"))
+
+
+# -- a non-flow policy with its own record type and per-element log-probs ----------------------
+@dataclasses.dataclass
+class _Record:
+    actions: torch.Tensor  # [B, M]
+
+    def index(self, idx):
+        return _Record(self.actions[idx])
+
+    def to(self, device):
+        return _Record(self.actions.to(device))
+
+    @staticmethod
+    def cat(records):
+        return _Record(torch.cat([r.actions for r in records]))
+
+
+class _GaussianPolicy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mu = nn.Linear(4, 3)
+        self.log_std = nn.Parameter(torch.zeros(3))
+
+    def dist(self, obs):
+        return torch.distributions.Normal(self.mu(obs["state"]), self.log_std.exp())
+
+    def evaluate(self, obs, record):
+        from pirl.policies.base import EvalOutput
+
+        d = self.dist(obs)
+        return EvalOutput(d.log_prob(record.actions), None, d.entropy().mean(-1))
+
+
+def test_opaque_record_and_element_ratio():
+    from pirl.algorithms import RolloutBuffer
+
+    torch.manual_seed(0)
+    policy = _GaussianPolicy()
+    buf = RolloutBuffer(num_steps=3, num_envs=4)
+    buf.set_ids(torch.zeros(4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    valid = torch.ones(4, dtype=torch.bool)
+    for t in range(3):
+        obs = {"state": torch.randn(4, 4)}
+        with torch.no_grad():
+            a = policy.dist(obs).sample()
+            lp = policy.dist(obs).log_prob(a)  # [N, M]
+        last = torch.full((4,), t == 2)
+        reward = (a.sum(-1) > 0).float() * last
+        buf.add(obs, _Record(a), lp, None, reward, last, torch.zeros(4, dtype=torch.bool), valid)
+    batch = build_batch([buf], AdvantageConfig("rloo"))
+    assert batch.old_log_prob.shape == (12, 3)
+    before = copy.deepcopy(policy.state_dict())
+    cfg = PPOConfig(ratio_level="element", normalize_advantages=False, value_coef=0.0, entropy_coef=0.01,
+                    minibatch_size=4, epochs=2)
+    metrics = PPOUpdater(policy, cfg).update(batch)
+    assert metrics["policy/ratio_check"] <= 1e-5 and metrics["loss/optimizer_steps"] == 6
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    with pytest.raises(ValueError, match="needs old log-probs \\[B, M\\]"):
+        PPOUpdater(policy, PPOConfig(ratio_level="element")).update(
+            batch.replace(old_log_prob=batch.old_log_prob[:, 0]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        PPOUpdater(policy, PPOConfig(ratio_level="element")).update(
+            batch.replace(old_log_prob=batch.old_log_prob[:, :2]))

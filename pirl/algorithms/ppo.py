@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +168,12 @@ class PPOUpdater:
         for name, x in {**checks, **batch.obs}.items():
             if x.shape[0] != B:
                 raise ValueError(f"batch.{name} has {x.shape[0]} rows, advantages have {B}")
+        want = 1 if self.cfg.ratio_level == "chunk" else 2
+        if batch.old_log_prob.dim() != want:
+            raise ValueError(
+                f"ratio_level {self.cfg.ratio_level!r} needs old log-probs "
+                f"{'[B]' if want == 1 else '[B, M]'}, got shape {tuple(batch.old_log_prob.shape)}"
+            )
         if batch.advantages.dim() != 1:
             raise ValueError(f"advantages must be [B], got {tuple(batch.advantages.shape)}")
         for name in ("advantages", "returns", "old_log_prob"):
@@ -178,6 +184,11 @@ class PPOUpdater:
     def check_ratio(self, batch: RolloutBatch) -> float:
         """Max |ratio - 1| on ``batch`` under the current parameters; raises RatioCheckError above tolerance."""
         out = self.policy.evaluate(batch.obs, batch.chain)
+        if out.log_prob.shape != batch.old_log_prob.shape:
+            raise ValueError(
+                f"the policy's log-probs {tuple(out.log_prob.shape)} and the rollout's {tuple(batch.old_log_prob.shape)} "
+                "differ in shape (chunk-level [B] vs per-element [B, M]?)"
+            )
         dev = (torch.exp(out.log_prob.float() - batch.old_log_prob.float()) - 1.0).abs()
         worst = float(dev.max()) if dev.numel() else 0.0
         if not worst <= self.cfg.ratio_check_tol:  # also catches NaN
@@ -278,8 +289,3 @@ class PPOUpdater:
                     diag_sum[k] = diag_sum.get(k, 0.0) + v * w
         return diag_sum, True
 
-
-def describe(metrics: dict[str, Any], keys: tuple[str, ...] = ("loss/policy", "loss/value", "policy/approx_kl",
-                                                               "policy/clip_fraction")) -> str:
-    """A one-line summary of update metrics for logs."""
-    return " ".join(f"{k.split('/')[-1]}={metrics[k]:.4g}" for k in keys if k in metrics)
