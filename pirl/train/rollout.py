@@ -1,0 +1,255 @@
+"""Rollout collection: wires a ChunkVectorEnv and a policy into RolloutBuffers.
+
+The collector is the one place that knows both sides: it chooses contexts (G sub-envs
+share one (task, seed) context, N = groups x G), resets, steps until every episode has
+ended, stores what the algorithms need, and bootstraps truncated episodes from the value
+of their final observation. With a group filter on, it keeps rolling out fresh contexts
+until enough informative groups are collected (RIPT-VLA dynamic sampling), within a
+bounded number of tries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pirl.algorithms.advantages import filter_groups_by_success, filter_uniform_groups
+from pirl.algorithms.buffer import RolloutBuffer
+from pirl.envs.base import ChunkVectorEnv, Context
+from pirl.flow import SamplerConfig
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 1_000_000_000
+"""Training seeds are drawn below this; held-out evaluation seeds start here."""
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What one rollout batch is made of."""
+
+    num_groups: int
+    """Contexts per environment batch; the env must have num_groups x group_size sub-envs."""
+    group_size: int = 1
+    """G, rollouts per context (GRPO / LOOP need >= 2; 1 for PPO with a critic)."""
+    tasks: Optional[tuple[int, ...]] = None
+    """Task indices to sample contexts from (uniformly); None = every task of the env."""
+    group_filter: Literal["none", "nonuniform", "success_range"] = "none"
+    """none; nonuniform: drop groups whose outcomes are all equal (RIPT-VLA); success_range: keep groups
+    whose mean success lies in success_range (πRL)."""
+    success_range: tuple[float, float] = (0.1, 0.9)
+    """[lo, hi] for the success_range filter."""
+    filter_on: Literal["success", "return"] = "success"
+    """What the nonuniform filter compares within a group."""
+    min_groups: Optional[int] = None
+    """With a filter: keep rolling out until this many informative groups are kept; None = num_groups."""
+    max_tries: int = 4
+    """With a filter: at most this many environment batches per collect() call."""
+    seed: int = 0
+    """Seeds the context sampler (tasks and reset seeds) and the policy's sampling noise."""
+
+    def __post_init__(self) -> None:
+        if self.num_groups < 1 or self.group_size < 1:
+            raise ValueError(f"need num_groups >= 1 and group_size >= 1, got {self.num_groups}, {self.group_size}")
+        if self.group_filter not in ("none", "nonuniform", "success_range"):
+            raise ValueError(f"group_filter must be 'none', 'nonuniform' or 'success_range', got {self.group_filter!r}")
+        lo, hi = self.success_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"success_range must satisfy 0 <= lo <= hi <= 1, got {self.success_range}")
+        if self.max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {self.max_tries}")
+        if self.min_groups is not None and self.min_groups < 1:
+            raise ValueError(f"min_groups must be >= 1 or None, got {self.min_groups}")
+
+    @property
+    def num_envs(self) -> int:
+        return self.num_groups * self.group_size
+
+
+@dataclass
+class Rollout:
+    """One collect() call: buffers (one per try that kept a group) and rollout metrics."""
+
+    buffers: list[RolloutBuffer]
+    metrics: dict[str, float]
+
+
+class RolloutCollector:
+    """Collects episodic rollouts of ``policy`` in ``env`` (policy: prepare / act / value)."""
+
+    def __init__(self, env: ChunkVectorEnv, policy, sampler: SamplerConfig, cfg: CollectorConfig,
+                 device: torch.device | str = "cpu") -> None:
+        if env.num_envs != cfg.num_envs:
+            raise ValueError(f"env has {env.num_envs} sub-envs; collector needs num_groups x group_size = {cfg.num_envs}")
+        tasks = cfg.tasks if cfg.tasks is not None else tuple(range(len(env.task_names)))
+        bad = [t for t in tasks if not 0 <= t < len(env.task_names)]
+        if bad or not tasks:
+            raise ValueError(f"tasks {bad or tasks} not in the env's {len(env.task_names)} task(s)")
+        self.env, self.policy, self.sampler, self.cfg, self.device = env, policy, sampler, cfg, torch.device(device)
+        self.tasks = tasks
+        self.rng = np.random.default_rng(cfg.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.next_group_id = 0
+        self.next_context_id = 0
+
+    def sample_contexts(self) -> tuple[list[Context], np.ndarray, np.ndarray]:
+        """num_groups fresh contexts, each repeated G times: (contexts [N], group ids [N], context ids [N])."""
+        G, n = self.cfg.group_size, self.cfg.num_groups
+        tasks = self.rng.choice(np.asarray(self.tasks), size=n)
+        seeds = self.rng.integers(0, EVAL_SEED_OFFSET, size=n)
+        contexts = [Context(int(t), int(s)) for t, s in zip(tasks, seeds) for _ in range(G)]
+        groups = np.repeat(np.arange(self.next_group_id, self.next_group_id + n), G)
+        ctx_ids = np.repeat(np.arange(self.next_context_id, self.next_context_id + n), G)
+        self.next_group_id += n
+        self.next_context_id += n
+        return contexts, groups, ctx_ids
+
+    def run_episodes(self, contexts: Sequence[Context], sampler: SamplerConfig,
+                     buffer: Optional[RolloutBuffer] = None,
+                     generator: Optional[torch.Generator] = None) -> dict[str, np.ndarray]:
+        """Resets to ``contexts`` and steps until every episode ended; fills ``buffer`` if given.
+
+        Returns per-env arrays: success, return, length (actions executed), chunk_steps.
+        """
+        env, policy, N = self.env, self.policy, self.env.num_envs
+        generator = generator or self.generator
+        obs_np = env.reset(contexts)
+        running = np.ones(N, bool)
+        success = np.zeros(N, bool)
+        ret = np.zeros(N, np.float64)
+        chunk_steps = np.zeros(N, np.int64)
+        length = np.zeros(N, np.int64)
+        for _ in range(env.max_chunk_steps):
+            obs = policy.prepare(obs_np)
+            out = policy.act(obs, sampler, generator=generator)
+            res = env.step(out.actions.detach().cpu().numpy())
+            reward = np.where(running, res.reward, 0.0).astype(np.float32)
+            if not np.isfinite(reward).all():
+                raise ValueError(f"the environment returned non-finite rewards: {reward[~np.isfinite(reward)][:4]}")
+            terminated, truncated = res.terminated & running, res.truncated & running
+            step_success = res.success & running
+            if buffer is not None:
+                t = torch.from_numpy
+                buffer.add(obs, out.chain, out.log_prob, out.value, t(reward), t(terminated), t(truncated),
+                           t(running.copy()), t(step_success))
+                if truncated.any() and out.value is not None:
+                    # bootstrap: V(final observation) of the episodes cut by the time limit
+                    idx = np.flatnonzero(truncated)
+                    final = policy.prepare({k: v[idx] for k, v in res.obs.items()})
+                    with torch.no_grad():
+                        buffer.set_bootstrap(torch.from_numpy(idx), policy.value(final))
+            ret += reward
+            success |= step_success
+            chunk_steps += running
+            length = np.asarray(res.info.get("episode_length", chunk_steps * env.chunk))
+            running &= ~(terminated | truncated)
+            obs_np = res.obs
+            if not running.any():
+                break
+        if running.any():
+            raise RuntimeError(
+                f"{int(running.sum())} episode(s) neither terminated nor truncated within max_chunk_steps="
+                f"{env.max_chunk_steps}; the env must truncate at its time limit"
+            )
+        return {"success": success, "return": ret, "length": length, "chunk_steps": chunk_steps}
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        """Rollouts for one update: buffers of kept groups and ``rollout/*`` / ``perf/*`` metrics."""
+        cfg, N = self.cfg, self.cfg.num_envs
+        target = cfg.min_groups or cfg.num_groups
+        filtering = cfg.group_filter != "none"
+        start = time.perf_counter()
+        buffers, episodes = [], []
+        kept_groups = dropped = tries = 0
+        while True:
+            tries += 1
+            contexts, groups, ctx_ids = self.sample_contexts()
+            buf = RolloutBuffer(self.env.max_chunk_steps, N, self.device)
+            buf.set_ids(torch.tensor([c.task for c in contexts]), torch.from_numpy(groups), torch.from_numpy(ctx_ids))
+            ep = self.run_episodes(contexts, self.sampler, buf)
+            episodes.append(ep)
+            if filtering:
+                keep, n_drop = self._filter(ep, buf.group)
+                # trim to the target so batch sizes stay steady
+                kept_ids = torch.unique(buf.group[keep])
+                surplus = kept_groups + len(kept_ids) - target
+                if surplus > 0:
+                    extra = kept_ids[len(kept_ids) - surplus:]
+                    keep &= ~torch.isin(buf.group, extra)
+                    n_drop += surplus
+                buf.drop_envs(~keep)
+                buf.groups_dropped = n_drop
+                dropped += n_drop
+                kept_groups += len(kept_ids) - max(surplus, 0)
+            else:
+                kept_groups += cfg.num_groups
+            buffers.append(buf)
+            if not filtering or kept_groups >= target or tries >= cfg.max_tries:
+                break
+        if filtering and kept_groups < target:
+            log.warning("collector: %d of %d informative groups after %d tries (max_tries); the batch is smaller",
+                        kept_groups, target, tries)
+        elapsed = time.perf_counter() - start
+        cat = lambda key: np.concatenate([e[key] for e in episodes])  # noqa: E731
+        env_steps = int(cat("length").sum())
+        metrics = {
+            "rollout/success_rate": float(cat("success").mean()),
+            "rollout/return": float(cat("return").mean()),
+            "rollout/episode_length": float(cat("length").mean()),
+            "rollout/episode_chunks": float(cat("chunk_steps").mean()),
+            "rollout/env_steps": float(env_steps),
+            "rollout/episodes": float(len(episodes) * N),
+            "rollout/groups_kept": float(kept_groups),
+            "rollout/groups_dropped": float(dropped),
+            "rollout/tries": float(tries),
+            "rollout/filter_exhausted": float(filtering and kept_groups < target),
+            "perf/rollout_s": elapsed,
+            "perf/env_steps_per_s": env_steps / elapsed if elapsed > 0 else math.nan,
+        }
+        return Rollout(buffers=[b for b in buffers if bool(b.valid.any())], metrics=metrics)
+
+    def _filter(self, ep: dict[str, np.ndarray], groups: Tensor) -> tuple[Tensor, int]:
+        cfg = self.cfg
+        success = torch.from_numpy(ep["success"].astype(np.float32))
+        if cfg.group_filter == "success_range":
+            return filter_groups_by_success(success, groups, *cfg.success_range)
+        score = success if cfg.filter_on == "success" else torch.from_numpy(ep["return"].astype(np.float32))
+        return filter_uniform_groups(score, groups)
+
+    @torch.no_grad()
+    def evaluate(self, seeds: Sequence[int], sampler: Optional[SamplerConfig] = None,
+                 tasks: Optional[Sequence[int]] = None, noise_seed: int = 0) -> dict[str, float]:
+        """``eval/*`` metrics over fixed held-out seeds (the deterministic ODE by default).
+
+        Seeds are offset by EVAL_SEED_OFFSET; every task in ``tasks`` runs every seed, in
+        batches of the env's N sub-envs. Its own generator (``noise_seed``) makes the
+        result independent of the training RNG.
+        """
+        generator = torch.Generator(device=self.device).manual_seed(noise_seed)
+        sampler = sampler or self.sampler.deterministic()
+        tasks = tuple(tasks) if tasks is not None else self.tasks
+        contexts = [Context(t, EVAL_SEED_OFFSET + int(s)) for t in tasks for s in seeds]
+        N = self.env.num_envs
+        succ, ret, length = [], [], []
+        for i in range(0, len(contexts), N):
+            part = list(contexts[i : i + N])
+            n = len(part)
+            part += [part[-1]] * (N - n)  # pad the last batch; padded envs are not counted
+            ep = self.run_episodes(part, sampler, generator=generator)
+            succ.append(ep["success"][:n])
+            ret.append(ep["return"][:n])
+            length.append(ep["length"][:n])
+        return {
+            "eval/success_rate": float(np.concatenate(succ).mean()),
+            "eval/return": float(np.concatenate(ret).mean()),
+            "eval/episode_length": float(np.concatenate(length).mean()),
+            "eval/episodes": float(len(contexts)),
+        }

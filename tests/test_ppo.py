@@ -1,0 +1,283 @@
+"""PPO loss by hand, the update loop's safety checks, and bad input."""
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pirl.algorithms import (
+    AdvantageConfig,
+    OptimizerConfig,
+    PPOConfig,
+    PPOUpdater,
+    RatioCheckError,
+    build_batch,
+    make_optimizer,
+    ppo_loss,
+    preset,
+)
+from pirl.envs.point_mass import PointMassConfig, PointMassEnv
+from pirl.flow import SamplerConfig
+from pirl.policies.mlp import make_mlp_policy
+from pirl.train.rollout import CollectorConfig, RolloutCollector
+
+torch.set_num_threads(1)
+
+
+def test_ppo_loss_asymmetric_clip_hand_computed():
+    cfg = PPOConfig(clip_low=0.1, clip_high=0.3)
+    ratio = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.0])
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0])
+    old = torch.zeros(5)
+    loss, diag = ppo_loss(ratio.log(), old, adv, cfg)
+    # per sample: -min(rA, clip(r)A) with clip to [0.9, 1.3]
+    expected = [-1.3, 1.5, -0.5, 0.9, -2.0]
+    assert loss.item() == pytest.approx(sum(expected) / 5, rel=1e-6)
+    assert diag["policy/clip_fraction"].item() == pytest.approx(4 / 5)
+    assert diag["policy/ratio_max"].item() == pytest.approx(1.5)
+
+
+def test_ppo_loss_dual_clip():
+    ratio, adv = torch.tensor([10.0]), torch.tensor([-1.0])
+    plain, _ = ppo_loss(ratio.log(), torch.zeros(1), adv, PPOConfig())
+    dual, _ = ppo_loss(ratio.log(), torch.zeros(1), adv, PPOConfig(dual_clip=3.0))
+    assert plain.item() == pytest.approx(10.0) and dual.item() == pytest.approx(3.0)
+
+
+def test_ppo_loss_element_level():
+    cfg = PPOConfig(ratio_level="element")
+    lp = torch.log(torch.tensor([[1.5, 1.0], [0.5, 1.0]]))
+    loss, _ = ppo_loss(lp, torch.zeros(2, 2), torch.tensor([1.0, 1.0]), cfg)
+    assert loss.item() == pytest.approx(-(1.2 + 1.0 + 0.5 + 1.0) / 4)
+    with pytest.raises(ValueError, match="ratio_level 'chunk'"):
+        ppo_loss(lp, torch.zeros(2, 2), torch.ones(2), PPOConfig())
+
+
+def test_ppo_value_entropy_kl_terms():
+    v, ret, old_v = torch.tensor([3.0]), torch.tensor([0.0]), torch.tensor([0.0])
+    zero = torch.zeros(1)
+    cfg = PPOConfig(value_coef=1.0)
+    loss, d = ppo_loss(zero, zero, zero, cfg, value=v, returns=ret)
+    assert d["loss/value"].item() == pytest.approx(4.5)  # 0.5 * 3^2
+    _, d = ppo_loss(zero, zero, zero, dataclasses.replace(cfg, value_loss="huber"), value=v, returns=ret)
+    assert d["loss/value"].item() == pytest.approx(2.5)  # |3| - 0.5
+    # clipping takes the worse of clipped and unclipped: clipped value 0.5 is closer, so unclipped wins
+    _, d = ppo_loss(zero, zero, zero, dataclasses.replace(cfg, value_clip=0.5), value=v, old_value=old_v, returns=ret)
+    assert d["loss/value"].item() == pytest.approx(4.5)
+    _, d = ppo_loss(zero, zero, zero, dataclasses.replace(cfg, value_clip=0.5), value=torch.tensor([-1.0]),
+                    old_value=torch.tensor([-3.0]), returns=ret)
+    assert d["loss/value"].item() == pytest.approx(0.5 * 2.5**2)  # clipped to -2.5
+    loss, d = ppo_loss(zero, zero, zero, PPOConfig(entropy_coef=0.1), entropy=torch.tensor([2.0]))
+    assert loss.item() == pytest.approx(-0.2)
+    lr = torch.tensor([0.5])
+    loss, d = ppo_loss(lr, zero, zero, PPOConfig(kl_coef=1.0))
+    assert d["loss/kl"].item() == pytest.approx(math.exp(0.5) - 1 - 0.5)
+    assert loss.item() == pytest.approx(d["loss/kl"].item())
+
+
+def test_ppo_config_validates():
+    with pytest.raises(ValueError, match="clip_low"):
+        PPOConfig(clip_low=-0.1)
+    with pytest.raises(ValueError, match="dual_clip"):
+        PPOConfig(dual_clip=0.5)
+    with pytest.raises(ValueError, match="did you mean 'grpo'"):
+        preset("grpoo")
+
+
+def test_value_head_has_own_learning_rate():
+    policy = make_mlp_policy(4, 2, hidden=16, depth=1)
+    opt = make_optimizer(policy, OptimizerConfig(lr=1e-4, value_lr=5e-3))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"policy": 1e-4, "value": 5e-3}
+    value_ids = {id(p) for p in policy.value_head.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == value_ids
+
+
+# -- the update loop on a real (tiny) rollout ------------------------------------------------
+def _setup(method="flow_sde", estimator="gae", group_size=1, seed=0, **ppo):
+    torch.manual_seed(seed)
+    policy = make_mlp_policy(4, 2, action_horizon=4, hidden=32, depth=2)
+    env = PointMassEnv(8, PointMassConfig(max_chunk_steps=3))
+    sampler = SamplerConfig(method=method)
+    collector = RolloutCollector(env, policy, sampler, CollectorConfig(num_groups=8 // group_size, group_size=group_size, seed=seed))
+    batch = build_batch(collector.collect().buffers, AdvantageConfig(estimator))
+    cfg = PPOConfig(epochs=2, minibatch_size=8, **ppo)
+    return policy, batch, cfg
+
+
+@pytest.mark.parametrize("method", ["flow_sde", "flow_noise"])
+def test_update_runs_and_reports_metrics(method):
+    policy, batch, cfg = _setup(method)
+    before = copy.deepcopy(policy.state_dict())
+    metrics = PPOUpdater(policy, cfg).update(batch)
+    for key in ["loss/policy", "loss/value", "loss/entropy", "policy/approx_kl", "policy/clip_fraction",
+                "policy/ratio_mean", "policy/ratio_max", "policy/explained_variance", "loss/grad_norm",
+                "policy/adv_mean", "policy/adv_std", "rollout/groups_dropped", "loss/skipped_steps"]:
+        assert key in metrics, key
+    assert metrics["policy/ratio_check"] <= 1e-5
+    assert metrics["loss/skipped_steps"] == 0 and metrics["loss/optimizer_steps"] > 0
+    changed = any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert changed
+
+
+def test_ratio_check_fires_on_corrupted_batch():
+    policy, batch, cfg = _setup()
+    bad = batch.replace(old_log_prob=batch.old_log_prob + 0.01)
+    before = copy.deepcopy(policy.state_dict())
+    with pytest.raises(RatioCheckError, match="time grid mismatch.*dropout.*changed inputs"):
+        PPOUpdater(policy, cfg).update(bad)
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    # changed inputs: observations perturbed after the rollout
+    obs = dict(batch.obs, state=batch.obs["state"] + 0.1)
+    with pytest.raises(RatioCheckError):
+        PPOUpdater(policy, cfg).update(batch.replace(obs=obs))
+
+
+def test_ratio_check_catches_dropout():
+    policy, batch, cfg = _setup()
+    policy.obs_encoder.insert(1, nn.Dropout(0.5))  # stochastic in train mode
+    policy.eval()
+    batch2 = build_batch(
+        RolloutCollector(PointMassEnv(8, PointMassConfig(max_chunk_steps=3)), policy, SamplerConfig(),
+                         CollectorConfig(num_groups=8)).collect().buffers, AdvantageConfig())
+    policy.train()
+    with pytest.raises(RatioCheckError):
+        PPOUpdater(policy, cfg).update(batch2)
+
+
+class _NaNAfter(nn.Module):
+    """Wraps a policy; evaluate returns NaN log-probs after the ratio check (the first call)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def evaluate(self, obs, chain):
+        out = self.inner.evaluate(obs, chain)
+        self.calls += 1
+        if self.calls > 1:
+            out.log_prob = out.log_prob * math.nan
+        return out
+
+
+def test_nonfinite_loss_skips_step_and_keeps_weights():
+    policy, batch, cfg = _setup()
+    wrapped = _NaNAfter(policy)
+    before = copy.deepcopy(policy.state_dict())
+    updater = PPOUpdater(wrapped, cfg)
+    metrics = updater.update(batch)
+    n_minibatches = cfg.epochs * math.ceil(len(batch) / cfg.minibatch_size)
+    assert metrics["loss/skipped_steps"] == n_minibatches and metrics["loss/optimizer_steps"] == 0
+    assert updater.skipped_total == n_minibatches
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert all(len(s) == 0 for s in updater.optimizer.state.values())  # Adam never stepped
+
+
+def test_gradient_accumulation_matches_full_minibatch():
+    policy, batch, _ = _setup()
+    cfg = PPOConfig(epochs=1, minibatch_size=len(batch), max_grad_norm=None)
+    twin = copy.deepcopy(policy)
+    PPOUpdater(policy, cfg).update(batch)
+    PPOUpdater(twin, dataclasses.replace(cfg, micro_batch_size=max(1, len(batch) // 3))).update(batch)
+    for (k, a), b in zip(policy.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4, msg=k)
+
+
+def test_target_kl_stops_early():
+    policy, batch, _ = _setup()
+    cfg = PPOConfig(epochs=10, minibatch_size=4, target_kl=1e-9)
+    metrics = PPOUpdater(policy, cfg, OptimizerConfig(lr=1e-2)).update(batch)
+    assert metrics["policy/early_stopped"] == 1.0 and metrics["loss/optimizer_steps"] < 10 * math.ceil(len(batch) / 4)
+
+
+def test_update_bad_input():
+    policy, batch, cfg = _setup()
+    updater = PPOUpdater(policy, cfg)
+    with pytest.raises(ValueError, match="empty batch"):
+        updater.update(batch.index(torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(ValueError, match="rows"):
+        updater.update(batch.replace(returns=batch.returns[:-1]))
+    nan_adv = batch.advantages.clone()
+    nan_adv[0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        updater.update(batch.replace(advantages=nan_adv))
+
+
+def test_grpo_batch_with_single_rollout_groups_raises():
+    with pytest.raises(ValueError, match="at least 2 rollouts per group"):
+        _setup(estimator="grpo", group_size=1)
+
+
+def test_gae_without_critic_raises():
+    policy = make_mlp_policy(4, 2, hidden=16, depth=1, value_head=False)
+    env = PointMassEnv(4, PointMassConfig(max_chunk_steps=2))
+    rollout = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=4)).collect()
+    with pytest.raises(ValueError, match="GAE needs values"):
+        build_batch(rollout.buffers, AdvantageConfig("gae"))
+
+
+# -- a non-flow policy with its own record type and per-element log-probs ----------------------
+@dataclasses.dataclass
+class _Record:
+    actions: torch.Tensor  # [B, M]
+
+    def index(self, idx):
+        return _Record(self.actions[idx])
+
+    def to(self, device):
+        return _Record(self.actions.to(device))
+
+    @staticmethod
+    def cat(records):
+        return _Record(torch.cat([r.actions for r in records]))
+
+
+class _GaussianPolicy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mu = nn.Linear(4, 3)
+        self.log_std = nn.Parameter(torch.zeros(3))
+
+    def dist(self, obs):
+        return torch.distributions.Normal(self.mu(obs["state"]), self.log_std.exp())
+
+    def evaluate(self, obs, record):
+        from pirl.policies.base import EvalOutput
+
+        d = self.dist(obs)
+        return EvalOutput(d.log_prob(record.actions), None, d.entropy().mean(-1))
+
+
+def test_opaque_record_and_element_ratio():
+    from pirl.algorithms import RolloutBuffer
+
+    torch.manual_seed(0)
+    policy = _GaussianPolicy()
+    buf = RolloutBuffer(num_steps=3, num_envs=4)
+    buf.set_ids(torch.zeros(4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    valid = torch.ones(4, dtype=torch.bool)
+    for t in range(3):
+        obs = {"state": torch.randn(4, 4)}
+        with torch.no_grad():
+            a = policy.dist(obs).sample()
+            lp = policy.dist(obs).log_prob(a)  # [N, M]
+        last = torch.full((4,), t == 2)
+        reward = (a.sum(-1) > 0).float() * last
+        buf.add(obs, _Record(a), lp, None, reward, last, torch.zeros(4, dtype=torch.bool), valid)
+    batch = build_batch([buf], AdvantageConfig("rloo"))
+    assert batch.old_log_prob.shape == (12, 3)
+    before = copy.deepcopy(policy.state_dict())
+    cfg = PPOConfig(ratio_level="element", normalize_advantages=False, value_coef=0.0, entropy_coef=0.01,
+                    minibatch_size=4, epochs=2)
+    metrics = PPOUpdater(policy, cfg).update(batch)
+    assert metrics["policy/ratio_check"] <= 1e-5 and metrics["loss/optimizer_steps"] == 6
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    with pytest.raises(ValueError, match="needs old log-probs \\[B, M\\]"):
+        PPOUpdater(policy, PPOConfig(ratio_level="element")).update(
+            batch.replace(old_log_prob=batch.old_log_prob[:, 0]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        PPOUpdater(policy, PPOConfig(ratio_level="element")).update(
+            batch.replace(old_log_prob=batch.old_log_prob[:, :2]))
