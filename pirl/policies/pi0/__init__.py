@@ -3,12 +3,14 @@
 Needs the optional ``pi0`` extra (``transformers``); importing :mod:`pirl.policies` does not.
 """
 
+from pirl.policies.pi0.checkpoint import CheckpointError, load_lerobot, load_openpi, load_pretrained, save_lerobot, save_openpi
 from pirl.policies.pi0.configuration import GemmaSpec, Pi0Config, VisionSpec, full_config, preset, tiny_config
 from pirl.policies.pi0.modeling import Pi0Model, PrefixCache
 from pirl.policies.pi0.policy import Pi0Context, Pi0Policy, make_pi0_policy
 from pirl.policies.pi0.processing import PaligemmaTokenizer, Pi0Normalizer
 
 __all__ = [
+    "CheckpointError", "load_lerobot", "load_openpi", "load_pretrained", "save_lerobot", "save_openpi",
     "GemmaSpec", "PaligemmaTokenizer", "Pi0Config", "Pi0Context", "Pi0Model", "Pi0Normalizer", "Pi0Policy",
     "PrefixCache", "VisionSpec", "full_config", "make_pi0_policy", "preset", "tiny_config",
 ]
