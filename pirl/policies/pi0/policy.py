@@ -92,7 +92,11 @@ class Pi0Policy(FlowPolicy):
     def gradient_checkpointing_enable(self) -> None:
         """Recompute every transformer layer in the backward pass (prefix, suffix, vision)."""
         self.model.gradient_checkpointing = True
-        self.model.vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        vision = self.model.vision
+        if hasattr(vision, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            vision.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- FlowPolicy contract --------------------------------------------------------------------
     def prepare(self, obs: dict[str, Any]) -> Obs:
