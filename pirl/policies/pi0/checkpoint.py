@@ -106,7 +106,7 @@ def _pipeline_json(policy: Pi0Policy, pre: bool) -> dict[str, Any]:
     norm_map = {"VISUAL": "IDENTITY", "STATE": norm, "ACTION": norm}
     if not pre:
         return {"name": _POST, "steps": [
-            {"registry_name": "unnormalizer_processor", "config": {"eps": _LR_EPS, "features": lr["output_features"], "norm_map": norm_map},
+            {"registry_name": "unnormalizer_processor", "config": {"eps": policy.action_norm.eps, "features": lr["output_features"], "norm_map": norm_map},
              "state_file": f"{_POST}_step_0_unnormalizer_processor.safetensors"},
             {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
         ]}
@@ -116,7 +116,7 @@ def _pipeline_json(policy: Pi0Policy, pre: bool) -> dict[str, Any]:
         {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
         {"registry_name": "to_batch_processor", "config": {}},
         {"registry_name": "normalizer_processor",
-         "config": {"eps": _LR_EPS, "features": {**lr["input_features"], **lr["output_features"]}, "norm_map": norm_map},
+         "config": {"eps": policy.state_norm.eps, "features": {**lr["input_features"], **lr["output_features"]}, "norm_map": norm_map},
          "state_file": f"{_PRE}_step_2_normalizer_processor.safetensors"},
         prompt_step,
         {"registry_name": "tokenizer_processor", "config": {

@@ -296,7 +296,13 @@ def from_lerobot_dict(d: dict[str, Any], **overrides: Any) -> Pi0Config:
     if d.get("pirl_discrete_state") is False:
         kwargs["discrete_state"] = False
     kwargs.update(overrides)
-    return Pi0Config(**kwargs)
+    cfg = Pi0Config(**kwargs)
+    # values equal to the variant's defaults stay implicit, so configs round-trip exactly
+    if replace(cfg, max_token_len=None).token_len == cfg.token_len:
+        cfg = replace(cfg, max_token_len=None)
+    if replace(cfg, norm_mode=None).normalization == cfg.normalization:
+        cfg = replace(cfg, norm_mode=None)
+    return cfg
 
 
 __all__ = [
