@@ -82,6 +82,11 @@ def flops(cfg: Pi0Config, cameras: int) -> dict[str, float]:
     return {"vision": vision, "prefix": _gemma_flops(cfg.vlm, P, P), "suffix": _gemma_flops(cfg.expert, S, P + S)}
 
 
+def value_passes(cfg: Pi0Config) -> int:
+    """π0's critic reads one extra expert pass (x = 0, t = 1); π0.5's reads the VLM output."""
+    return 0 if cfg.pi05 else 1
+
+
 # -- workloads ---------------------------------------------------------------------------------
 def make_obs(cfg: Pi0Config, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     s, C, L = cfg.vision.image_size, len(cfg.cameras), cfg.token_len
@@ -119,7 +124,7 @@ def bench_variant(variant: str, args, device: torch.device, peak: float) -> dict
         obs = make_obs(cfg, 1, device)
         f = flops(cfg, cams)
         sec = timed(lambda: policy.act(obs, ode), device, args.warmup, args.iters)
-        fl = f["vision"] + f["prefix"] + K * f["suffix"]
+        fl = f["vision"] + f["prefix"] + (K + value_passes(cfg)) * f["suffix"]
         res["latency_b1"][f"{cams}cam"] = {"ms": 1e3 * sec, "prefix_tokens": cfg.prefix_len, "mfu": fl / sec / peak}
         print(f"[{variant}] latency b=1 {cams} cam K={K}: {1e3 * sec:.1f} ms", flush=True)
         del policy
@@ -129,7 +134,7 @@ def bench_variant(variant: str, args, device: torch.device, peak: float) -> dict
     cams = args.cameras
     cfg, policy = build(variant, cams, args.tiny, device)
     f = flops(cfg, cams)
-    fwd_roll = f["vision"] + f["prefix"] + K * f["suffix"]
+    fwd_roll = f["vision"] + f["prefix"] + (K + value_passes(cfg)) * f["suffix"]
     for B in args.batches:
         obs = make_obs(cfg, B, device)
         try:
@@ -151,9 +156,10 @@ def bench_variant(variant: str, args, device: torch.device, peak: float) -> dict
         policy.train()
         params = [p for p in policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-6, foreach=True)
-        trained = f["suffix"] if mode == "expert" else f["vision"] + f["prefix"] + f["suffix"]
-        # hybrid Flow-SDE: one suffix pass per sample; forward everything, backward the trained part
-        fwd_upd = f["vision"] + f["prefix"] + f["suffix"]
+        # hybrid Flow-SDE: one suffix pass per sample (+ π0's value pass); backward only the trained part
+        suffix = (1 + value_passes(cfg)) * f["suffix"]
+        trained = suffix if mode == "expert" else f["vision"] + f["prefix"] + suffix
+        fwd_upd = f["vision"] + f["prefix"] + suffix
         for B in args.batches:
             obs = make_obs(cfg, B, device)
             with torch.no_grad():
