@@ -9,6 +9,8 @@ text embedding against code we did not write.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -117,3 +119,17 @@ def test_state_dict_names_cover_theirs(pair):
     ref = {k: v.shape for k, v in theirs.state_dict().items() if k != "model.dit.embed_tokens.weight"
            and not k.endswith(("inv_freq", "sinusoid_freq", "position_ids"))}
     assert mine == ref
+
+
+def test_full_size_names_and_shapes_match_theirs():
+    """The released π0 architecture (built on the meta device, no memory): same names, same shapes."""
+    from pirl.policies.pi0 import full_config
+
+    with torch.device("meta"):
+        ours = Pi0Policy(full_config("pi0"))
+        theirs = transformers.PI0ForConditionalGeneration(transformers.PI0Config())
+    mine = {_to_hf_name(k): tuple(v.shape) for k, v in ours.model.state_dict().items()}
+    ref = {k: tuple(v.shape) for k, v in theirs.state_dict().items() if k != "model.dit.embed_tokens.weight"
+           and not k.endswith(("inv_freq", "sinusoid_freq", "position_ids"))}
+    assert mine == ref
+    assert sum(math.prod(s) for s in mine.values()) > 3.2e9
