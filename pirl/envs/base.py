@@ -17,6 +17,16 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 
+EVAL_SEED_START = 1_000_000_000
+"""Training contexts draw reset seeds below this; held-out evaluation seeds are EVAL_SEED_START + i."""
+
+
+def eval_contexts(num_tasks: int, per_task: int, tasks: Sequence[int] | None = None) -> list["Context"]:
+    """The fixed held-out contexts: seeds EVAL_SEED_START + i, i < per_task, for every task (task-major)."""
+    tasks = range(num_tasks) if tasks is None else tasks
+    return [Context(int(t), EVAL_SEED_START + i) for t in tasks for i in range(per_task)]
+
+
 @dataclass(frozen=True)
 class Context:
     """What fixes an episode's start: the task index in the suite and the reset seed."""

@@ -22,13 +22,12 @@ from torch import Tensor
 
 from pirl.algorithms.advantages import filter_groups_by_success, filter_uniform_groups
 from pirl.algorithms.buffer import RolloutBuffer
-from pirl.envs.base import ChunkVectorEnv, Context
+from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context
 from pirl.flow import SamplerConfig
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 1_000_000_000
-"""Training seeds are drawn below this; held-out evaluation seeds start here."""
+EVAL_SEED_OFFSET = EVAL_SEED_START
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""Environment suites by name: one config for every simulator, built lazily (heavy imports only when chosen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+from pirl.envs.base import ChunkVectorEnv
+
+SUITES = ("metaworld", "point_mass", "libero", "maniskill")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which simulator and tasks, and how each step executes an action chunk."""
+
+    suite: Literal["metaworld", "point_mass", "libero", "maniskill"] = "metaworld"
+    """Simulator: metaworld, point_mass (a numpy toy for tests), libero, maniskill."""
+    tasks: Union[str, tuple[str, ...]] = "reach-v3"
+    """Task name, suite name (e.g. MT10, libero_spatial) or a list of task names."""
+    chunk: int = 4
+    """Actions executed per step: the first `chunk` of each predicted chunk [H, D]."""
+    max_episode_steps: int = 0
+    """Actions after which an episode is truncated; 0 = the suite's standard limit."""
+    reward: Literal["sparse", "dense"] = "sparse"
+    """sparse: success only; dense: the simulator's shaped reward."""
+    camera: Optional[str] = None
+    """Camera for obs['image']; None = state only."""
+    image_size: int = 64
+    """Height and width of rendered images."""
+    vector: Literal["sync", "async"] = "sync"
+    """sync: sub-environments in this process; async: one subprocess each (spawn)."""
+    assets_path: Optional[str] = None
+    """LIBERO: folder of offline scene/object assets; None = the package's own behaviour."""
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"unknown env suite {self.suite!r}; choose one of {SUITES}")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        if self.max_episode_steps < 0:
+            raise ValueError(f"max_episode_steps must be >= 0 (0 = standard), got {self.max_episode_steps}")
+
+
+def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVectorEnv:
+    """A vector of ``num_envs`` chunked environments of the configured suite."""
+    if cfg.suite == "metaworld":
+        from pirl.envs.metaworld import MAX_EPISODE_STEPS, MetaWorldConfig, MetaWorldVectorEnv
+
+        return MetaWorldVectorEnv(MetaWorldConfig(
+            tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk,
+            max_episode_steps=cfg.max_episode_steps or MAX_EPISODE_STEPS, reward=cfg.reward, camera=cfg.camera,
+            image_size=cfg.image_size, record=record, vector=cfg.vector,
+        ))
+    if cfg.suite == "point_mass":
+        from pirl.envs.point_mass import PointMassConfig, PointMassEnv
+
+        n_tasks = len(cfg.tasks) if isinstance(cfg.tasks, tuple) else 1
+        steps = cfg.max_episode_steps // cfg.chunk if cfg.max_episode_steps else 8
+        return PointMassEnv(num_envs, PointMassConfig(num_tasks=n_tasks, chunk=cfg.chunk, max_chunk_steps=steps))
+    if cfg.suite == "libero":
+        from pirl.envs.libero import make_libero_env
+
+        return make_libero_env(cfg, num_envs, record=record)
+    if cfg.suite == "maniskill":
+        from pirl.envs.maniskill import make_maniskill_env
+
+        return make_maniskill_env(cfg, num_envs, record=record)
+    raise ValueError(f"unknown env suite {cfg.suite!r}; choose one of {SUITES}")

@@ -1,0 +1,324 @@
+"""`pirl train`: online RL fine-tuning of an SFT policy (PPO / GRPO / LOOP with Flow-SDE or Flow-Noise).
+
+One iteration = collect a rollout batch (RolloutCollector), compute advantages (build_batch),
+update (PPOUpdater), evaluate on held-out seeds at intervals, log, checkpoint. Everything
+that decides the run's future (weights, optimiser, every RNG, counters) is in the
+checkpoint, and the logger drops lines past the checkpoint on resume, so an interrupted
+and resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+
+from pirl.algorithms import AlgorithmConfig, PPOUpdater, build_batch, preset
+from pirl.envs.base import eval_contexts
+from pirl.envs.registry import EnvConfig, make_env
+from pirl.flow import SamplerConfig
+from pirl.policies.base import FlowPolicy
+from pirl.policies.io import load_policy, save_policy
+from pirl.train.checkpoint import CheckpointManager, load_checkpoint
+from pirl.train.evaluate import evaluate_policy, record_videos
+from pirl.train.logging import MetricsLogger, Progress, read_summary, write_summary
+from pirl.train.rollout import CollectorConfig, RolloutCollector
+from pirl.train.signals import EXIT_INTERRUPTED, GracefulStop
+
+log = logging.getLogger(__name__)
+
+ENV_ERRORS = (RuntimeError, EOFError, BrokenPipeError, ConnectionError, TimeoutError, OSError)
+"""What a crashed or hung simulator (subprocess) raises; the trainer rebuilds the env and carries on."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Online RL fine-tuning of a flow policy checkpoint."""
+
+    policy: str = ""
+    """Path of the SFT policy checkpoint (.safetensors written by `pirl sft`)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Simulator, tasks and chunking (chunk should match the SFT policy's)."""
+    algorithm: Literal["ppo", "grpo", "loop"] = "ppo"
+    """ppo: critic + chunk-level GAE; grpo: group-normalised returns; loop: RIPT-VLA leave-one-out."""
+    algo: Optional[AlgorithmConfig] = None
+    """Advantage / PPO / optimiser settings; None = the reference preset of `algorithm`."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Rollout sampler: flow_sde (hybrid by default) or flow_noise, K steps; evaluation uses the ODE."""
+    num_groups: int = 8
+    """Contexts (task, seed) per rollout batch."""
+    group_size: int = 1
+    """Rollouts per context (GRPO / LOOP need >= 2; PPO 1)."""
+    group_filter: Literal["none", "nonuniform", "success_range"] = "none"
+    """Dynamic sampling: drop groups whose rollouts all succeed or all fail (nonuniform) or keep mean success in
+    success_range; GRPO / LOOP presets turn it on."""
+    max_tries: int = 4
+    """With a group filter: at most this many env batches per iteration."""
+    iterations: int = 20
+    """Rollout + update iterations."""
+    eval_every: int = 5
+    """Evaluate on held-out seeds every this many iterations (and before the first and after the last)."""
+    eval_episodes_per_task: int = 10
+    """Held-out episodes per task at each evaluation."""
+    eval_num_envs: int = 10
+    """Sub-environments used for evaluation."""
+    videos_per_task: int = 1
+    """Evaluation episodes recorded to mp4 per task at the end (0 = none)."""
+    checkpoint_every: int = 5
+    """Save a resumable checkpoint every this many iterations (and at the end or on Ctrl-C)."""
+    std_range: tuple[float, float] = (0.08, 0.16)
+    """Flow-Noise: [std_min, std_max] of the noise head attached when the checkpoint has none."""
+    max_env_restarts: int = 5
+    """Give up after this many simulator crashes in one iteration."""
+    seed: int = 0
+    """Seeds parameter init of new heads, the context sampler, flow noise and minibatch order."""
+    device: str = "cpu"
+    """Torch device of the policy (rollouts and updates)."""
+    threads: int = 0
+    """torch CPU threads; 0 = leave torch's default."""
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.num_groups < 1 or self.group_size < 1:
+            raise ValueError("iterations >= 0, num_groups >= 1 and group_size >= 1 are required")
+        if self.algorithm in ("grpo", "loop") and self.group_size < 2:
+            raise ValueError(f"algorithm {self.algorithm!r} compares rollouts of one context: set group_size >= 2")
+        if self.sampler.method == "ode":
+            raise ValueError("sampler.method 'ode' has no log-probabilities to train; use flow_sde or flow_noise")
+        for name in ("eval_every", "checkpoint_every", "eval_episodes_per_task", "eval_num_envs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def algorithm_config(self) -> AlgorithmConfig:
+        return self.algo if self.algo is not None else preset(self.algorithm)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) -> FlowPolicy:
+    """Attaches the heads RL needs (critic for GAE, noise head for Flow-Noise) when the checkpoint lacks them."""
+    feature_dim = getattr(policy, "feature_dim", None)
+    if algo.advantage.needs_critic() and policy.value_head is None:
+        if feature_dim is None:
+            raise ValueError(f"{type(policy).__name__} has no feature_dim to attach a value head to")
+        policy.attach_value_head(policy.value_feature_dim if hasattr(policy, "value_feature_dim") else feature_dim)
+    if cfg.sampler.method == "flow_noise" and policy.noise_head is None:
+        policy.attach_noise_head(feature_dim, *cfg.std_range)
+    return policy.to(cfg.device)
+
+
+class Trainer:
+    """Holds a run's live objects; `run()` executes iterations until done or interrupted."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
+        if not cfg.policy:
+            raise ValueError("TrainConfig.policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors)")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.algo = cfg.algorithm_config()
+        seed_everything(cfg.seed)
+        policy, self.policy_meta = load_policy(cfg.policy, device=cfg.device)
+        self.policy = prepare_policy(policy, cfg, self.algo)
+        self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)
+        self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
+        self.collector_cfg = CollectorConfig(
+            num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
+            max_tries=cfg.max_tries, seed=cfg.seed,
+        )
+        self.env = make_env(cfg.env, self.collector_cfg.num_envs)
+        self.eval_env = None
+        self.collector = RolloutCollector(self.env, self.policy, self.sampler, self.collector_cfg, cfg.device)
+        self.updater = PPOUpdater(self.policy, self.algo.ppo, self.algo.optim, seed=cfg.seed)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=1, mode="max")
+        self.iteration, self.env_steps, self.env_crashes, wall = 0, 0, 0, 0.0
+        self.best_success = -math.inf
+        resume_step = None
+        if resume:
+            latest = self.checkpoints.latest
+            if latest is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+            state = load_checkpoint(latest, **self._state_objects())
+            self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+            self.env_crashes, wall = state["env_crashes"], state["wall_time"]
+            self.best_success = state["best_success"]
+            self.collector.next_group_id = state["next_group_id"]
+            self.collector.next_context_id = state["next_context_id"]
+            resume_step = self.iteration
+        self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall)
+        self.task_names = list(self.env.task_names)
+
+    def _state_objects(self) -> dict[str, Any]:
+        return {
+            "models": {"policy": self.policy},
+            "stateful": {"optimizer": self.updater.optimizer},
+            "generators": {
+                "collector_np": self.collector.rng,
+                "collector_torch": self.collector.generator,
+                "updater": self.updater.generator,
+            },
+        }
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration, "env_steps": self.env_steps, "env_crashes": self.env_crashes,
+            "wall_time": self.logger.elapsed(), "best_success": self.best_success,
+            "next_group_id": self.collector.next_group_id, "next_context_id": self.collector.next_context_id,
+        }
+
+    def save(self, metric: Optional[float] = None) -> Path:
+        path = self.checkpoints.save(self.iteration, metric=metric, **self._state_objects(),
+                                     trainer_state=self._trainer_state())
+        save_policy(self.policy, self.run_dir / "policy_latest.safetensors", extra={"iteration": self.iteration})
+        return path
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """``eval/success`` (mean over tasks) and ``eval/success/<task>`` on the fixed held-out seeds."""
+        cfg = self.cfg
+        if self.eval_env is None:
+            self.eval_env = make_env(cfg.env, cfg.eval_num_envs)
+        contexts = eval_contexts(len(self.task_names), cfg.eval_episodes_per_task)
+        result = evaluate_policy(self.policy, self.eval_env, contexts, self.sampler.deterministic(), seed=cfg.seed)
+        per_task = result.per_task()
+        metrics = {f"eval/success/{task}": rate for task, rate in per_task.items()}
+        metrics["eval/success"] = float(np.mean(list(per_task.values())))
+        metrics["eval/episode_length"] = float(result.episode_length.mean())
+        return metrics
+
+    # -- one iteration --------------------------------------------------------------------------
+    def collect(self):
+        for attempt in range(self.cfg.max_env_restarts + 1):
+            try:
+                return self.collector.collect()
+            except ENV_ERRORS as e:  # a simulator died or hung: rebuild it and re-collect
+                if isinstance(e, (ValueError,)) or attempt == self.cfg.max_env_restarts:
+                    raise
+                self.env_crashes += 1
+                log.warning("simulator failed (%s: %s); restarting the environments", type(e).__name__, e)
+                try:
+                    self.env.close()
+                except Exception:  # noqa: BLE001 - the broken env may not close cleanly
+                    pass
+                self.env = make_env(self.cfg.env, self.collector_cfg.num_envs)
+                self.collector.env = self.env
+        raise AssertionError("unreachable")
+
+    def step(self) -> dict[str, float]:
+        rollout = self.collect()
+        metrics = dict(rollout.metrics)
+        if not rollout.buffers:
+            metrics["policy/skipped_iteration"] = 1.0  # every group was uninformative
+        else:
+            batch = build_batch(rollout.buffers, self.algo.advantage)
+            metrics.update(self.updater.update(batch))
+        self.iteration += 1
+        self.env_steps += int(metrics["rollout/env_steps"])
+        metrics["rollout/env_crashes_total"] = float(self.env_crashes)
+        return metrics
+
+    def run(self) -> int:
+        cfg = self.cfg
+        summary_path = self.run_dir / "summary.json"
+        summary = read_summary(self.run_dir) if summary_path.exists() else {}
+        if self.iteration == 0:
+            before = self.evaluate()
+            self.logger.log(0, before, env_steps=0)
+            summary.update(success_before=_per_task(before), success_before_mean=before["eval/success"])
+            write_summary(self.run_dir, summary)
+            self.best_success = before["eval/success"]
+            print(f"before RL: eval/success {before['eval/success']:.3f}  " + _fmt_tasks(before), flush=True)
+        interrupted = False
+        t0 = time.perf_counter()
+        with GracefulStop() as stop, Progress(cfg.iterations, initial=self.iteration) as bar:
+            while self.iteration < cfg.iterations and not stop.requested:
+                metrics = self.step()
+                metric = None
+                if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
+                    metrics.update(self.evaluate())
+                    metric = metrics["eval/success"]
+                    bar.eval_line(self.iteration, self.env_steps, metrics)
+                metrics["perf/iteration_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.logger.log(self.iteration, metrics, env_steps=self.env_steps)  # log, then checkpoint
+                bar.update(1, metrics)
+                if metric is not None and metric > self.best_success:
+                    self.best_success = metric
+                    save_policy(self.policy, self.run_dir / "policy_best.safetensors",
+                                extra={"iteration": self.iteration, "eval/success": metric})
+                if (self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations
+                        or stop.requested):
+                    self.save(metric)
+            interrupted = stop.requested and self.iteration < cfg.iterations
+        if interrupted:
+            print(f"interrupted at iteration {self.iteration}: checkpoint saved; continue with "
+                  f"`pirl train --resume {self.run_dir}`", flush=True)
+            self.logger.close()
+            return EXIT_INTERRUPTED
+        final = self.evaluate() if self.iteration % cfg.eval_every and self.iteration != cfg.iterations else None
+        last = final or _last_eval(self.run_dir)
+        summary.update(
+            success_after=_per_task(last), success_after_mean=last.get("eval/success"),
+            best_success=self.best_success, iterations=self.iteration, env_steps=self.env_steps,
+            wall_time_s=self.logger.elapsed(), env_crashes=self.env_crashes, algorithm=cfg.algorithm,
+            method=cfg.sampler.method, tasks=self.task_names,
+        )
+        write_summary(self.run_dir, summary)
+        if cfg.videos_per_task > 0:
+            record_videos(self.policy, cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
+                          per_task=cfg.videos_per_task, seed=cfg.seed)
+        self.logger.close()
+        return 0
+
+    def close(self) -> None:
+        for env in (self.env, self.eval_env):
+            if env is not None:
+                env.close()
+
+
+def _per_task(metrics: dict[str, Any]) -> dict[str, float]:
+    prefix = "eval/success/"
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _fmt_tasks(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={v:.2f}" for k, v in _per_task(metrics).items())
+
+
+def _last_eval(run_dir: Path) -> dict[str, Any]:
+    from pirl.train.logging import read_metrics
+
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/success" in r]
+    return evals[-1] if evals else {}
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int:
+    """Runs (or resumes) RL training into ``run_dir``; returns 0, or 130 when interrupted."""
+    trainer = Trainer(cfg, Path(run_dir), resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def train_main(cfg: TrainConfig, args) -> int:
+    """CLI entry: `pirl train [--config X] [key=value ...] [--run-dir D] [--resume D]`."""
+    from pirl.train.rundir import RunDir
+
+    if getattr(args, "resume", None):
+        run = RunDir.open(args.resume)
+        return train(cfg, run.path, resume=True)
+    run = RunDir.create(getattr(args, "run_dir", None), name="train")
+    run.save_config(cfg)
+    print(f"run directory: {run.path}", flush=True)
+    return train(cfg, run.path)
