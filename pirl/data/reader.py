@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -160,6 +160,7 @@ class ChunkDataset(torch.utils.data.Dataset):
     """Frames of a dataset as SFT samples: obs at frame i, actions i..i+H-1, mask False past the episode's end.
 
     Past an episode's end the chunk repeats the last action (masked out of the loss).
+    ``episodes`` restricts the samples to some episodes (e.g. few-shot subsets).
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         state_key: str = "observation.state",
         action_key: str = "action",
         image_key: Optional[str] = None,
+        episodes: Optional[Sequence[int]] = None,
     ) -> None:
         for key in (state_key, action_key):
             if key not in dataset.data:
@@ -186,13 +188,29 @@ class ChunkDataset(torch.utils.data.Dataset):
         steps = np.arange(dataset.num_frames)[:, None] + np.arange(horizon)[None, :]
         self._mask = steps < ends[:, None]
         self._action_idx = np.minimum(steps, ends[:, None] - 1)
+        self.episodes = list(range(len(dataset.episodes))) if episodes is None else list(episodes)
+        self.frames = np.concatenate(
+            [np.arange(dataset.episodes[e]["dataset_from_index"], dataset.episodes[e]["dataset_to_index"]) for e in self.episodes]
+        )
+        """Dataset frame indices this view samples from (sample i is frame ``frames[i]``)."""
 
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self.frames)
+
+    def first_episodes(self, per_task: int) -> list[int]:
+        """Indices of the first ``per_task`` episodes of every task (for few-shot subsets)."""
+        seen: dict[int, int] = {}
+        out = []
+        for e, row in enumerate(self.dataset.episodes):
+            t = int(self.task[row["dataset_from_index"]])
+            if seen.get(t, 0) < per_task:
+                seen[t] = seen.get(t, 0) + 1
+                out.append(e)
+        return out
 
     def batch(self, idx: np.ndarray | Tensor) -> tuple[dict[str, Any], Tensor, Tensor]:
-        """(obs, actions [B, H, D], mask [B, H]) for frame indices ``idx``; obs like an env's (numpy, strings)."""
-        idx = np.asarray(idx, dtype=np.int64)
+        """(obs, actions [B, H, D], mask [B, H]) for samples ``idx`` (in 0..len-1); obs like an env's (numpy, strings)."""
+        idx = self.frames[np.asarray(idx, dtype=np.int64)]
         obs: dict[str, Any] = {
             "state": self.state[idx],
             "task": self.task[idx],
