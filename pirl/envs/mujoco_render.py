@@ -29,15 +29,23 @@ def _gl_context(width: int, height: int):
     """The process's one GL context, made current (created on first use)."""
     global _GL_CONTEXT, _GL_SIZE
     if _GL_CONTEXT is None:
-        from mujoco import gl_context
-
-        if gl_context.GLContext is None:
+        # pick the backend from MUJOCO_GL now rather than trusting mujoco's import-time choice:
+        # something may have imported mujoco before this module set the variable
+        backend = os.environ.get("MUJOCO_GL", "egl").lower()
+        try:
+            if backend == "egl":
+                from mujoco.egl import GLContext
+            elif backend == "osmesa":
+                from mujoco.osmesa import GLContext
+            else:
+                from mujoco.glfw import GLContext
+        except Exception as e:  # noqa: BLE001 (the import errors differ per backend)
             raise RuntimeError(
-                f"no MuJoCo OpenGL backend (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}); on a CPU-only "
-                "machine set MUJOCO_GL=egl (needs libegl-mesa0/libegl1) or MUJOCO_GL=osmesa (libosmesa6)"
-            )
+                f"MuJoCo OpenGL backend MUJOCO_GL={backend!r} failed to load ({e}); on a CPU-only machine use "
+                "MUJOCO_GL=egl (Debian: libegl1 libegl-mesa0) or MUJOCO_GL=osmesa (libosmesa6)"
+            ) from e
         # the offscreen buffer lives in MuJoCo's framebuffer; the context size only needs to be valid
-        _GL_CONTEXT = gl_context.GLContext(max(width, 64), max(height, 64))
+        _GL_CONTEXT = GLContext(max(width, 64), max(height, 64))
         _GL_SIZE = (width, height)
     _GL_CONTEXT.make_current()
     return _GL_CONTEXT
