@@ -82,6 +82,8 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     import warnings
 
     task_names = resolve_tasks(cfg.tasks)
+    if (Path(root) / "meta" / "info.json").exists():
+        raise FileExistsError(f"{root} already holds a dataset; choose a new directory or delete it first")
     per_task = cfg.episodes_per_task
     max_attempts = cfg.max_attempts_per_task or 3 * per_task + 10
     if cfg.seed_start + max_attempts > EVAL_SEED_START:
