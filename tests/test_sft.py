@@ -16,6 +16,8 @@ from pirl.policies.vla import make_vla_policy, tokenize  # noqa: E402
 from pirl.train.checkpoint import load_policy, save_policy  # noqa: E402
 from pirl.train.sft import SFTConfig, sft  # noqa: E402
 
+torch.set_num_threads(1)  # the CI machine has 2 cores
+
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
