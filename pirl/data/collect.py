@@ -1,0 +1,174 @@
+"""Scripted-expert demonstrations for MetaWorld, written as a LeRobot v3.0 dataset."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from pirl.data.lerobot import Episode, write_dataset
+from pirl.envs.base import Context
+from pirl.envs.metaworld import EVAL_SEED_START, FPS, MetaWorldConfig, make_metaworld
+from pirl.envs.metaworld_tasks import resolve_tasks
+
+STATE_NAMES = (
+    ["hand_x", "hand_y", "hand_z", "gripper"]
+    + [f"obj{i}_{c}" for i in (1, 2) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+    + [f"prev_{n}" for n in ["hand_x", "hand_y", "hand_z", "gripper"] + [f"obj{i}_{c}" for i in (1, 2) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]]
+    + ["goal_x", "goal_y", "goal_z"]
+)  # fmt: skip
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What :func:`collect` records."""
+
+    tasks: Union[str, tuple[str, ...]] = "MT10"
+    """Task, suite or tuple of tasks (as in MetaWorldConfig)."""
+    episodes_per_task: int = 10
+    """Episodes kept per task."""
+    action_noise: float = 0.0
+    """Std of Gaussian noise added to every expert action (then clipped to [-1, 1]); the dataset stores the executed action."""
+    only_success: bool = True
+    """Keep only episodes in which the task was solved (failed ones are retried with the next seed)."""
+    max_attempts_per_task: int = 0
+    """Give up on a task after this many episodes; 0 = 3 x episodes_per_task + 10."""
+    seed_start: int = 0
+    """Training seeds used are seed_start, seed_start + 1, ... (held-out eval seeds are refused)."""
+    camera: Optional[str] = "corner2"
+    """Camera recorded as video 'observation.images.<camera>'; None = state-only dataset."""
+    image_size: int = 64
+    """Height and width of the recorded video."""
+    max_episode_steps: int = 500
+    """Episode limit (MetaWorld's is 500)."""
+    num_envs: int = 4
+    """Sub-environments run side by side (in this process)."""
+    noise_seed: int = 0
+    """Seed of the action-noise generator."""
+    video_crf: int = 18
+    """H.264 quality (0 lossless .. 51 worst)."""
+
+
+@dataclass
+class CollectReport:
+    """What :func:`collect` did."""
+
+    root: Path
+    episodes: int
+    frames: int
+    seconds: float
+    attempts: dict[str, int] = field(default_factory=dict)
+    """Episodes run per task (kept + discarded)."""
+    successes: dict[str, int] = field(default_factory=dict)
+    """Successful episodes per task among the attempts."""
+
+    @property
+    def expert_success_rate(self) -> dict[str, float]:
+        return {t: self.successes[t] / max(1, self.attempts[t]) for t in self.attempts}
+
+
+def _expert(name: str):
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return ENV_POLICY_MAP[name]()
+
+
+def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
+    """Runs MetaWorld's scripted experts and writes the episodes as a LeRobot v3.0 dataset at ``root``."""
+    import warnings
+
+    task_names = resolve_tasks(cfg.tasks)
+    if (Path(root) / "meta" / "info.json").exists():
+        raise FileExistsError(f"{root} already holds a dataset; choose a new directory or delete it first")
+    per_task = cfg.episodes_per_task
+    max_attempts = cfg.max_attempts_per_task or 3 * per_task + 10
+    if cfg.seed_start + max_attempts > EVAL_SEED_START:
+        raise ValueError(f"seeds from {cfg.seed_start} would reach the held-out evaluation seeds (>= {EVAL_SEED_START})")
+    env = make_metaworld(
+        MetaWorldConfig(tasks=task_names, num_envs=cfg.num_envs, chunk=1, max_episode_steps=cfg.max_episode_steps,
+                        camera=cfg.camera, image_size=cfg.image_size)
+    )  # fmt: skip
+    rng = np.random.default_rng(cfg.noise_seed)
+    experts = [_expert(n) for n in task_names]
+    vkey = f"observation.images.{cfg.camera}" if cfg.camera else None
+    kept: dict[int, list[Episode]] = {t: [] for t in range(len(task_names))}
+    attempts = {t: 0 for t in range(len(task_names))}
+    successes = {t: 0 for t in range(len(task_names))}
+    t0 = time.perf_counter()
+    try:
+        while True:
+            queue = [t for t in kept if len(kept[t]) < per_task]
+            for t in queue:
+                if attempts[t] >= max_attempts:
+                    raise RuntimeError(
+                        f"expert for {task_names[t]!r} solved {successes[t]}/{attempts[t]} episodes, too few for "
+                        f"{per_task} successful ones; lower action_noise or raise max_attempts_per_task"
+                    )
+            if not queue:
+                break
+            # fill the sub-environments round-robin with tasks that still need episodes
+            contexts, slots = [], []
+            need = {t: per_task - len(kept[t]) for t in queue}
+            while len(contexts) < cfg.num_envs:
+                t = queue[len(contexts) % len(queue)]
+                if need[t] <= 0 and any(need[q] > 0 for q in queue):
+                    queue = [q for q in queue if need[q] > 0]
+                    continue
+                contexts.append(Context(t, cfg.seed_start + attempts[t]))
+                attempts[t] += 1
+                need[t] -= 1
+                slots.append(t)
+            obs = env.reset(contexts)
+            states, actions, rewards, dones, succ, images = ([[] for _ in contexts] for _ in range(6))
+            solved = np.zeros(len(contexts), dtype=bool)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the experts warn that their gains saturate the action range
+                while not env.ended.all():
+                    live = ~env.ended
+                    act = np.stack([experts[t].get_action(s) for t, s in zip(slots, obs["state"])]).astype(np.float32)
+                    if cfg.action_noise > 0:
+                        act = act + cfg.action_noise * rng.standard_normal(act.shape).astype(np.float32)
+                    act = np.clip(act, -1.0, 1.0)
+                    res = env.step(act[:, None])
+                    for i in np.flatnonzero(live):
+                        states[i].append(obs["state"][i])
+                        if vkey:
+                            images[i].append(obs["image"][i])
+                        actions[i].append(act[i])
+                        rewards[i].append(res.reward[i])
+                        dones[i].append(res.terminated[i] or res.truncated[i])
+                        succ[i].append(res.success[i])
+                    solved |= res.success
+                    obs = res.obs
+            for i, t in enumerate(slots):
+                successes[t] += int(solved[i])
+                if (solved[i] or not cfg.only_success) and len(kept[t]) < per_task:
+                    kept[t].append(
+                        Episode(
+                            task=env.instructions[t],
+                            data={
+                                "observation.state": np.stack(states[i]).astype(np.float32),
+                                "action": np.stack(actions[i]).astype(np.float32),
+                                "next.reward": np.asarray(rewards[i], np.float32),
+                                "next.done": np.asarray(dones[i], bool),
+                                "next.success": np.asarray(succ[i], bool),
+                            },
+                            videos={vkey: np.stack(images[i])} if vkey else {},
+                            extra={"seed": int(contexts[i].seed), "success": bool(solved[i]), "env_task": task_names[t]},
+                        )
+                    )
+    finally:
+        env.close()
+    episodes = [ep for t in kept for ep in kept[t]]
+    write_dataset(
+        root, episodes, fps=FPS, tasks=list(env.instructions), task_names=list(task_names),
+        feature_names={"observation.state": STATE_NAMES, "action": ACTION_NAMES}, video_crf=cfg.video_crf,
+    )  # fmt: skip
+    return CollectReport(
+        Path(root), len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0,
+        {task_names[t]: attempts[t] for t in attempts}, {task_names[t]: successes[t] for t in successes},
+    )  # fmt: skip
