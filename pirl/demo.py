@@ -51,8 +51,8 @@ class DemoConfig:
     """Episode limit in actions (MetaWorld's own is 500; the chosen tasks take < 150 when solved)."""
     seed: int = 0
     """Seed of every stage."""
-    threads: int = 2
-    """torch CPU threads."""
+    threads: int = 1
+    """torch CPU threads (small policies run fastest on one)."""
 
 
 def demo_main(cfg: DemoConfig, args) -> int:

@@ -172,3 +172,15 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
         Path(root), len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0,
         {task_names[t]: attempts[t] for t in attempts}, {task_names[t]: successes[t] for t in successes},
     )  # fmt: skip
+
+
+def collect_main(cfg: CollectConfig, args) -> int:
+    """CLI entry: `pirl collect [key=value ...] --run-dir DATASET_DIR`."""
+    from pirl.train.rundir import RunDir
+
+    run = RunDir.create(getattr(args, "run_dir", None), name="data")
+    report = collect(cfg, run.path)
+    print(f"dataset: {report.root}  episodes {report.episodes}  frames {report.frames}  ({report.seconds:.0f} s)")
+    for task, rate in report.expert_success_rate.items():
+        print(f"  {task}: expert success {rate:.0%} over {report.attempts[task]} attempts")
+    return 0

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from pirl.envs import mujoco_render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
-from pirl.envs.base import Context, StepResult
+from pirl.envs.base import EVAL_SEED_START, Context, StepResult, eval_contexts  # noqa: F401 (re-exported)
 from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
 
 STATE_DIM = 39
@@ -30,8 +30,6 @@ MAX_EPISODE_STEPS = 500
 """MetaWorld's own episode limit."""
 FPS = 80
 """Control frequency: frame_skip 5 x timestep 2.5 ms."""
-EVAL_SEED_START = 1_000_000
-"""Held-out evaluation seeds are EVAL_SEED_START + i; training seeds lie below it."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +74,6 @@ def train_contexts(num_tasks: int, per_task: int, start: int = 0) -> list[Contex
     if start + per_task > EVAL_SEED_START:
         raise ValueError(f"training seeds must stay below EVAL_SEED_START={EVAL_SEED_START}")
     return [Context(task, start + i) for task in range(num_tasks) for i in range(per_task)]
-
-
-def eval_contexts(num_tasks: int, per_task: int) -> list[Context]:
-    """Held-out evaluation contexts: the same fixed seeds EVAL_SEED_START + i for every run."""
-    return [Context(task, EVAL_SEED_START + i) for task in range(num_tasks) for i in range(per_task)]
 
 
 class _ChunkSubEnv(gym.Env):

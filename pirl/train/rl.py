@@ -81,8 +81,8 @@ class TrainConfig:
     """Seeds parameter init of new heads, the context sampler, flow noise and minibatch order."""
     device: str = "cpu"
     """Torch device of the policy (rollouts and updates)."""
-    threads: int = 0
-    """torch CPU threads; 0 = leave torch's default."""
+    threads: int = 1
+    """torch CPU threads (1 is fastest for small policies: rollouts are many tiny forward passes); 0 = torch's default."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.num_groups < 1 or self.group_size < 1:
@@ -108,7 +108,7 @@ def seed_everything(seed: int) -> None:
 def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) -> FlowPolicy:
     """Attaches the heads RL needs (critic for GAE, noise head for Flow-Noise) when the checkpoint lacks them."""
     feature_dim = getattr(policy, "feature_dim", None)
-    if algo.advantage.needs_critic() and policy.value_head is None:
+    if algo.advantage.needs_critic and policy.value_head is None:
         if feature_dim is None:
             raise ValueError(f"{type(policy).__name__} has no feature_dim to attach a value head to")
         policy.attach_value_head(policy.value_feature_dim if hasattr(policy, "value_feature_dim") else feature_dim)

@@ -31,7 +31,7 @@ STATE_STD_FLOOR = 0.02
 class SFTConfig:
     """Flow-matching SFT of a policy on a dataset, with periodic evaluation in MetaWorld."""
 
-    dataset: str
+    dataset: str = ""
     """Root of a LeRobot v3.0 dataset (e.g. from pirl.data.collect.collect)."""
     policy: Literal["mlp", "vla"] = "mlp"
     """mlp: state MLP with task embedding; vla: VLA-mini (image + instruction + state)."""
@@ -212,3 +212,19 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     if out_dir:
         result.checkpoint = save_policy(policy, out_dir / "final.safetensors", {**extra, "step": cfg.steps})
     return result
+
+
+def sft_main(cfg: SFTConfig, args) -> int:
+    """CLI entry: `pirl sft dataset=DIR [key=value ...] [--run-dir D]` (checkpoints go to the run directory)."""
+    from dataclasses import replace
+
+    from pirl.train.rundir import RunDir
+
+    if not cfg.dataset:
+        raise SystemExit("pirl sft: set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`)")
+    run = RunDir.create(getattr(args, "run_dir", None), name="sft")
+    cfg = replace(cfg, out_dir=cfg.out_dir or str(run.path))
+    run.save_config(cfg)
+    result = sft(cfg)
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
