@@ -37,6 +37,10 @@ INSTRUCTIONS = {
     "StackCube-v1": "stack the red cube on top of the green cube",
     "PegInsertionSide-v1": "insert the peg into the hole in the side of the box",
 }
+EPISODE_STEPS = {"PickCube-v1": 100, "PushCube-v1": 100, "StackCube-v1": 160, "PegInsertionSide-v1": 250}
+"""Default limits: ~1.5x the longest motion-planner demonstration (ManiSkill registers 50/50/50/100,
+tuned for RL from scratch with fast controllers; the planners' demos take 46-71, 58-63, 90-102 and
+107-166 steps, so a policy cloned from them needs more)."""
 FPS = 20
 """Control frequency of ManiSkill's Panda tasks (sim 100 Hz, 5 substeps)."""
 _NO_LIMIT = 10**6  # ManiSkill's own TimeLimit must not end episodes: we count steps ourselves
@@ -53,7 +57,7 @@ class ManiSkillConfig:
     chunk: int = 5
     """Actions executed per step: the first ``chunk`` of each predicted chunk [H, D]."""
     max_episode_steps: Optional[int] = None
-    """Actions after which an episode is truncated; None = the task's registered limit (50; 100 for PegInsertionSide)."""
+    """Actions after which an episode is truncated; None = EPISODE_STEPS, else the task's registered limit."""
     control_mode: str = "pd_joint_delta_pos"
     """ManiSkill controller, e.g. 'pd_joint_delta_pos', 'pd_joint_pos', 'pd_ee_delta_pose'."""
     reward: Literal["sparse", "dense"] = "sparse"
@@ -102,7 +106,9 @@ def _registered(task: str):
 
 
 def episode_limit(cfg: ManiSkillConfig, task: str) -> int:
-    return cfg.max_episode_steps or int(_registered(task).max_episode_steps or 100)
+    if cfg.max_episode_steps:
+        return cfg.max_episode_steps
+    return EPISODE_STEPS.get(task) or int(_registered(task).max_episode_steps or 100)
 
 
 def make_raw(task: str, *, num_envs: int, control_mode: str, image_size: int, reward: str, gpu: bool,
