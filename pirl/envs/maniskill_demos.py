@@ -160,14 +160,15 @@ def generate_demos(task: str, num_episodes: int, *, seed: int = 0, control_mode:
 
 
 def frames(episodes: Sequence[DemoEpisode], tasks: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-    """All episodes as one table of frames: state, action, (image), episode_index, frame_index,
+    """All episodes as one table of frames: state (zero-padded to the largest state size), action, (image), episode_index, frame_index,
     timestamp, task_index (into ``tasks``, default: the episodes' tasks in first-seen order), and
     'tasks' / 'instructions' (one per task index)."""
     if not episodes:
         raise ValueError("no episodes")
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(e.task for e in episodes))
+    S = max(e.state.shape[1] for e in episodes)  # zero-padded like a multi-task ManiSkillVectorEnv
     out: dict[str, Any] = {
-        "state": np.concatenate([e.state for e in episodes]).astype(np.float32),
+        "state": np.concatenate([np.pad(e.state, ((0, 0), (0, S - e.state.shape[1]))) for e in episodes]).astype(np.float32),
         "action": np.concatenate([e.action for e in episodes]).astype(np.float32),
         "episode_index": np.concatenate([np.full(len(e), i, np.int64) for i, e in enumerate(episodes)]),
         "frame_index": np.concatenate([np.arange(len(e), dtype=np.int64) for e in episodes]),
@@ -198,6 +199,7 @@ def load_npz(path: Union[str, Path]) -> list[DemoEpisode]:
     for i, seed in enumerate(z["seed"]):
         m = z["episode_index"] == i
         img = z["image"][m] if "image" in z.files else None
+        # states stay zero-padded to the file's widest task
         out.append(DemoEpisode(tasks[int(z["task_index"][m][0])], int(seed), z["state"][m], z["action"][m], img))
     return out
 
