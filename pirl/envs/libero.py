@@ -244,6 +244,10 @@ class LiberoSubEnv(ChunkSubEnv):
         i = seed % n if self.cfg.init_states == "ordered" else int(np.random.default_rng(seed).integers(n))
         self._env.seed(seed)
         self._env.reset()
+        for robot in self._env.robots:
+            # robosuite keeps the Panda gripper's rate-limited command across soft resets; zero it as a
+            # fresh env has, so that a (task, seed) starts the same whatever episode came before
+            robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
         self._raw = self._env.set_init_state(self._init_states[i])
         for _ in range(self.cfg.num_steps_wait):
             self._raw, _, _, _ = self._env.step(NOOP)
