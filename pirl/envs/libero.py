@@ -12,6 +12,11 @@ checkpoints and the datasets they were trained on apply unchanged:
 - every episode starts from one of the suite's 50 recorded init states, then 10 no-op steps
   (gripper open) let objects settle; the episode limit counts actions after the warm-up.
 
+Dataset names: 'state' = LeRobot 'observation.state' (openpi's physical-intelligence/libero: 'state'),
+'image' = 'observation.images.image' ('image'), 'wrist_image' = 'observation.images.wrist_image'
+('wrist_image'), actions = 'action' ('actions'); those datasets hold 256x256 upright images, so
+use ``image_size=256`` (or 224, as openpi resizes to) when training on them.
+
 A Context's seed picks the init state: ``seed % 50`` when ``init_states='ordered'`` (evaluation:
 seeds 0..49 are the standard 50 trials), a seeded draw when 'random' (training).
 
@@ -38,7 +43,7 @@ MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "l
 NUM_STEPS_WAIT = 10
 STATE_DIM, ACTION_DIM = 8, 7
 FPS = 20
-"""Control frequency of the OSC controller (the LeRobot datasets store every other step: 10 fps)."""
+"""Control frequency of the OSC controller (the LeRobot LIBERO datasets' metadata says 10 fps)."""
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 CAMERAS = {"agentview": ("agentview", "image"), "wrist": ("robot0_eye_in_hand", "wrist_image")}
 """Our camera name -> (robosuite camera, observation key)."""
