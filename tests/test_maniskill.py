@@ -1,0 +1,128 @@
+"""ManiSkill adapter (CPU backend) and motion-planner demonstrations on the offline tasks.
+
+Needs ``pirl[maniskill]`` and a Vulkan device (Mesa >= 25 on CPU: scripts/install_sims.sh).
+The GPU backend needs CUDA and is only checked for its error message here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from pirl.envs.base import ChunkVectorEnv, Context
+
+if importlib.util.find_spec("mani_skill") is None:
+    pytest.skip("mani-skill is not installed (pip install 'pirl[maniskill]')", allow_module_level=True)
+
+from pirl.envs import maniskill as M  # noqa: E402
+from pirl.envs import maniskill_demos as D  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demos() -> dict[str, list[D.DemoEpisode]]:
+    """One demonstration per offline task, in the adapter's default control mode."""
+    out = {}
+    for task in M.OFFLINE_TASKS:
+        eps, report = D.generate_demos(task, 1, seed=0, max_attempts=10)
+        assert len(eps) == 1, (task, report)
+        out[task] = eps
+    return out
+
+
+def test_offline_tasks_step_and_report_success(demos):
+    """All four tasks in one vector: a planner demo replayed through the adapter succeeds and terminates."""
+    env = M.make_maniskill(tasks=M.OFFLINE_TASKS, num_envs=4, chunk=5)
+    try:
+        assert isinstance(env, ChunkVectorEnv) and env.action_dim == 8
+        eps = [demos[t][0] for t in M.OFFLINE_TASKS]
+        o = env.reset([Context(i, e.seed) for i, e in enumerate(eps)])
+        assert o["state"].shape == (4, env.state_dim) and o["state"].dtype == np.float32
+        for i, e in enumerate(eps):
+            np.testing.assert_array_equal(o["state"][i, : e.state.shape[1]], e.state[0])
+        T = max(len(e) for e in eps)
+        plan = np.zeros((4, -(-T // 5) * 5, 8), np.float32)
+        for i, e in enumerate(eps):
+            plan[i, : len(e)] = e.action
+            plan[i, len(e):, 7] = e.action[-1, 7]
+        succeeded, lengths = np.zeros(4, bool), np.zeros(4, int)
+        for k in range(plan.shape[1] // 5):
+            r = env.step(plan[:, 5 * k: 5 * k + 5])
+            assert not (r.success & ~r.terminated).any()  # success ends the episode
+            succeeded |= r.success
+            lengths = np.where(r.terminated, r.info["episode_length"], lengths)
+        assert succeeded.all()
+        assert lengths.tolist() == [len(e) for e in eps]
+        r = env.step(plan[:, :5])  # ended sub-environments ignore actions
+        assert not r.success.any() and (r.reward == 0).all() and (r.info["executed"] == 0).all()
+    finally:
+        env.close()
+
+
+def test_random_actions_pixels_and_truncation():
+    env = M.make_maniskill(tasks="PickCube-v1", chunk=3, image_size=32, max_episode_steps=6, record=True, reward="dense")
+    try:
+        o = env.reset([Context(0, 1)])
+        assert o["image"].shape == (1, 32, 32, 3) and o["image"].dtype == np.uint8 and o["image"].std() > 5
+        rng = np.random.default_rng(0)
+        r = env.step(rng.uniform(-1, 1, (1, 4, 8)).astype(np.float32))
+        assert len(r.info["frames"]) == 3 and 0 <= r.reward[0] <= 3
+        r = env.step(rng.uniform(-1, 1, (1, 4, 8)).astype(np.float32))
+        assert r.truncated.tolist() == [True] and r.info["episode_length"].tolist() == [6]
+        same = env.reset([Context(0, 1)])
+        np.testing.assert_array_equal(same["state"], o["state"])
+    finally:
+        env.close()
+
+
+def test_async_spawn_workers():
+    env = M.make_maniskill(tasks=("PushCube-v1", "PickCube-v1"), num_envs=2, chunk=2, vector="async")
+    try:
+        o = env.reset([Context(0, 0), Context(1, 0)])
+        assert o["task"].tolist() == [0, 1] and o["instruction"][0].startswith("push")
+        r = env.step(np.zeros((2, 2, 8), np.float32))
+        assert r.info["executed"].tolist() == [2, 2]
+    finally:
+        env.close()
+
+
+def test_config_errors_and_gpu_backend():
+    with pytest.raises(ValueError, match="one task per vector"):
+        M.ManiSkillConfig(tasks=("PickCube-v1", "PushCube-v1"), backend="gpu")
+    with pytest.raises(ValueError, match="did you mean"):
+        M.make_maniskill(tasks="PickCub-v1")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs CUDA"):
+            M.make_maniskill(tasks="PickCube-v1", backend="gpu", num_envs=8)
+
+
+def test_demos_convert_to_frames(demos, tmp_path):
+    eps = [demos["PickCube-v1"][0], demos["StackCube-v1"][0]]
+    f = D.frames(eps)
+    n = sum(len(e) for e in eps)
+    assert f["state"].shape[0] == f["action"].shape[0] == n and f["action"].shape[1] == 8
+    assert f["episode_index"].tolist() == [0] * len(eps[0]) + [1] * len(eps[1])
+    assert f["task_index"].tolist() == [0] * len(eps[0]) + [1] * len(eps[1])
+    assert f["frame_index"][len(eps[0])] == 0 and f["timestamp"][1] == pytest.approx(1 / M.FPS)
+    assert list(f["tasks"]) == ["PickCube-v1", "StackCube-v1"] and "stack" in f["instructions"][1]
+    assert np.abs(f["action"][:, :7]).max() <= 1.0
+    back = D.load_npz(D.save_npz(tmp_path / "demos.npz", eps))
+    assert [b.task for b in back] == [e.task for e in eps]
+    np.testing.assert_array_equal(back[1].action, eps[1].action)
+
+
+def test_demos_with_images_in_absolute_joint_mode(tmp_path):
+    eps, report = D.generate_demos("PushCube-v1", 1, control_mode="pd_joint_pos", image_size=32, max_attempts=5)
+    assert report["replayed"] == 1
+    e = eps[0]
+    assert e.image.shape == (len(e), 32, 32, 3) and e.image.dtype == np.uint8
+    assert "image" in D.frames(eps)
+    try:
+        import pirl.data.lerobot  # noqa: F401
+    except ImportError:
+        pytest.skip("pirl.data.lerobot (the shared LeRobot writer) is not in this branch")
+    root = D.write_lerobot(tmp_path / "ds", eps)
+    assert (root / "meta/info.json").exists()
