@@ -17,7 +17,7 @@ class EnvConfig:
     suite: Literal["metaworld", "point_mass", "libero", "maniskill"] = "metaworld"
     """Simulator: metaworld, point_mass (a numpy toy for tests), libero, maniskill."""
     tasks: Union[str, tuple[str, ...]] = "reach-v3"
-    """Task name, suite name (e.g. MT10, libero_spatial) or a list of task names."""
+    """MetaWorld: task, suite (MT10) or list of tasks; LIBERO: suite or 'suite:task,task'; ManiSkill: task ids."""
     chunk: int = 4
     """Actions executed per step: the first `chunk` of each predicted chunk [H, D]."""
     max_episode_steps: int = 0
@@ -59,11 +59,20 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         steps = cfg.max_episode_steps // cfg.chunk if cfg.max_episode_steps else 8
         return PointMassEnv(num_envs, PointMassConfig(num_tasks=n_tasks, chunk=cfg.chunk, max_chunk_steps=steps))
     if cfg.suite == "libero":
-        from pirl.envs.libero import make_libero_env
+        from pirl.envs.libero import LiberoConfig, make_libero
 
-        return make_libero_env(cfg, num_envs, record=record)
+        # tasks: a suite ("libero_spatial") or "suite:task_a,task_b" (names or indices)
+        suite, _, names = (cfg.tasks if isinstance(cfg.tasks, str) else ":".join(cfg.tasks)).partition(":")
+        tasks = tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
+        return make_libero(LiberoConfig(
+            suite=suite, tasks=tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
+            image_size=cfg.image_size if cfg.camera else 0, record=record, assets_path=cfg.assets_path, vector=cfg.vector,
+        ))
     if cfg.suite == "maniskill":
-        from pirl.envs.maniskill import make_maniskill_env
+        from pirl.envs.maniskill import ManiSkillConfig, make_maniskill
 
-        return make_maniskill_env(cfg, num_envs, record=record)
+        return make_maniskill(ManiSkillConfig(
+            tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
+            reward=cfg.reward, image_size=cfg.image_size if cfg.camera else 0, record=record, vector=cfg.vector,
+        ))
     raise ValueError(f"unknown env suite {cfg.suite!r}; choose one of {SUITES}")
