@@ -37,6 +37,8 @@ class DemoConfig:
     """RL algorithm."""
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(method="flow_sde", steps=4, noise_level=0.5))
     """Rollout sampler (evaluation uses the ODE with the same K)."""
+    lr: float = 2e-5
+    """RL learning rate of the policy (AdamW)."""
     iterations: int = 30
     """RL iterations."""
     num_groups: int = 12
@@ -60,6 +62,7 @@ def demo_main(cfg: DemoConfig, args) -> int:
     import torch
 
     from pirl.data.collect import CollectConfig, collect
+    from pirl.algorithms import OptimizerConfig
     from pirl.train.rl import TrainConfig, train
     from pirl.train.rundir import RunDir
     from pirl.train.sft import SFTConfig, sft
@@ -92,7 +95,7 @@ def demo_main(cfg: DemoConfig, args) -> int:
         env=EnvConfig(suite="metaworld", tasks=cfg.tasks, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps),
         algorithm=cfg.algorithm, sampler=cfg.sampler, num_groups=cfg.num_groups, group_size=cfg.group_size,
         group_filter="nonuniform" if cfg.algorithm in ("grpo", "loop") else "none",
-        iterations=cfg.iterations, eval_every=cfg.eval_every, eval_episodes_per_task=cfg.eval_episodes_per_task,
+        optim=OptimizerConfig(lr=cfg.lr, value_lr=1e-3), iterations=cfg.iterations, eval_every=cfg.eval_every, eval_episodes_per_task=cfg.eval_episodes_per_task,
         eval_num_envs=10, checkpoint_every=cfg.eval_every, seed=cfg.seed,
     )
     rc = train(train_cfg, rl_dir)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pirl.envs.base import ChunkVectorEnv, Context
+from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 
@@ -131,7 +132,7 @@ class EvalConfig:
 
     policy: str = ""
     """Policy file (.safetensors from `pirl sft` or `pirl train`)."""
-    env: "EnvConfig" = field(default_factory=lambda: _env_config())
+    env: EnvConfig = field(default_factory=EnvConfig)
     """Simulator and tasks (task order must match the policy's training)."""
     episodes_per_task: int = 20
     """Held-out episodes per task."""
@@ -143,12 +144,6 @@ class EvalConfig:
     """Episodes recorded to mp4 per task."""
     seed: int = 0
     """Seed of the initial noise."""
-
-
-def _env_config():
-    from pirl.envs.registry import EnvConfig
-
-    return EnvConfig()
 
 
 def eval_main(cfg: EvalConfig, args) -> int:

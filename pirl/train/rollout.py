@@ -125,6 +125,7 @@ class RolloutCollector:
         ret = np.zeros(N, np.float64)
         chunk_steps = np.zeros(N, np.int64)
         length = np.zeros(N, np.int64)
+        broken = np.zeros(N, bool)
         for _ in range(env.max_chunk_steps):
             obs = policy.prepare(obs_np)
             out = policy.act(obs, sampler, generator=generator)
@@ -133,6 +134,10 @@ class RolloutCollector:
             if not np.isfinite(reward).all():
                 raise ValueError(f"the environment returned non-finite rewards: {reward[~np.isfinite(reward)][:4]}")
             terminated, truncated = res.terminated & running, res.truncated & running
+            crashed = np.asarray(res.info.get("crashed", np.zeros(N, bool)), bool) & running
+            if crashed.any():  # a simulator broke mid-episode: the episode is dropped, not learned from
+                broken |= crashed
+                terminated = terminated | crashed
             step_success = res.success & running
             if buffer is not None:
                 t = torch.from_numpy
@@ -157,7 +162,10 @@ class RolloutCollector:
                 f"{int(running.sum())} episode(s) neither terminated nor truncated within max_chunk_steps="
                 f"{env.max_chunk_steps}; the env must truncate at its time limit"
             )
-        return {"success": success, "return": ret, "length": length, "chunk_steps": chunk_steps}
+        if buffer is not None and broken.any():
+            buffer.drop_envs(torch.from_numpy(broken))
+        success &= ~broken
+        return {"success": success, "return": ret, "length": length, "chunk_steps": chunk_steps, "crashed": broken}
 
     @torch.no_grad()
     def collect(self) -> Rollout:
@@ -210,6 +218,7 @@ class RolloutCollector:
             "rollout/groups_dropped": float(dropped),
             "rollout/tries": float(tries),
             "rollout/filter_exhausted": float(filtering and kept_groups < target),
+            "rollout/episodes_crashed": float(cat("crashed").sum()),
             "perf/rollout_s": elapsed,
             "perf/env_steps_per_s": env_steps / elapsed if elapsed > 0 else math.nan,
         }

@@ -1,0 +1,189 @@
+"""End to end through the CLI: collect -> sft -> train -> eval -> report; resume exactness; faults; config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pirl.cli.main import main as pirl
+from pirl.policies import make_mlp_policy
+from pirl.policies.io import save_policy
+
+pytest.importorskip("metaworld")
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
+    data, sft_dir, rl, ev = tmp_path / "data", tmp_path / "sft", tmp_path / "rl", tmp_path / "eval"
+    assert pirl(["collect", "--run-dir", str(data), "tasks=reach-v3", "episodes_per_task=2", "camera=null",
+                 "num_envs=1", "max_episode_steps=120"]) == 0
+    assert (data / "meta" / "info.json").is_file()
+    assert pirl(["sft", "--run-dir", str(sft_dir), f"dataset={data}", "steps=30", "eval_every=-1",
+                 "action_horizon=8", "chunk=4"]) == 0
+    policy = sft_dir / "final.safetensors"
+    assert policy.is_file()
+    assert pirl(["train", "--run-dir", str(rl), f"policy={policy}", "env.tasks=reach-v3", "env.chunk=4",
+                 "env.max_episode_steps=60", "iterations=2", "num_groups=2", "eval_every=1", "checkpoint_every=1",
+                 "eval_episodes_per_task=2", "eval_num_envs=2", "videos_per_task=1"]) == 0
+    summary = json.loads((rl / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["env_steps"] > 0
+    assert set(summary["success_before"]) == set(summary["success_after"]) == {"reach-v3"}
+    for name in ("config.yaml", "metrics.jsonl", "policy_latest.safetensors"):
+        assert (rl / name).is_file(), name
+    assert list((rl / "videos").glob("*.mp4")) and list((rl / "tb").iterdir())
+    records = [json.loads(line) for line in (rl / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert {"loss/policy", "policy/approx_kl", "policy/clip_fraction", "rollout/success_rate"} <= set(records[1])
+    assert pirl(["eval", "--run-dir", str(ev), f"policy={rl / 'policy_latest.safetensors'}", "env.tasks=reach-v3",
+                 "env.chunk=4", "env.max_episode_steps=60", "episodes_per_task=2", "num_envs=2"]) == 0
+    assert 0.0 <= json.loads((ev / "eval.json").read_text())["success"] <= 1.0
+    capsys.readouterr()
+    assert pirl(["report", str(rl), f"out={tmp_path / 'report'}"]) == 0
+    assert list((tmp_path / "report").glob("*.png"))
+
+
+def test_config_errors_name_the_key(capsys):
+    assert pirl(["train", "iteratons=3"]) == 2
+    err = capsys.readouterr().err
+    assert "iteratons" in err and "iterations" in err
+    assert pirl(["train", "num_groups=many"]) == 2
+    assert "num_groups" in capsys.readouterr().err
+    assert pirl(["train", "algorithm=ppo2"]) == 2
+    assert "ppo" in capsys.readouterr().err
+
+
+# -- resume exactness, on the point-mass env so that it is quick ----------------------------------
+
+def _point_mass_policy(path: Path) -> Path:
+    torch.manual_seed(0)
+    policy = make_mlp_policy(4, 2, action_horizon=4, hidden=32, depth=2, noise_head=False)
+    save_policy(policy, path)
+    return path
+
+
+def _train_cmd(run: Path, policy: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pirl.cli.main", "train", "--run-dir", str(run), f"policy={policy}",
+            "env.suite=point_mass", "env.tasks=[a]", "env.chunk=4", "env.max_episode_steps=32", "iterations=6",
+            "num_groups=8", "eval_every=3", "checkpoint_every=2", "eval_episodes_per_task=4", "eval_num_envs=4",
+            "videos_per_task=0", "optim.lr=1e-3", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _metrics(run: Path) -> list[dict]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.append({k: v for k, v in rec.items() if not k.startswith("perf/") and k != "wall_time"})
+    return out
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run / "metrics.jsonl"
+        if path.exists() and any(json.loads(l)["step"] >= step for l in path.read_text().splitlines() if l.strip()):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} never logged")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, sig):
+    policy = _point_mass_policy(tmp_path / "policy.safetensors")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_train_cmd(ref, policy), check=True, env=_env(), capture_output=True, timeout=300)
+    proc = subprocess.Popen(_train_cmd(run, policy), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_step(run, 3, proc)  # past the checkpoint at 2: step 3's work must be redone on resume
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode in (-signal.SIGKILL, 130), proc.returncode
+    resumed = subprocess.run([sys.executable, "-m", "pirl.cli.main", "train", "--resume", str(run)],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = load_file(str(ref / "policy_latest.safetensors")), load_file(str(run / "policy_latest.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(ref) == _metrics(run)
+
+
+def test_corrupt_checkpoint_is_refused_with_the_file_named(tmp_path):
+    policy = _point_mass_policy(tmp_path / "policy.safetensors")
+    run = tmp_path / "run"
+    subprocess.run(_train_cmd(run, policy, "iterations=2"), check=True, env=_env(), capture_output=True, timeout=300)
+    weights = sorted((run / "checkpoints").rglob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:100])
+    res = subprocess.run([sys.executable, "-m", "pirl.cli.main", "train", "--resume", str(run)], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert weights.name in res.stderr and ("size" in res.stderr or "truncated" in res.stderr or "sha" in res.stderr)
+
+
+def test_env_crash_is_survived_and_counted(tmp_path, monkeypatch):
+    """A simulator that raises mid-rollout is rebuilt; the run goes on and counts the crash."""
+    import pirl.train.rl as rl
+    from pirl.envs.registry import EnvConfig
+    from pirl.envs.registry import make_env as real_make_env
+
+    policy = _point_mass_policy(tmp_path / "policy.safetensors")
+    calls = {"n": 0}
+
+    def flaky_make_env(cfg, num_envs, **kw):
+        env = real_make_env(cfg, num_envs, **kw)
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first training env dies on its 3rd step
+            real_step, count = env.step, {"n": 0}
+
+            def step(actions):
+                count["n"] += 1
+                if count["n"] == 3:
+                    raise RuntimeError("simulated simulator crash")
+                return real_step(actions)
+
+            env.step = step
+        return env
+
+    monkeypatch.setattr(rl, "make_env", flaky_make_env)
+    cfg = rl.TrainConfig(policy=str(policy), env=EnvConfig(suite="point_mass", tasks=("a",), max_episode_steps=32),
+                         iterations=2, num_groups=4, eval_every=2, checkpoint_every=2, eval_episodes_per_task=2,
+                         eval_num_envs=2, videos_per_task=0)
+    assert rl.train(cfg, tmp_path / "run") == 0
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["rollout/env_crashes_total"] == 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_crashes"] == 1
+
+
+def test_sub_env_crash_drops_only_that_episode():
+    """info['crashed'] (MuJoCo instability in one sub-env) drops that episode from the batch."""
+    from pirl.envs.point_mass import PointMassConfig, PointMassEnv
+    from pirl.flow import SamplerConfig
+    from pirl.train.rollout import CollectorConfig, RolloutCollector
+
+    env = PointMassEnv(4, PointMassConfig(max_chunk_steps=4))
+    real_step = env.step
+
+    def step(actions):
+        res = real_step(actions)
+        res.info["crashed"] = np.array([False, True, False, False])
+        return res
+
+    env.step = step
+    torch.manual_seed(0)
+    policy = make_mlp_policy(4, 2, action_horizon=4, hidden=32, depth=2, noise_head=False)
+    rollout = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=4)).collect()
+    assert rollout.metrics["rollout/episodes_crashed"] == 1
+    buf = rollout.buffers[0]
+    assert not bool(buf.valid[:, 1].any()) and bool(buf.valid[:, 0].any())
