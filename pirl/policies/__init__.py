@@ -1,6 +1,6 @@
-"""Flow policies sharing one interface (encode / velocity / value_features)."""
+"""Policies sharing one interface: flow policies (encode / velocity / value_features) and non-flow heads."""
 
-from pirl.policies.base import ActOutput, EvalOutput, FlowPolicy, Normalizer, Obs, ValueHead
+from pirl.policies.base import ActOutput, EvalOutput, FlowPolicy, Normalizer, Obs, Policy, ValueHead
 from pirl.policies.mlp import MLPFlowPolicy, MLPPolicyConfig, make_mlp_policy
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "MLPPolicyConfig",
     "Normalizer",
     "Obs",
+    "Policy",
     "ValueHead",
     "make_mlp_policy",
 ]
