@@ -138,7 +138,8 @@ def test_ratio_one_through_act_and_evaluate(make, cfg):
     record = ActionSample.cat([o.chain for o in parts])
     old = torch.cat([o.log_prob for o in parts])
     idx = torch.randperm(32)[:20]
-    new = p.evaluate({"state": obs["state"][idx]}, record.index(idx)).log_prob
+    with torch.no_grad():
+        new = p.evaluate({"state": obs["state"][idx]}, record.index(idx)).log_prob
     assert new.shape == old[idx].shape
     assert float((torch.exp(new - old[idx]) - 1).abs().max()) < 1e-5
     if cfg.log_prob_level == "element":

@@ -168,7 +168,7 @@ def fit_scale_head(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     return history
 
 
