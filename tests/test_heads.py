@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,9 +15,11 @@ from pirl.flow import SamplerConfig
 from pirl.policies import (
     ActionSample,
     HeadSamplerConfig,
+    Policy,
     RegressionPolicyConfig,
     TokenizedPolicyConfig,
     fit_scale_head,
+    make_mlp_policy,
     make_regression_policy,
     make_tokenized_policy,
 )
@@ -210,11 +214,22 @@ def test_tokenize_round_trip_and_bin_range():
     torch.testing.assert_close(p.unnormalize_actions(p.bin_high), torch.tensor([1.0, 1.0]))
 
 
-def test_sft_losses_decrease():
+def test_sft_losses_decrease_for_every_policy_kind():
     s, a = map(torch.from_numpy, demo_dataset(num_episodes=60, seed=0))
-    for p in (_reg("l1"), _reg("mse"), _tok(bins=32)):
+    flow = make_mlp_policy(S, D, action_horizon=H, hidden=32, depth=1)
+    for p in (_reg("l1"), _reg("mse"), _tok(bins=32), flow):
+        assert isinstance(p, Policy)
         losses = sft_fit(p, s, a, steps=60, lr=3e-3)
         assert sum(losses[-10:]) < sum(losses[:10]), type(p).__name__
+    torch.testing.assert_close(flow.action_norm.mean, a.reshape(-1, D).mean(0))
+
+
+def test_heads_import_no_env_algorithm_or_trainer():
+    code = "import sys, pirl.policies; print(' '.join(m for m in sys.modules if m.startswith('pirl')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert {"pirl.policies.regression", "pirl.policies.tokenized"} <= loaded
+    assert not any(m.startswith(("pirl.envs", "pirl.algorithms", "pirl.train")) for m in loaded), loaded
 
 
 # -- the same rollout / PPO / GRPO / LOOP code paths as the flow policies -------------------------

@@ -202,13 +202,6 @@ class HeadPolicy(Policy):
         """Distribution parameters for encoded observations."""
         return self.head(self.trunk(ctx))
 
-    def set_stats(self, states: Tensor, actions: Tensor) -> None:
-        """Normalisation statistics from demonstrations: states [N, S], action chunks [N, H, D]."""
-        states, actions = torch.as_tensor(states).float(), torch.as_tensor(actions).float()
-        self.state_norm.set_stats(states.mean(0), states.std(0))
-        flat = actions.reshape(-1, self.action_dim)
-        self.action_norm.set_stats(flat.mean(0), flat.std(0))
-
     def logp_mask(self, logp_steps: Optional[int], device: torch.device) -> Optional[Tensor]:
         """[H, D] mask of the chunk elements whose log-probs count (the executed actions)."""
         if logp_steps is None or logp_steps >= self.action_horizon:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pirl.policies.base import Policy
+from pirl.policies.base import Normalizer, Policy
 
 
 def sft_fit(
@@ -28,8 +28,9 @@ def sft_fit(
 ) -> list[float]:
     """Fits ``policy`` to states [N, S] and action chunks [N, H, D] (env units) with Adam; returns the losses.
 
-    ``set_stats`` first loads the normalisers' statistics from the data (states per
-    dimension, actions per dimension over all chunk steps). The value head is not trained.
+    ``set_stats`` first loads the ``state_norm`` / ``action_norm`` statistics from the data
+    (states per dimension, actions per dimension over all chunk steps) where the policy has
+    those normalisers. The value head is not trained.
     """
     states, actions = torch.as_tensor(states).float(), torch.as_tensor(actions).float()
     if len(states) != len(actions) or (tasks is not None and len(tasks) != len(states)):
@@ -37,9 +38,11 @@ def sft_fit(
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     if set_stats:
-        policy.state_norm.set_stats(states.mean(0), states.std(0))
-        flat = actions.reshape(-1, actions.shape[-1])
-        policy.action_norm.set_stats(flat.mean(0), flat.std(0))
+        if isinstance(getattr(policy, "state_norm", None), Normalizer):
+            policy.state_norm.set_stats(states.mean(0), states.std(0))
+        if isinstance(getattr(policy, "action_norm", None), Normalizer):
+            flat = actions.reshape(-1, actions.shape[-1])
+            policy.action_norm.set_stats(flat.mean(0), flat.std(0))
     value_ids = {id(p) for p in policy.value_head.parameters()} if policy.value_head is not None else set()
     opt = torch.optim.Adam([p for p in policy.parameters() if id(p) not in value_ids], lr=lr)
     g = torch.Generator().manual_seed(seed)
