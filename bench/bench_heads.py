@@ -10,7 +10,7 @@ with the same collector settings. Success is greedy (ODE / mean / argmax) on hel
 point_mass (default): 4 goal tasks, a slow, biased, noisy scripted expert, ``--demos``
 episodes per task. metaworld: MetaWorld's scripted expert on ``--tasks`` through
 :mod:`pirl.envs.metaworld` (needs that adapter). Writes bench/results/heads.json and
-appends a line to bench/results/heads.md.
+appends a snippet to bench/results/heads.md (``--name`` renames the JSON).
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=10, help="LOOP iterations between curve points")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+    p.add_argument("--name", default="heads", help="results file stem: <out>/<name>.json, snippet appended to <out>/heads.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -222,13 +223,13 @@ def main() -> None:
 
     command = "PYTHONPATH=. python bench/bench_heads.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k != "out")
+        for k, v in vars(args).items() if k not in ("out", "name"))
     date = datetime.date.today().isoformat()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"date": date, "machine": "2-core CPU", "command": command, "env": args.env, "args": vars(args),
               "demo_chunks": len(setup.states), "results": results}
-    (out / "heads.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     rows = [f"| {h} | {r['mean']['before']:.3f} | {r['mean']['after']:.3f} | {r['mean']['sft_s']:.1f} | "
             f"{r['mean']['rl_s']:.1f} | {' / '.join(f'{c:.2f}' for c in r['mean_curve'])} |" for h, r in results.items()]
     md = (f"\n### {date}, 2-core CPU, env {args.env}, {args.demos} demos/task, seeds {args.seeds}\n\n"
