@@ -1,6 +1,14 @@
-"""The contract every flow policy meets, and the one code path that samples and re-scores chains.
+"""The policy contract, and the one code path that samples and re-scores flow chains.
 
-A policy implements three things:
+:class:`Policy` is what the rollout collector and the algorithms call on any policy:
+``prepare`` (env observation -> tensors), ``act(obs, cfg) -> ActOutput`` (rollouts),
+``evaluate(obs, record) -> EvalOutput`` (updates), ``value(obs)`` (critic) and
+``sft_loss`` (supervised pre-training). The sample record an ``act`` returns is opaque to
+the algorithms: it only offers ``index(idx)``, ``cat(list)`` and ``to(device)``. Flow
+policies return a :class:`~pirl.flow.Chain`; the regression and tokenized heads
+(:mod:`pirl.policies.heads`) an :class:`~pirl.policies.heads.ActionSample`.
+
+A flow policy (:class:`FlowPolicy`) implements three things:
 
 - ``encode(obs) -> ctx``: everything computed once per observation (prefix features, a
   KV cache); the sampler never sees it.
@@ -70,10 +78,11 @@ class ActOutput:
 
     actions: Tensor
     """[B, H, D] action chunk, unnormalised."""
-    chain: Chain
-    """The denoising chain in the policy's normalised action space (detached)."""
+    chain: Any
+    """The sample record in the policy's normalised action space (detached): a flow policy's
+    denoising :class:`~pirl.flow.Chain`, or a head policy's ``ActionSample``."""
     log_prob: Tensor
-    """[B] float32 log-probability of the chain under the sampling policy."""
+    """[B] (or [B, M] per element) float32 log-probability of the record under the sampling policy."""
     value: Optional[Tensor]
     """[B] critic value, or None if the policy has no value head."""
 
@@ -87,17 +96,20 @@ class EvalOutput:
     value: Optional[Tensor]
     """[B] value (differentiable), or None."""
     entropy: Optional[Tensor]
-    """[B] Gaussian entropy of the stochastic transitions (mean per element), or None for Flow-SDE/ODE."""
+    """[B] entropy per element, averaged (Flow-Noise transitions, head distributions), or None for Flow-SDE/ODE."""
 
 
-class FlowPolicy(nn.Module):
-    """Base class of all flow-matching policies (MLP, vision-language, π0 family)."""
+class Policy(nn.Module):
+    """Base of every policy the collector and the algorithms drive (flow or not).
+
+    Subclasses implement ``encode``, ``value_features``, ``act``, ``evaluate`` and ``sft_loss``;
+    observation preparation, the critic and action normalisation are shared here.
+    """
 
     action_horizon: int
     """H, actions per predicted chunk."""
     action_dim: int
     """D, action dimensions."""
-    noise_head: Optional[NoiseHead]
     value_head: Optional[ValueHead]
 
     detach_value_features: bool = True
@@ -107,7 +119,6 @@ class FlowPolicy(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.noise_head = None
         self.value_head = None
 
     def _value(self, ctx: Any) -> Tensor:
@@ -116,15 +127,25 @@ class FlowPolicy(nn.Module):
 
     # -- to implement -----------------------------------------------------------------------
     def encode(self, obs: Obs) -> Any:
-        """Per-observation context (computed once per chunk, reused by every denoising step)."""
-        raise NotImplementedError
-
-    def velocity(self, ctx: Any, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(v [B, H, D], features [B, F]) for noisy chunk x at times t [B]."""
+        """Per-observation context (computed once per chunk)."""
         raise NotImplementedError
 
     def value_features(self, ctx: Any) -> Tensor:
         """[B, F] features for the value head."""
+        raise NotImplementedError
+
+    def act(self, obs: Obs, cfg: Any, *, generator: Optional[torch.Generator] = None) -> ActOutput:
+        """Samples action chunks for a batch of observations (rollouts and evaluation)."""
+        raise NotImplementedError
+
+    def evaluate(self, obs: Obs, chain: Any, *, with_value: bool = True) -> EvalOutput:
+        """Re-scores stored sample records under the current parameters (differentiable)."""
+        raise NotImplementedError
+
+    def sft_loss(
+        self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """Supervised loss on demonstration chunks ``actions`` [B, H, D] (env units); ``mask`` [B, H] valid steps."""
         raise NotImplementedError
 
     def prepare(self, obs: dict[str, Any]) -> Obs:
@@ -144,20 +165,57 @@ class FlowPolicy(nn.Module):
                 out[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device)
         return out
 
-    # -- provided ---------------------------------------------------------------------------
     @property
     def action_shape(self) -> tuple[int, int]:
         return (self.action_horizon, self.action_dim)
-
-    def attach_noise_head(self, in_features: int, std_min: float = 0.08, std_max: float = 0.16) -> NoiseHead:
-        """Adds a Flow-Noise head reading ``velocity``'s features (trained by RL only)."""
-        self.noise_head = NoiseHead(in_features, self.action_shape, std_min=std_min, std_max=std_max)
-        return self.noise_head
 
     def attach_value_head(self, in_features: int, hidden: int = 256) -> ValueHead:
         """Adds a critic reading ``value_features``."""
         self.value_head = ValueHead(in_features, hidden)
         return self.value_head
+
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def value(self, obs: Obs) -> Tensor:
+        """[B] critic values."""
+        if self.value_head is None:
+            raise ValueError("this policy has no value head: call policy.attach_value_head(...)")
+        return self._value(self.encode(obs))
+
+    # -- normalisation (subclasses own an ``action_norm`` Normalizer) ----------------------------
+    def normalize_actions(self, actions: Tensor) -> Tensor:
+        norm = getattr(self, "action_norm", None)
+        return norm(actions.float()) if norm is not None else actions.float()
+
+    def unnormalize_actions(self, actions: Tensor) -> Tensor:
+        norm = getattr(self, "action_norm", None)
+        return norm.inverse(actions) if norm is not None else actions
+
+
+class FlowPolicy(Policy):
+    """Base class of all flow-matching policies (MLP, vision-language, π0 family)."""
+
+    noise_head: Optional[NoiseHead]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noise_head = None
+
+    # -- to implement -----------------------------------------------------------------------
+    def encode(self, obs: Obs) -> Any:
+        """Per-observation context (computed once per chunk, reused by every denoising step)."""
+        raise NotImplementedError
+
+    def velocity(self, ctx: Any, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(v [B, H, D], features [B, F]) for noisy chunk x at times t [B]."""
+        raise NotImplementedError
+
+    # -- provided ---------------------------------------------------------------------------
+    def attach_noise_head(self, in_features: int, std_min: float = 0.08, std_max: float = 0.16) -> NoiseHead:
+        """Adds a Flow-Noise head reading ``velocity``'s features (trained by RL only)."""
+        self.noise_head = NoiseHead(in_features, self.action_shape, std_min=std_min, std_max=std_max)
+        return self.noise_head
 
     def velocity_fn(self, ctx: Any, with_std: bool) -> flow.sampler.VelocityFn:
         """The closure the sampler calls: binds the encoded observation."""
@@ -179,9 +237,6 @@ class FlowPolicy(nn.Module):
         mask = torch.zeros(self.action_shape, dtype=torch.bool, device=device)
         mask[: cfg.logp_steps] = True
         return mask
-
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def sample_chain(
         self, obs: Obs, cfg: SamplerConfig, *, generator: Optional[torch.Generator] = None, ctx: Any = None
@@ -226,12 +281,6 @@ class FlowPolicy(nn.Module):
             value = self._value(ctx)
         return EvalOutput(log_prob, value, entropy)
 
-    def value(self, obs: Obs) -> Tensor:
-        """[B] critic values."""
-        if self.value_head is None:
-            raise ValueError("this policy has no value head: call policy.attach_value_head(...)")
-        return self._value(self.encode(obs))
-
     def flow_matching_loss(
         self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None
     ) -> Tensor:
@@ -257,14 +306,11 @@ class FlowPolicy(nn.Module):
         m = mask.to(err.dtype).unsqueeze(-1).expand_as(err)
         return (err * m).sum() / m.sum().clamp(min=1)
 
-    # -- normalisation (subclasses own an ``action_norm`` Normalizer) ----------------------------
-    def normalize_actions(self, actions: Tensor) -> Tensor:
-        norm = getattr(self, "action_norm", None)
-        return norm(actions.float()) if norm is not None else actions.float()
-
-    def unnormalize_actions(self, actions: Tensor) -> Tensor:
-        norm = getattr(self, "action_norm", None)
-        return norm.inverse(actions) if norm is not None else actions
+    def sft_loss(
+        self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """The flow-matching loss (:meth:`flow_matching_loss`)."""
+        return self.flow_matching_loss(obs, actions, generator=generator, mask=mask)
 
 
 def _batch_size(obs: Obs) -> int:

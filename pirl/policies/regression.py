@@ -1,0 +1,192 @@
+"""Regression action head (L1 / MSE, like OpenVLA-OFT) with a light scale head (RIPT-VLA).
+
+The mean head is trained by SFT with L1 or MSE in the normalised action space. A regression
+head gives no probability, so after SFT a scale head is fitted by negative log-likelihood on
+the same demonstrations (a few hundred steps, mean frozen), turning the prediction into a
+factorised Laplace (L1) or Gaussian (MSE) policy with closed-form log-probs:
+
+    Laplace:  log p(x) = -log 2b - |x - mu| / b
+    Gaussian: log p(x) = -log sigma - 1/2 log 2 pi - 1/2 ((x - mu) / sigma)^2
+
+The scale head is one linear layer on the trunk's features, detached, so fitting (and RL
+shaping) the scale never moves the mean's representation; its bias starts low and its
+log-scale is clipped to [log scale_min, log scale_max]. Sampling may widen the scale by
+``HeadSamplerConfig.widen``; whether the ratio uses the widened density is
+``HeadSamplerConfig.ratio_density`` (see :mod:`pirl.policies.heads`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from pirl.policies.base import Obs
+from pirl.policies.heads import ActionSample, HeadPolicy, HeadPolicyConfig, HeadSamplerConfig, masked_mean
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class RegressionPolicyConfig(HeadPolicyConfig):
+    """A state-MLP regression head and its scale head."""
+
+    loss: Literal["l1", "mse"] = "l1"
+    """SFT loss; l1 makes the policy Laplace, mse Gaussian."""
+    scale_init: float = 0.05
+    """Initial scale (normalised units): the scale head's bias starts at log(scale_init), low."""
+    scale_min: float = 1e-3
+    """Lower clip of the scale (normalised units)."""
+    scale_max: float = 2.0
+    """Upper clip of the scale (normalised units)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in ("l1", "mse"):
+            raise ValueError(f"loss must be 'l1' or 'mse', got {self.loss!r}")
+        if not 0 < self.scale_min <= self.scale_init <= self.scale_max:
+            raise ValueError(
+                f"need 0 < scale_min <= scale_init <= scale_max, got {self.scale_min}, {self.scale_init}, {self.scale_max}"
+            )
+
+    @property
+    def family(self) -> str:
+        return "laplace" if self.loss == "l1" else "gaussian"
+
+
+class RegressionPolicy(HeadPolicy):
+    """Mean [B, H, D] by regression; scale [B, H, D] by a light NLL-fitted head."""
+
+    def __init__(self, cfg: RegressionPolicyConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: RegressionPolicyConfig = cfg
+        n = cfg.action_horizon * cfg.action_dim
+        self.mean_head = nn.Linear(cfg.hidden, n)
+        self.scale_head = nn.Linear(cfg.hidden, n)
+        # Starts state-independent and low: exploration grows only as far as the NLL fit asks.
+        nn.init.zeros_(self.scale_head.weight)
+        nn.init.constant_(self.scale_head.bias, math.log(cfg.scale_init))
+
+    def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_scale), each [B, H, D] in normalised units."""
+        B = features.shape[0]
+        mean = self.mean_head(features).view(B, *self.action_shape).float()
+        raw = self.scale_head(features.detach()).view(B, *self.action_shape).float()
+        log_scale = raw.clamp(math.log(self.cfg.scale_min), math.log(self.cfg.scale_max))
+        return mean, log_scale
+
+    @staticmethod
+    def log_density(x: Tensor, mean: Tensor, log_scale: Tensor, family: str) -> Tensor:
+        """Element-wise closed-form log-density of a Laplace (scale b) or Gaussian (std sigma)."""
+        z = (x.float() - mean) * torch.exp(-log_scale)
+        if family == "laplace":
+            return -_LOG2 - log_scale - z.abs()
+        return -log_scale - _LOG_SQRT_2PI - 0.5 * z.square()
+
+    def element_log_prob(self, params: tuple[Tensor, Tensor], sample: ActionSample) -> Tensor:
+        mean, log_scale = params
+        return self.log_density(sample.actions, mean, log_scale + math.log(sample.density_widen), self.cfg.family)
+
+    def element_entropy(self, params: tuple[Tensor, Tensor], density_widen: float) -> Tensor:
+        log_scale = params[1] + math.log(density_widen)
+        if self.cfg.family == "laplace":
+            return 1.0 + _LOG2 + log_scale
+        return 0.5 + _LOG_SQRT_2PI + log_scale
+
+    def draw(self, params: tuple[Tensor, Tensor], cfg: HeadSamplerConfig,
+             generator: Optional[torch.Generator]) -> ActionSample:
+        mean, log_scale = params
+        if cfg.greedy:
+            x = mean
+        else:
+            scale = torch.exp(log_scale) * cfg.widen
+            if self.cfg.family == "laplace":
+                # difference of two Exp(1) draws is Laplace(0, 1); 1 - U in (0, 1] keeps log finite
+                u = 1.0 - torch.rand((2, *mean.shape), generator=generator, device=mean.device)
+                noise = torch.log(u[1]) - torch.log(u[0])
+            else:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+            x = mean + scale * noise
+        return ActionSample(x, None, cfg.density_widen, cfg.logp_steps, cfg.log_prob_level)
+
+    # -- supervised losses ------------------------------------------------------------------
+    def sft_loss(self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None,
+                 mask: Optional[Tensor] = None) -> Tensor:
+        """L1 or MSE between the predicted mean and the normalised demonstration chunk [B, H, D]."""
+        self._check_actions(actions)
+        mean, _ = self.params(self.encode(obs))
+        diff = mean - self.normalize_actions(actions)
+        return masked_mean(diff.abs() if self.cfg.loss == "l1" else diff.square(), mask)
+
+    def nll(self, obs: Obs, actions: Tensor, *, mask: Optional[Tensor] = None) -> Tensor:
+        """Mean negative log-likelihood per element of demonstration chunks (unwidened density)."""
+        self._check_actions(actions)
+        mean, log_scale = self.params(self.encode(obs))
+        lp = self.log_density(self.normalize_actions(actions), mean, log_scale, self.cfg.family)
+        return masked_mean(-lp, mask)
+
+
+def fit_scale_head(
+    policy: RegressionPolicy,
+    states: Tensor,
+    actions: Tensor,
+    *,
+    steps: int = 300,
+    lr: float = 1e-2,
+    batch_size: int = 256,
+    tasks: Optional[Tensor] = None,
+    seed: int = 0,
+) -> list[float]:
+    """Fits only the scale head by NLL on demonstrations (states [N, S], chunks [N, H, D]).
+
+    The mean head and the encoder stay frozen (their gradients are never computed). Returns
+    the NLL per step.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    states, actions = torch.as_tensor(states).float(), torch.as_tensor(actions).float()
+    if len(states) != len(actions):
+        raise ValueError(f"{len(states)} states for {len(actions)} action chunks")
+    opt = torch.optim.Adam(policy.scale_head.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        # the features are fixed during the fit: compute them once
+        obs = {"state": states} if tasks is None else {"state": states, "task": tasks}
+        features = policy.trunk(policy.encode(obs))
+        mean = policy.mean_head(features).view(len(states), *policy.action_shape)
+        target = policy.normalize_actions(actions)
+    lo, hi = math.log(policy.cfg.scale_min), math.log(policy.cfg.scale_max)
+    history = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(states), (min(batch_size, len(states)),), generator=g)
+        log_scale = policy.scale_head(features[idx]).view(len(idx), *policy.action_shape).clamp(lo, hi)
+        loss = -policy.log_density(target[idx], mean[idx], log_scale, policy.cfg.family).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+def make_regression_policy(
+    state_dim: int,
+    action_dim: int,
+    *,
+    action_horizon: int = 4,
+    num_tasks: int = 0,
+    hidden: int = 256,
+    depth: int = 3,
+    loss: Literal["l1", "mse"] = "l1",
+    value_head: bool = True,
+    **scale: float,
+) -> RegressionPolicy:
+    """A regression-head policy (with its critic attached); ``scale`` sets scale_init/min/max."""
+    cfg = RegressionPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, loss=loss, **scale)
+    policy = RegressionPolicy(cfg)
+    if value_head:
+        policy.attach_value_head(policy.feature_dim)
+    return policy

@@ -1,0 +1,274 @@
+"""Regression and tokenized heads: closed-form log-probs, ratio 1, scale-head fit, plugging into the RL code paths."""
+
+import dataclasses
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.distributions import Categorical, Laplace, Normal
+
+from pirl.algorithms import PPOConfig, PPOUpdater, build_batch, preset
+from pirl.envs.point_mass import PointMassConfig, PointMassEnv
+from pirl.flow import SamplerConfig
+from pirl.policies import (
+    ActionSample,
+    HeadSamplerConfig,
+    Policy,
+    RegressionPolicyConfig,
+    TokenizedPolicyConfig,
+    fit_scale_head,
+    make_mlp_policy,
+    make_regression_policy,
+    make_tokenized_policy,
+)
+from pirl.train.pretrain import sft_fit
+from pirl.train.rollout import CollectorConfig, RolloutCollector
+
+from rl_helpers import demo_dataset
+
+torch.set_num_threads(1)
+
+H, D, S = 4, 2, 4
+
+
+def _reg(loss="l1", **kw):
+    torch.manual_seed(0)
+    p = make_regression_policy(S, D, action_horizon=H, hidden=32, depth=1, loss=loss, scale_init=0.3, **kw)
+    # a state-dependent scale, so the check does not pass by a constant
+    torch.nn.init.normal_(p.scale_head.weight, std=0.3)
+    return p
+
+
+def _tok(within_bin=False, bins=16):
+    torch.manual_seed(0)
+    return make_tokenized_policy(S, D, action_horizon=H, hidden=32, depth=1, bins=bins, within_bin=within_bin)
+
+
+def _obs(B=6, seed=1):
+    return {"state": torch.randn(B, S, generator=torch.Generator().manual_seed(seed))}
+
+
+# -- closed-form log-probs against torch.distributions -------------------------------------------
+@pytest.mark.parametrize("loss,dist", [("l1", Laplace), ("mse", Normal)])
+@pytest.mark.parametrize("widen,density", [(1.0, "behaviour"), (1.7, "behaviour"), (1.7, "nominal")])
+def test_regression_log_prob_matches_torch(loss, dist, widen, density):
+    p, obs = _reg(loss), _obs()
+    cfg = HeadSamplerConfig(widen=widen, ratio_density=density)
+    out = p.act(obs, cfg, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean, log_scale = p.params(p.encode(obs))
+        d = dist(mean, log_scale.exp() * (widen if density == "behaviour" else 1.0))
+        ref = d.log_prob(out.chain.actions).sum(dim=(1, 2))
+        ev = p.evaluate(obs, out.chain)
+    torch.testing.assert_close(out.log_prob, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ev.entropy, d.entropy().flatten(1).mean(1), rtol=1e-5, atol=1e-5)
+    # the environment receives the unnormalised chunk
+    torch.testing.assert_close(out.actions, p.unnormalize_actions(out.chain.actions))
+
+
+@pytest.mark.parametrize("within_bin", [False, True])
+@pytest.mark.parametrize("widen,density", [(1.0, "behaviour"), (0.5, "behaviour"), (0.5, "nominal")])
+def test_tokenized_log_prob_matches_torch(within_bin, widen, density):
+    p, obs = _tok(within_bin), _obs()
+    cfg = HeadSamplerConfig(widen=widen, ratio_density=density)
+    out = p.act(obs, cfg, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = p.params(p.encode(obs))
+        d = Categorical(logits=logits / (widen if density == "behaviour" else 1.0))
+        ref = d.log_prob(out.chain.tokens)
+        ent = d.entropy()
+        if within_bin:
+            ref, ent = ref - torch.log(p.bin_width), ent + torch.log(p.bin_width)
+        ev = p.evaluate(obs, out.chain)
+    torch.testing.assert_close(out.log_prob, ref.sum(dim=(1, 2)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ev.entropy, ent.flatten(1).mean(1), rtol=1e-5, atol=1e-5)
+    # the action lies in its token's bin (at the centre without within_bin)
+    low = p.bin_low + out.chain.tokens * p.bin_width
+    assert bool(((out.chain.actions >= low - 1e-5) & (out.chain.actions <= low + p.bin_width + 1e-5)).all())
+    if not within_bin:
+        torch.testing.assert_close(out.chain.actions, low + 0.5 * p.bin_width)
+
+
+def test_samples_follow_the_distribution():
+    """Empirical moments / frequencies of many draws match the (widened) distribution."""
+    obs = _obs(B=1)
+    g = torch.Generator().manual_seed(0)
+    for loss in ("l1", "mse"):
+        p = _reg(loss)
+        big = {"state": obs["state"].expand(20000, S)}
+        x = p.act(big, HeadSamplerConfig(widen=1.5), generator=g).chain.actions
+        with torch.no_grad():
+            mean, log_scale = p.params(p.encode(obs))
+        scale = 1.5 * log_scale.exp()[0]
+        torch.testing.assert_close(x.mean(0), mean[0].detach(), atol=0.15 * float(scale.max()), rtol=0)
+        spread = (x - mean[0]).abs().mean(0) if loss == "l1" else (x - mean[0]).std(0)  # b (Laplace) or sigma
+        torch.testing.assert_close(spread, scale.detach(), rtol=0.05, atol=0)
+    p = _tok(bins=8)
+    big = {"state": obs["state"].expand(20000, S)}
+    tokens = p.act(big, HeadSamplerConfig(widen=0.7), generator=g).chain.tokens
+    freq = torch.nn.functional.one_hot(tokens, 8).float().mean(0)
+    probs = torch.softmax(p.params(p.encode(obs))[0] / 0.7, -1).detach()
+    torch.testing.assert_close(freq, probs, atol=0.02, rtol=0)
+
+
+def test_greedy_is_the_mode():
+    obs = _obs()
+    p = _reg()
+    out = p.act(obs, HeadSamplerConfig().deterministic())
+    torch.testing.assert_close(out.chain.actions, p.params(p.encode(obs))[0].detach())
+    # a flow SamplerConfig works too: 'ode' means greedy
+    torch.testing.assert_close(p.act(obs, SamplerConfig(method="ode")).actions, out.actions)
+    t = _tok()
+    tok = t.act(obs, HeadSamplerConfig(greedy=True)).chain.tokens
+    assert torch.equal(tok, t.params(t.encode(obs)).argmax(-1))
+
+
+# -- ratio 1 -------------------------------------------------------------------------------------
+CONFIGS = [
+    HeadSamplerConfig(),
+    HeadSamplerConfig(widen=2.0, ratio_density="nominal"),
+    HeadSamplerConfig(widen=0.5, logp_steps=2),
+    HeadSamplerConfig(log_prob_level="element", logp_steps=3),
+]
+
+
+@pytest.mark.parametrize("make", [_reg, lambda: _reg("mse"), _tok, lambda: _tok(True)], ids=["l1", "mse", "tok", "tok_bin"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "nominal", "logp_steps", "element"])
+def test_ratio_one_through_act_and_evaluate(make, cfg):
+    p, obs = make(), _obs(B=32)
+    parts = [p.act({"state": obs["state"][i : i + 8]}, cfg, generator=torch.Generator().manual_seed(i)) for i in range(0, 32, 8)]
+    record = ActionSample.cat([o.chain for o in parts])
+    old = torch.cat([o.log_prob for o in parts])
+    idx = torch.randperm(32)[:20]
+    with torch.no_grad():
+        new = p.evaluate({"state": obs["state"][idx]}, record.index(idx)).log_prob
+    assert new.shape == old[idx].shape
+    assert float((torch.exp(new - old[idx]) - 1).abs().max()) < 1e-5
+    if cfg.log_prob_level == "element":
+        assert old.shape == (32, 3 * D)
+    elif cfg.logp_steps is not None:
+        # only the executed actions count
+        lp = p.element_log_prob(p.params(p.encode(obs)), record)
+        torch.testing.assert_close(old, lp[:, : cfg.logp_steps].sum((1, 2)).detach())
+
+
+def test_record_settings_must_match_to_concatenate():
+    p, obs = _reg(), _obs()
+    a = p.act(obs, HeadSamplerConfig(widen=1.0)).chain
+    b = p.act(obs, HeadSamplerConfig(widen=2.0)).chain
+    with pytest.raises(ValueError, match="different widening"):
+        ActionSample.cat([a, b])
+    with pytest.raises(TypeError, match="ActionSample"):
+        p.evaluate(obs, object())
+    with pytest.raises(ValueError, match="token indices"):
+        _tok().evaluate(obs, a)
+
+
+def test_configs_validate():
+    with pytest.raises(ValueError, match="widen"):
+        HeadSamplerConfig(widen=0.0)
+    with pytest.raises(ValueError, match="ratio_density"):
+        HeadSamplerConfig(ratio_density="true")
+    with pytest.raises(ValueError, match="loss"):
+        RegressionPolicyConfig(4, 2, loss="huber")
+    with pytest.raises(ValueError, match="scale_min"):
+        RegressionPolicyConfig(4, 2, scale_init=5.0)
+    with pytest.raises(ValueError, match="bins"):
+        TokenizedPolicyConfig(4, 2, bins=1)
+    with pytest.raises(TypeError, match="HeadSamplerConfig"):
+        _reg().act(_obs(), {"greedy": True})
+
+
+# -- SFT and the scale head ----------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_scale_head_fit_lowers_held_out_nll(loss):
+    torch.manual_seed(0)
+    s, a = map(torch.from_numpy, demo_dataset(num_episodes=100, seed=0))
+    hs, ha = map(torch.from_numpy, demo_dataset(num_episodes=50, seed=1))
+    p = make_regression_policy(S, D, action_horizon=H, hidden=64, depth=2, loss=loss)
+    sft_fit(p, s, a, steps=200)
+    mean_before = p.mean_head.weight.detach().clone()
+    with torch.no_grad():
+        before = float(p.nll({"state": hs}, ha))
+    hist = fit_scale_head(p, s, a, steps=200)
+    with torch.no_grad():
+        after = float(p.nll({"state": hs}, ha))
+        log_scale = p.params(p.encode({"state": hs}))[1]
+    assert after < before - 1.0, f"held-out NLL {before:.3f} -> {after:.3f}"
+    assert hist[-1] < hist[0]
+    assert torch.equal(p.mean_head.weight, mean_before), "the scale fit must not move the mean"
+    assert float(log_scale.min()) >= math.log(p.cfg.scale_min) - 1e-6 and float(log_scale.max()) <= math.log(p.cfg.scale_max) + 1e-6
+
+
+def test_tokenize_round_trip_and_bin_range():
+    p = _tok(bins=256)
+    x = torch.linspace(-2.99, 2.99, 101).view(-1, 1).expand(101, D)
+    back = p.detokenize(p.tokenize(x))
+    assert float((back - x).abs().max()) <= 0.5 * float(p.bin_width.max()) + 1e-6
+    assert int(p.tokenize(torch.full((1, D), 9.0)).max()) == 255 and int(p.tokenize(torch.full((1, D), -9.0)).min()) == 0
+    p.action_norm.set_stats(torch.tensor([0.5, 0.0]), torch.tensor([2.0, 1.0]))
+    p.set_bin_range(torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(p.unnormalize_actions(p.bin_low), torch.tensor([-1.0, -1.0]))
+    torch.testing.assert_close(p.unnormalize_actions(p.bin_high), torch.tensor([1.0, 1.0]))
+
+
+def test_sft_losses_decrease_for_every_policy_kind():
+    s, a = map(torch.from_numpy, demo_dataset(num_episodes=60, seed=0))
+    flow = make_mlp_policy(S, D, action_horizon=H, hidden=32, depth=1)
+    for p in (_reg("l1"), _reg("mse"), _tok(bins=32), flow):
+        assert isinstance(p, Policy)
+        losses = sft_fit(p, s, a, steps=60, lr=3e-3)
+        assert sum(losses[-10:]) < sum(losses[:10]), type(p).__name__
+    torch.testing.assert_close(flow.action_norm.mean, a.reshape(-1, D).mean(0))
+
+
+def test_heads_import_no_env_algorithm_or_trainer():
+    code = "import sys, pirl.policies; print(' '.join(m for m in sys.modules if m.startswith('pirl')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert {"pirl.policies.regression", "pirl.policies.tokenized"} <= loaded
+    assert not any(m.startswith(("pirl.envs", "pirl.algorithms", "pirl.train")) for m in loaded), loaded
+
+
+# -- the same rollout / PPO / GRPO / LOOP code paths as the flow policies -------------------------
+@pytest.mark.parametrize("make", [_reg, _tok], ids=["regression", "tokenized"])
+@pytest.mark.parametrize("algo", ["ppo", "grpo", "loop"])
+def test_heads_plug_into_collector_and_updater(make, algo):
+    torch.manual_seed(0)
+    # a large goal disk: untrained policies succeed sometimes, so the group filter keeps groups
+    env_cfg = PointMassConfig(num_tasks=2, chunk=2, max_chunk_steps=4, speed=0.2, goal_radius=0.6)
+    p = make_regression_policy(S, D, action_horizon=H, num_tasks=2, hidden=32, depth=1, scale_init=0.5) if make is _reg \
+        else make_tokenized_policy(S, D, action_horizon=H, num_tasks=2, hidden=32, depth=1, bins=16)
+    G = 1 if algo == "ppo" else 4
+    ccfg = CollectorConfig(num_groups=4, group_size=G, group_filter="none" if algo == "ppo" else "nonuniform",
+                           filter_on="return", max_tries=2, seed=0)
+    sampler = HeadSamplerConfig(widen=1.5, logp_steps=env_cfg.chunk)
+    collector = RolloutCollector(PointMassEnv(ccfg.num_envs, env_cfg), p, sampler, ccfg)
+    rollout = collector.collect()
+    assert rollout.buffers, "no informative group kept"
+    assert rollout.metrics["rollout/groups_kept"] >= 1
+    cfg = preset(algo)
+    batch = build_batch(rollout.buffers, cfg.advantage)
+    assert isinstance(batch.chain, ActionSample)
+    before = {k: v.clone() for k, v in p.state_dict().items()}
+    metrics = PPOUpdater(p, dataclasses.replace(cfg.ppo, epochs=2, minibatch_size=16)).update(batch)
+    assert metrics["policy/ratio_check"] < 1e-5 and metrics["loss/optimizer_steps"] >= 1
+    assert any(not torch.equal(before[k], v) for k, v in p.state_dict().items())
+    ev = collector.evaluate(range(4))
+    assert 0.0 <= ev["eval/success_rate"] <= 1.0
+
+
+def test_element_ratio_update():
+    p = _tok()
+    obs = _obs(B=16)
+    out = p.act(obs, HeadSamplerConfig(log_prob_level="element", logp_steps=2))
+    from pirl.algorithms import RolloutBatch
+
+    batch = RolloutBatch(obs=obs, chain=out.chain, old_log_prob=out.log_prob, old_value=None,
+                         advantages=torch.randn(16), returns=torch.zeros(16),
+                         task=torch.zeros(16, dtype=torch.long), group=torch.arange(16) // 4)
+    cfg = PPOConfig(ratio_level="element", normalize_advantages=False, value_coef=0.0, minibatch_size=8, epochs=1)
+    metrics = PPOUpdater(p, cfg).update(batch)
+    assert metrics["loss/optimizer_steps"] == 2 and metrics["policy/ratio_check"] < 1e-5
