@@ -9,6 +9,7 @@ import pytest
 
 import pirl.envs  # noqa: F401  (sets MUJOCO_GL before metaworld imports mujoco)
 from pirl.data import ChunkDataset, DatasetError, Episode, load_dataset, recompute_stats, write_dataset
+from pirl.envs.base import EVAL_SEED_START
 
 
 def _smooth_video(T, h, w, shift):
@@ -138,4 +139,4 @@ def test_collect_scripted_demos(tmp_path):
     with pytest.raises(FileExistsError):
         collect(CollectConfig(tasks="reach-v3", episodes_per_task=1, camera=None), tmp_path / "demos")
     with pytest.raises(ValueError, match="held-out evaluation seeds"):
-        collect(CollectConfig(tasks="reach-v3", seed_start=999_990, camera=None), tmp_path / "x")
+        collect(CollectConfig(tasks="reach-v3", seed_start=EVAL_SEED_START - 10, camera=None), tmp_path / "x")
