@@ -61,6 +61,9 @@ class EnvWorker:
     def step(self, actions: np.ndarray) -> StepResult:
         return self.env.step(actions)
 
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def pid(self) -> int:
         import os
 
@@ -176,7 +179,7 @@ class RayVectorEnv:
     def reset(self, contexts: Sequence[Context]) -> dict[str, np.ndarray]:
         if len(contexts) != self.num_envs:
             raise ValueError(f"reset got {len(contexts)} contexts for {self.num_envs} sub-environments (one each)")
-        self._drain()
+        self.drain()
         parts = [list(contexts[self.worker_slice(i)]) for i in range(len(self.workers))]
         refs = [w.reset.remote(p) for w, p in zip(self.workers, parts)]
         obs = []
@@ -247,8 +250,8 @@ class RayVectorEnv:
         """The running episodes of a dead worker end here, terminated and flagged crashed."""
         return self._ended_result(i, crashed=~self._ended[i])
 
-    def _drain(self) -> None:
-        # a pipelined collector may stop with steps in flight: wait for them (their results are stale)
+    def drain(self) -> None:
+        """Waits for steps in flight and discards them (a pipelined collector stops with one step ahead)."""
         for i in list(self._pending):
             ref = self._pending.pop(i)
             if ref is not None:
