@@ -192,8 +192,8 @@ class RayVectorEnv:
                     self._replace(i, e)
                     ref = self.workers[i].reset.remote(parts[i])
             self._contexts[i], self._last_obs[i] = parts[i], obs[-1]
-            self._ended[i][:] = False
-            self._length[i][:] = 0
+            self._ended[i] = np.zeros(self.sizes[i], bool)  # fresh arrays: Ray hands out read-only ones
+            self._length[i] = np.zeros(self.sizes[i], np.int64)
             self._down[i] = False
         return {k: np.concatenate([o[k] for o in obs]) for k in obs[0]}
 
@@ -231,7 +231,7 @@ class RayVectorEnv:
                     self._down[i] = True
             else:
                 res = self._ended_result(i)
-            self._ended[i] |= res.terminated | res.truncated
+            self._ended[i] = self._ended[i] | res.terminated | res.truncated
             self._length[i] = np.asarray(res.info.get("episode_length", self._length[i]))
             self._last_obs[i] = res.obs
             results.append(res)
