@@ -25,6 +25,7 @@ def env_only(env, steps: int) -> float:
     rng = np.random.default_rng(0)
     N, seed, done = env.num_envs, 0, 0
     env.reset([Context(0, i) for i in range(N)])
+    env.step(np.zeros((N, env.chunk, env.action_dim), np.float32))  # warm-up
     t0 = time.perf_counter()
     while done < steps:
         for _ in range(env.max_chunk_steps):
@@ -48,6 +49,7 @@ def rollout(env, pipelined: bool, repeats: int, hidden: int, k: int) -> float:
     if pipelined:
         from pirl.distributed.pipeline import PipelinedCollector as cls
     c = cls(env, policy, SamplerConfig(method="flow_sde", steps=k), CollectorConfig(num_groups=env.num_envs, seed=0))
+    c.collect()  # warm-up: first resets and steps of fresh simulators are slow
     steps = secs = 0.0
     for _ in range(repeats):
         m = c.collect().metrics
@@ -63,7 +65,7 @@ def main() -> None:
     p.add_argument("--episode-steps", type=int, default=200, help="actions per episode (truncation)")
     p.add_argument("--chunk", type=int, default=4)
     p.add_argument("--env-steps", type=int, default=3200, help="actions per env-only measurement")
-    p.add_argument("--repeats", type=int, default=2, help="collect() calls per rollout measurement")
+    p.add_argument("--repeats", type=int, default=2, help="collect() calls per rollout measurement (after 1 warm-up)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--k", type=int, default=10, help="denoising steps per chunk")
     args = p.parse_args()

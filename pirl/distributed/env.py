@@ -129,7 +129,7 @@ class RayVectorEnv:
         self.step_timeout_s, self.max_restarts = step_timeout_s, max_restarts
         self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0)(EnvWorker)
         self.workers = [self._spawn(i) for i in range(workers)]
-        spec = ray.get(self.workers[0].spec.remote())
+        spec = ray.get([w.spec.remote() for w in self.workers])[0]  # waits until every worker has built its envs
         self.chunk, self.action_dim, self.state_dim = spec["chunk"], spec["action_dim"], spec["state_dim"]
         self.max_chunk_steps = spec["max_chunk_steps"]
         self.task_names, self.instructions = spec["task_names"], spec["instructions"]
