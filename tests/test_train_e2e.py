@@ -184,6 +184,6 @@ def test_sub_env_crash_drops_only_that_episode():
     torch.manual_seed(0)
     policy = make_mlp_policy(4, 2, action_horizon=4, hidden=32, depth=2, noise_head=False)
     rollout = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=4)).collect()
-    assert rollout.metrics["rollout/episodes_crashed"] == 1
+    assert rollout.metrics["rollout/crashed_episodes"] == 1
     buf = rollout.buffers[0]
     assert not bool(buf.valid[:, 1].any()) and bool(buf.valid[:, 0].any())

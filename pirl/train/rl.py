@@ -90,6 +90,14 @@ class TrainConfig:
     """Torch device of the policy (rollouts and updates)."""
     threads: int = 1
     """torch CPU threads (1 is fastest for small policies: rollouts are many tiny forward passes); 0 = torch's default."""
+    runner: Literal["local", "ray"] = "local"
+    """Where rollout simulators run: local (this process / its subprocesses) or ray (env worker actors)."""
+    ray_address: Optional[str] = None
+    """runner=ray: address of a running Ray cluster (`ray start --head`); None = start a local Ray here."""
+    env_workers: int = 2
+    """runner=ray: env worker actors sharing the num_groups x group_size rollout sub-environments."""
+    pipelined: bool = False
+    """runner=ray: overlap policy inference on one half of the env workers with simulation of the other."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.num_groups < 1 or self.group_size < 1:
@@ -98,6 +106,14 @@ class TrainConfig:
             raise ValueError(f"algorithm {self.algorithm!r} compares rollouts of one context: set group_size >= 2")
         if self.sampler.method == "ode":
             raise ValueError("sampler.method 'ode' has no log-probabilities to train; use flow_sde or flow_noise")
+        if self.runner not in ("local", "ray"):
+            raise ValueError(f"runner must be 'local' or 'ray', got {self.runner!r}")
+        if self.runner == "ray" and not 1 <= self.env_workers <= self.num_groups * self.group_size:
+            raise ValueError(f"env_workers must lie in [1, num_groups x group_size = "
+                             f"{self.num_groups * self.group_size}], got {self.env_workers}")
+        if self.pipelined and (self.runner != "ray" or self.env_workers < 2):
+            raise ValueError(f"pipelined=True needs runner='ray' and env_workers >= 2, got runner={self.runner!r}, "
+                             f"env_workers={self.env_workers}")
         for name in ("eval_every", "checkpoint_every", "eval_episodes_per_task", "eval_num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -148,9 +164,17 @@ class Trainer:
             num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
             max_tries=cfg.max_tries, seed=cfg.seed,
         )
-        self.env = make_env(cfg.env, self.collector_cfg.num_envs)
+        self.ray_started = False
+        if cfg.runner == "ray":
+            from pirl.distributed.env import init_ray
+
+            self.ray_started = init_ray(cfg.ray_address)
+        self.env = self.make_rollout_env()
         self.eval_env = None
-        self.collector = RolloutCollector(self.env, self.policy, self.sampler, self.collector_cfg, cfg.device)
+        collector_cls = RolloutCollector
+        if cfg.pipelined:
+            from pirl.distributed.pipeline import PipelinedCollector as collector_cls
+        self.collector = collector_cls(self.env, self.policy, self.sampler, self.collector_cfg, cfg.device)
         self.updater = PPOUpdater(self.policy, self.algo.ppo, self.algo.optim, seed=cfg.seed)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=1, mode="max")
         self.iteration, self.env_steps, self.env_crashes, wall = 0, 0, 0, 0.0
@@ -169,6 +193,14 @@ class Trainer:
             resume_step = self.iteration
         self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall)
         self.task_names = list(self.env.task_names)
+
+    def make_rollout_env(self):
+        """The training rollouts' env: local, or spread over Ray env workers (runner=ray)."""
+        if self.cfg.runner == "ray":
+            from pirl.distributed.env import RayVectorEnv
+
+            return RayVectorEnv(self.cfg.env, self.collector_cfg.num_envs, self.cfg.env_workers)
+        return make_env(self.cfg.env, self.collector_cfg.num_envs)
 
     def _state_objects(self) -> dict[str, Any]:
         return {
@@ -222,7 +254,7 @@ class Trainer:
                     self.env.close()
                 except Exception:  # noqa: BLE001 - the broken env may not close cleanly
                     pass
-                self.env = make_env(self.cfg.env, self.collector_cfg.num_envs)
+                self.env = self.make_rollout_env()
                 self.collector.env = self.env
         raise AssertionError("unreachable")
 
@@ -237,6 +269,8 @@ class Trainer:
         self.iteration += 1
         self.env_steps += int(metrics["rollout/env_steps"])
         metrics["rollout/env_crashes_total"] = float(self.env_crashes)
+        if hasattr(self.env, "restarts"):
+            metrics["rollout/env_worker_restarts"] = float(self.env.restarts)
         return metrics
 
     def run(self) -> int:
@@ -296,6 +330,10 @@ class Trainer:
         for env in (self.env, self.eval_env):
             if env is not None:
                 env.close()
+        if self.ray_started:
+            import ray
+
+            ray.shutdown()
 
 
 def _per_task(metrics: dict[str, Any]) -> dict[str, float]:

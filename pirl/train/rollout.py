@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +22,13 @@ from torch import Tensor
 
 from pirl.algorithms.advantages import filter_groups_by_success, filter_uniform_groups
 from pirl.algorithms.buffer import RolloutBuffer
-from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context
+from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context, StepResult
 from pirl.flow import SamplerConfig
 
 log = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = EVAL_SEED_START
+Obs = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -122,50 +123,57 @@ class RolloutCollector:
         obs_np = env.reset(contexts)
         running = np.ones(N, bool)
         success = np.zeros(N, bool)
+        crashed = np.zeros(N, bool)
         ret = np.zeros(N, np.float64)
         chunk_steps = np.zeros(N, np.int64)
         length = np.zeros(N, np.int64)
-        broken = np.zeros(N, bool)
-        for _ in range(env.max_chunk_steps):
-            obs = policy.prepare(obs_np)
-            out = policy.act(obs, sampler, generator=generator)
-            res = env.step(out.actions.detach().cpu().numpy())
-            reward = np.where(running, res.reward, 0.0).astype(np.float32)
-            if not np.isfinite(reward).all():
-                raise ValueError(f"the environment returned non-finite rewards: {reward[~np.isfinite(reward)][:4]}")
-            terminated, truncated = res.terminated & running, res.truncated & running
-            crashed = np.asarray(res.info.get("crashed", np.zeros(N, bool)), bool) & running
-            if crashed.any():  # a simulator broke mid-episode: the episode is dropped, not learned from
-                broken |= crashed
-                terminated = terminated | crashed
-            step_success = res.success & running
-            if buffer is not None:
-                t = torch.from_numpy
-                buffer.add(obs, out.chain, out.log_prob, out.value, t(reward), t(terminated), t(truncated),
-                           t(running.copy()), t(step_success))
-                if truncated.any() and out.value is not None:
-                    # bootstrap: V(final observation) of the episodes cut by the time limit
-                    idx = np.flatnonzero(truncated)
-                    final = policy.prepare({k: v[idx] for k, v in res.obs.items()})
-                    with torch.no_grad():
-                        buffer.set_bootstrap(torch.from_numpy(idx), policy.value(final))
-            ret += reward
-            success |= step_success
-            chunk_steps += running
-            length = np.asarray(res.info.get("episode_length", chunk_steps * env.chunk))
-            running &= ~(terminated | truncated)
-            obs_np = res.obs
-            if not running.any():
-                break
+        steps = self.steps(obs_np, sampler, generator)
+        try:
+            for obs, out, res in steps:
+                reward = np.where(running, res.reward, 0.0).astype(np.float32)
+                if not np.isfinite(reward).all():
+                    raise ValueError(f"the environment returned non-finite rewards: {reward[~np.isfinite(reward)][:4]}")
+                terminated, truncated = res.terminated & running, res.truncated & running
+                step_success = res.success & running
+                crashed |= np.asarray(res.info.get("crashed", False), bool) & running
+                if buffer is not None:
+                    t = torch.from_numpy
+                    buffer.add(obs, out.chain, out.log_prob, out.value, t(reward), t(terminated), t(truncated),
+                               t(running.copy()), t(step_success))
+                    if truncated.any() and out.value is not None:
+                        # bootstrap: V(final observation) of the episodes cut by the time limit
+                        idx = np.flatnonzero(truncated)
+                        final = policy.prepare({k: v[idx] for k, v in res.obs.items()})
+                        with torch.no_grad():
+                            buffer.set_bootstrap(torch.from_numpy(idx), policy.value(final))
+                ret += reward
+                success |= step_success
+                chunk_steps += running
+                length = np.asarray(res.info.get("episode_length", chunk_steps * env.chunk))
+                running &= ~(terminated | truncated)
+                if not running.any():
+                    break
+        finally:
+            steps.close()  # a pipelined stepper waits for its steps in flight
         if running.any():
             raise RuntimeError(
                 f"{int(running.sum())} episode(s) neither terminated nor truncated within max_chunk_steps="
                 f"{env.max_chunk_steps}; the env must truncate at its time limit"
             )
-        if buffer is not None and broken.any():
-            buffer.drop_envs(torch.from_numpy(broken))
-        success &= ~broken
-        return {"success": success, "return": ret, "length": length, "chunk_steps": chunk_steps, "crashed": broken}
+        return {"success": success, "return": ret, "length": length, "chunk_steps": chunk_steps, "crashed": crashed}
+
+    def steps(self, obs_np: dict[str, np.ndarray], sampler: SamplerConfig,
+              generator: torch.Generator) -> Iterator[tuple[Obs, Any, StepResult]]:
+        """(prepared obs, policy output, step result) for every chunk step of all N envs, until closed.
+
+        The sequential schedule: act on all N, then step all N. PipelinedCollector overrides it.
+        """
+        for _ in range(self.env.max_chunk_steps):
+            obs = self.policy.prepare(obs_np)
+            out = self.policy.act(obs, sampler, generator=generator)
+            res = self.env.step(out.actions.detach().cpu().numpy())
+            yield obs, out, res
+            obs_np = res.obs
 
     @torch.no_grad()
     def collect(self) -> Rollout:
@@ -175,7 +183,7 @@ class RolloutCollector:
         filtering = cfg.group_filter != "none"
         start = time.perf_counter()
         buffers, episodes = [], []
-        kept_groups = dropped = tries = 0
+        kept_groups = dropped = tries = crashed_groups = 0
         while True:
             tries += 1
             contexts, groups, ctx_ids = self.sample_contexts()
@@ -183,8 +191,15 @@ class RolloutCollector:
             buf.set_ids(torch.tensor([c.task for c in contexts]), torch.from_numpy(groups), torch.from_numpy(ctx_ids))
             ep = self.run_episodes(contexts, self.sampler, buf)
             episodes.append(ep)
+            # a crashed env worker cut these episodes short: drop their whole groups (a partial group would
+            # bias group baselines)
+            crashed = torch.isin(buf.group, buf.group[torch.from_numpy(ep["crashed"])])
+            n_crashed = len(torch.unique(buf.group[crashed]))
+            crashed_groups += n_crashed
             if filtering:
                 keep, n_drop = self._filter(ep, buf.group)
+                n_drop += len(torch.unique(buf.group[keep & crashed]))
+                keep &= ~crashed
                 # trim to the target so batch sizes stay steady
                 kept_ids = torch.unique(buf.group[keep])
                 surplus = kept_groups + len(kept_ids) - target
@@ -197,7 +212,10 @@ class RolloutCollector:
                 dropped += n_drop
                 kept_groups += len(kept_ids) - max(surplus, 0)
             else:
-                kept_groups += cfg.num_groups
+                buf.drop_envs(crashed)
+                buf.groups_dropped = n_crashed
+                dropped += n_crashed
+                kept_groups += cfg.num_groups - n_crashed
             buffers.append(buf)
             if not filtering or kept_groups >= target or tries >= cfg.max_tries:
                 break
@@ -205,8 +223,9 @@ class RolloutCollector:
             log.warning("collector: %d of %d informative groups after %d tries (max_tries); the batch is smaller",
                         kept_groups, target, tries)
         elapsed = time.perf_counter() - start
-        cat = lambda key: np.concatenate([e[key] for e in episodes])  # noqa: E731
-        env_steps = int(cat("length").sum())
+        ok = np.concatenate([~e["crashed"] for e in episodes])  # crashed episodes say nothing about the policy
+        cat = lambda key: np.concatenate([e[key] for e in episodes])[ok] if ok.any() else np.zeros(1)  # noqa: E731
+        env_steps = int(sum(e["length"].sum() for e in episodes))
         metrics = {
             "rollout/success_rate": float(cat("success").mean()),
             "rollout/return": float(cat("return").mean()),
@@ -217,8 +236,9 @@ class RolloutCollector:
             "rollout/groups_kept": float(kept_groups),
             "rollout/groups_dropped": float(dropped),
             "rollout/tries": float(tries),
+            "rollout/crashed_episodes": float((~ok).sum()),
+            "rollout/crashed_groups": float(crashed_groups),
             "rollout/filter_exhausted": float(filtering and kept_groups < target),
-            "rollout/episodes_crashed": float(cat("crashed").sum()),
             "perf/rollout_s": elapsed,
             "perf/env_steps_per_s": env_steps / elapsed if elapsed > 0 else math.nan,
         }
