@@ -2,6 +2,6 @@
 # Sets up .venv if needed, then runs the default pipeline (`pirl demo`). Extra arguments go to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+PIRL_EXTRAS=${PIRL_EXTRAS:-metaworld,dev} bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 exec .venv/bin/pirl demo "$@"

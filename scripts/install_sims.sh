@@ -3,7 +3,7 @@
 #   system: Mesa >= 25 Vulkan (lavapipe) + EGL from Debian bookworm-backports. SAPIEN rejects
 #           Debian 12's Mesa 22 ("failed to find a rendering device", even with rendering off);
 #           MuJoCo (LIBERO, MetaWorld) renders headless through the same Mesa's EGL.
-#   python: .venv with pirl[sims,dev] (metaworld + hf-libero + mani-skill, numpy<2), CPU torch first.
+#   python: .venv with every extra (scripts/setup.sh: metaworld + hf-libero + mani-skill, numpy<2, pi0, ray), CPU torch first.
 # Skip the system part with PIRL_SKIP_APT=1 (e.g. without root, or with a GPU driver's Vulkan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ if [ "${PIRL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null && ! have_mes
   fi
 fi
 
-PIRL_EXTRAS=${PIRL_EXTRAS:-sims,dev} bash scripts/setup.sh
+bash scripts/setup.sh
 
 # Fail here, with the reason, rather than in the first test: SAPIEN needs a Vulkan device.
 .venv/bin/python - <<'EOF'

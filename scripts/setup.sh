@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${PIRL_TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${PIRL_EXTRAS:-metaworld,pi0,dev}
+EXTRAS=${PIRL_EXTRAS:-sims,pi0,ray,dev}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
