@@ -187,3 +187,9 @@ def test_sub_env_crash_drops_only_that_episode():
     assert rollout.metrics["rollout/crashed_episodes"] == 1
     buf = rollout.buffers[0]
     assert not bool(buf.valid[:, 1].any()) and bool(buf.valid[:, 0].any())
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "train").glob("*.yaml")))
+def test_train_presets_load(preset, capsys):
+    assert pirl(["train", "--config", preset, "--print-config"]) == 0
+    assert "algorithm:" in capsys.readouterr().out
