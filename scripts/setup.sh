@@ -24,4 +24,11 @@ fi
 tv=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==$tv" > .venv/constraints.txt
 $pip install -q -c .venv/constraints.txt -e ".[${EXTRAS}]"
+# robomimic (via hf-libero) pulls a torchvision wheel built for another torch; it fails to load
+# ("operator torchvision::nms does not exist") and transformers then cannot import SiglipVisionModel.
+# pirl never uses torchvision: remove it when it does not import.
+if .venv/bin/python -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('torchvision') else 1)" \
+    && ! .venv/bin/python -c "import torchvision" >/dev/null 2>&1; then
+  $pip uninstall -y -q torchvision
+fi
 echo "$want" > "$stamp"
