@@ -3,12 +3,9 @@
 from pirl.policies.base import ActOutput, EvalOutput, FlowPolicy, Normalizer, Obs, Policy, ValueHead
 from pirl.policies.heads import ActionSample, HeadPolicy, HeadPolicyConfig, HeadSamplerConfig
 from pirl.policies.mlp import MLPFlowPolicy, MLPPolicyConfig, make_mlp_policy
-<<<<<<< HEAD
 from pirl.policies.regression import RegressionPolicy, RegressionPolicyConfig, fit_scale_head, make_regression_policy
 from pirl.policies.tokenized import TokenizedPolicy, TokenizedPolicyConfig, make_tokenized_policy
-=======
 from pirl.policies.vla import VLAFlowPolicy, VLAPolicyConfig, make_vla_policy
->>>>>>> metaworld
 
 __all__ = [
     "ActionSample",
@@ -22,23 +19,17 @@ __all__ = [
     "MLPPolicyConfig",
     "Normalizer",
     "Obs",
-<<<<<<< HEAD
     "Policy",
     "RegressionPolicy",
     "RegressionPolicyConfig",
     "TokenizedPolicy",
     "TokenizedPolicyConfig",
-=======
     "VLAFlowPolicy",
     "VLAPolicyConfig",
->>>>>>> metaworld
     "ValueHead",
     "fit_scale_head",
     "make_mlp_policy",
-<<<<<<< HEAD
     "make_regression_policy",
     "make_tokenized_policy",
-=======
     "make_vla_policy",
->>>>>>> metaworld
 ]
