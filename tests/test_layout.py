@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "pirl"
 
 FORBIDDEN = {
     "flow": ("pirl.policies", "pirl.algorithms", "pirl.envs", "pirl.train", "pirl.data"),
-    "algorithms": ("pirl.envs", "pirl.policies.", "pirl.train", "pirl.data"),
+    "algorithms": ("pirl.envs", "pirl.policies", "pirl.flow", "pirl.train", "pirl.data"),
     "envs": ("pirl.policies", "pirl.algorithms", "pirl.flow", "pirl.train"),
 }
 
@@ -31,7 +33,22 @@ def test_import_boundaries(package):
     bad = []
     for path in (ROOT / package).rglob("*.py"):
         for name in _imports(path):
-            if any(name == f.rstrip(".") or name.startswith(f if f.endswith(".") else f + ".") or name == f
-                   for f in FORBIDDEN[package]):
+            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package]):
                 bad.append(f"{path.relative_to(ROOT.parent)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def _loaded_after(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('pirl')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("pirl.algorithms", ("pirl.envs", "pirl.policies", "pirl.flow", "pirl.train")),
+    ("pirl.flow", ("pirl.envs", "pirl.policies", "pirl.algorithms", "pirl.train")),
+    ("pirl.envs.point_mass", ("pirl.policies", "pirl.algorithms", "pirl.flow", "pirl.train")),
+])
+def test_import_boundaries_at_run_time(module, forbidden):
+    loaded = _loaded_after(module)
+    assert not any(m.startswith(forbidden) for m in loaded), loaded
