@@ -1,6 +1,6 @@
 """A :class:`~pirl.envs.base.ChunkVectorEnv` built from single chunked sub-environments.
 
-Simulators that run one scene per process (LIBERO, ManiSkill's CPU backend) share this code:
+Simulators that run scenes on the CPU (LIBERO, MetaWorld, ManiSkill's CPU backend) share this code:
 a subclass of :class:`ChunkSubEnv` says how to load a task, start an episode from a seed,
 execute one action and observe; :class:`GymChunkVector` runs N of them in gymnasium's
 ``SyncVectorEnv`` or ``AsyncVectorEnv`` ("spawn": simulators holding EGL/Vulkan contexts hang
@@ -207,7 +207,8 @@ def check_contexts(contexts: Sequence[Context], num_envs: int, task_names: Seque
 def check_actions(actions: np.ndarray, num_envs: int, chunk: int, action_dim: int) -> np.ndarray:
     actions = np.asarray(actions, dtype=np.float32)
     if actions.ndim != 3 or actions.shape[0] != num_envs or actions.shape[2] != action_dim or actions.shape[1] < chunk:
-        raise ValueError(f"actions of shape {actions.shape}; expected [N={num_envs}, H>={chunk}, D={action_dim}]")
+        raise ValueError(f"actions of shape {actions.shape}; expected [N={num_envs}, H>={chunk}, D={action_dim}] "
+                         f"(a batch of action chunks; a single action a [D] is actions[None, None])")
     if not np.isfinite(actions).all():
         raise ValueError("actions contain NaN or inf; check the policy's output (and its normaliser stats)")
     return actions

@@ -12,16 +12,16 @@ seeds come from disjoint ranges (:func:`train_contexts`, :func:`eval_contexts`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Union
 
 import gymnasium as gym
 import numpy as np
 
 from pirl.envs import mujoco_render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
-from pirl.envs.base import EVAL_SEED_START, Context, StepResult, eval_contexts  # noqa: F401 (re-exported)
+from pirl.envs.base import EVAL_SEED_START, Context, eval_contexts  # noqa: F401 (re-exported)
+from pirl.envs.chunked import ChunkSubEnv, GymChunkVector
 from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
 
 STATE_DIM = 39
@@ -76,16 +76,12 @@ def train_contexts(num_tasks: int, per_task: int, start: int = 0) -> list[Contex
     return [Context(task, start + i) for task in range(num_tasks) for i in range(per_task)]
 
 
-class _ChunkSubEnv(gym.Env):
-    """One sub-environment: any of the suite's tasks, one action chunk per step.
-
-    Episode ends are reported in ``info`` (terminated/truncated stay False towards gymnasium),
-    because a vector with autoreset disabled refuses to step an ended sub-environment, and
-    the ChunkVectorEnv protocol lets ended sub-environments ignore their actions instead.
-    """
+class MetaWorldSubEnv(ChunkSubEnv):
+    """One sub-environment: any of the suite's tasks (one MetaWorld env each, built lazily)."""
 
     def __init__(self, index: int, task_names: tuple[str, ...], cfg: MetaWorldConfig) -> None:
-        self.index, self.task_names, self.cfg = index, task_names, cfg
+        super().__init__(index, cfg.chunk, cfg.max_episode_steps, cfg.terminate_on_success, cfg.record)
+        self.task_names, self.cfg = task_names, cfg
         self.action_space = gym.spaces.Box(-1.0, 1.0, (cfg.chunk, ACTION_DIM), np.float32)
         spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
         s = cfg.image_size
@@ -94,14 +90,12 @@ class _ChunkSubEnv(gym.Env):
         self.observation_space = gym.spaces.Dict(spaces)
         self._envs: dict[int, Any] = {}
         self._renderers: dict[tuple[int, str], Any] = {}
-        self._task: Optional[int] = None
-        self._ended = True
-        self._length = 0
-        self._obs: Optional[dict[str, np.ndarray]] = None
-        self._last_frame: Optional[np.ndarray] = None
+        self._env: Any = None
+        self._raw: Optional[np.ndarray] = None
 
-    # -- construction -------------------------------------------------------------------------
-    def _env(self, task: int):
+    def load_task(self, task: int) -> None:
+        if not 0 <= task < len(self.task_names):
+            raise ValueError(f"task index {task} out of range for {len(self.task_names)} tasks {list(self.task_names)}")
         if task not in self._envs:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -114,83 +108,34 @@ class _ChunkSubEnv(gym.Env):
             env._set_task_called = True
             env.max_path_length = self.cfg.max_episode_steps
             self._envs[task] = env
-        return self._envs[task]
+        self._env = self._envs[task]
+
+    def start(self, seed: int) -> None:
+        self._env.seed(seed)
+        self._raw, _ = self._env.reset()
+
+    def act(self, action: np.ndarray) -> tuple[float, bool, bool]:
+        self._raw, r, _, _, info = self._env.step(np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0))
+        solved = bool(info["success"] > 0)
+        reward = float(solved) if self.cfg.reward == "sparse" else float(r)
+        return reward, solved, bool(self._env._did_see_sim_exception)  # MuJoCo went unstable
+
+    def observe(self) -> dict[str, np.ndarray]:
+        obs = {"state": np.asarray(self._raw, dtype=np.float32)}
+        if self.cfg.camera is not None:
+            obs["image"] = self._render(self.cfg.camera)
+        return obs
+
+    def frame(self) -> np.ndarray:
+        return self._render(self.cfg.camera or "corner2")
 
     def _render(self, camera: str) -> np.ndarray:
         from pirl.envs.mujoco_render import ModelRenderer
 
         key = (self._task, camera)
         if key not in self._renderers:
-            env = self._envs[self._task]
-            self._renderers[key] = ModelRenderer(env.model, camera, self.cfg.image_size, self.cfg.image_size)
-        return self._renderers[key].render(self._envs[self._task].data)
-
-    def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        obs = {"state": np.asarray(raw, dtype=np.float32)}
-        if self.cfg.camera is not None:
-            obs["image"] = self._render(self.cfg.camera)
-        return obs
-
-    # -- gymnasium API ------------------------------------------------------------------------
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-        if seed is None or options is None or "tasks" not in options:
-            raise ValueError("reset needs a seed and options={'tasks': [...]} (use MetaWorldVectorEnv.reset(contexts))")
-        task = int(options["tasks"][self.index])
-        if not 0 <= task < len(self.task_names):
-            raise ValueError(f"task index {task} out of range for {len(self.task_names)} tasks {list(self.task_names)}")
-        self._task = task
-        env = self._env(task)
-        env.seed(int(seed))
-        raw, _ = env.reset()
-        self._ended, self._length = False, 0
-        self._obs = self._observe(raw)
-        self._last_frame = self._render(self._record_camera) if self.cfg.record else None
-        return self._obs, {}
-
-    @property
-    def _record_camera(self) -> str:
-        return self.cfg.camera or "corner2"
-
-    def step(self, action: np.ndarray):
-        cfg = self.cfg
-        frames: list[np.ndarray] = []
-        reward, success, terminated, truncated, crashed, executed = 0.0, False, False, False, False, 0
-        if not self._ended:
-            env = self._envs[self._task]
-            for a in np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0):
-                raw, r, _, _, info = env.step(a)
-                executed += 1
-                self._length += 1
-                solved = bool(info["success"] > 0)
-                success |= solved
-                reward += float(solved) if cfg.reward == "sparse" else float(r)
-                if cfg.record:
-                    frames.append(self._render(self._record_camera))
-                if env._did_see_sim_exception:  # MuJoCo went unstable: the episode cannot go on
-                    crashed = terminated = True
-                    break
-                if solved and cfg.terminate_on_success:
-                    terminated = True
-                    break
-                if self._length >= cfg.max_episode_steps:
-                    truncated = True
-                    break
-            self._obs = self._observe(raw)
-            self._ended = terminated or truncated
-        info_out: dict[str, Any] = {
-            "success": success,
-            "terminated": terminated,
-            "truncated": truncated,
-            "crashed": crashed,
-            "episode_length": self._length,
-            "executed": executed,
-        }
-        if cfg.record:
-            if frames:
-                self._last_frame = frames[-1]
-            pad = [self._last_frame] * (cfg.chunk - len(frames))
-            info_out["frames"] = np.stack(frames + pad)  # fixed [chunk, h, w, 3] so vectors can batch it
-        return self._obs, reward, False, False, info_out
+            self._renderers[key] = ModelRenderer(self._env.model, camera, self.cfg.image_size, self.cfg.image_size)
+        return self._renderers[key].render(self._env.data)
 
     def close(self) -> None:
         for r in self._renderers.values():
@@ -199,93 +144,20 @@ class _ChunkSubEnv(gym.Env):
             env.close()
         self._renderers.clear()
         self._envs.clear()
+        self._env = None
 
 
-class MetaWorldVectorEnv:
+class MetaWorldVectorEnv(GymChunkVector):
     """N MetaWorld sub-environments behind the :class:`~pirl.envs.base.ChunkVectorEnv` protocol."""
 
     def __init__(self, cfg: MetaWorldConfig) -> None:
-        self.cfg = cfg
-        self.task_names: tuple[str, ...] = resolve_tasks(cfg.tasks)
-        self.instructions: tuple[str, ...] = tuple(INSTRUCTIONS[t] for t in self.task_names)
-        self.num_envs, self.chunk = cfg.num_envs, cfg.chunk
-        self.action_dim, self.state_dim = ACTION_DIM, STATE_DIM
-        self.max_chunk_steps = math.ceil(cfg.max_episode_steps / cfg.chunk)
-        self.fps = FPS
-        fns = [partial(_ChunkSubEnv, i, self.task_names, cfg) for i in range(cfg.num_envs)]
-        mode = gym.vector.AutoresetMode.DISABLED
-        if cfg.vector == "async":
-            self._vec = gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=mode)
-        else:
-            self._vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-        self._tasks = np.zeros(cfg.num_envs, dtype=np.int64)
-        self._ended = np.ones(cfg.num_envs, dtype=bool)
-
-    def _full_obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {k: np.asarray(v) for k, v in obs.items()}
-        out["task"] = self._tasks.copy()
-        out["instruction"] = np.array([self.instructions[t] for t in self._tasks], dtype=object)
-        return out
-
-    def reset(self, contexts: Sequence[Context]) -> dict[str, np.ndarray]:
-        """Starts an episode in every sub-environment from its (task, seed) context."""
-        if len(contexts) != self.num_envs:
-            raise ValueError(f"reset got {len(contexts)} contexts for {self.num_envs} sub-environments (one each)")
-        for c in contexts:
-            if not 0 <= c.task < len(self.task_names):
-                raise ValueError(f"context task {c.task} out of range: this env has tasks 0..{len(self.task_names) - 1} {list(self.task_names)}")
-        self._tasks = np.array([c.task for c in contexts], dtype=np.int64)
-        obs, _ = self._vec.reset(seed=[int(c.seed) for c in contexts], options={"tasks": self._tasks.tolist()})
-        self._ended[:] = False
-        return self._full_obs(obs)
-
-    def step(self, actions: np.ndarray) -> StepResult:
-        """Executes the first ``chunk`` actions of every chunk in ``actions`` [N, H, D]."""
-        actions = np.asarray(actions, dtype=np.float32)
-        N, D = self.num_envs, self.action_dim
-        if actions.ndim != 3 or actions.shape[0] != N or actions.shape[2] != D or actions.shape[1] < self.chunk:
-            raise ValueError(
-                f"actions of shape {actions.shape}; expected [N={N}, H>={self.chunk}, D={D}] "
-                f"(a batch of action chunks; a single action a [D] is actions[None, None])"
-            )
-        if not np.isfinite(actions).all():
-            raise ValueError("actions contain NaN or inf; check the policy's output (and its normaliser stats)")
-        obs, reward, _, _, info = self._vec.step(np.ascontiguousarray(actions[:, : self.chunk]))
-        was_ended = self._ended.copy()
-        terminated = np.asarray(info["terminated"], dtype=bool) & ~was_ended
-        truncated = np.asarray(info["truncated"], dtype=bool) & ~was_ended
-        self._ended |= terminated | truncated
-        extras: dict[str, Any] = {
-            "episode_length": np.asarray(info["episode_length"], dtype=np.int64),
-            "crashed": np.asarray(info["crashed"], dtype=bool),
-            "executed": np.asarray(info["executed"], dtype=np.int64),
-        }
-        if self.cfg.record:
-            n = int(extras["executed"].max())
-            frames = np.asarray(info["frames"])  # [N, chunk, h, w, 3]
-            extras["frames"] = [frames[:, i] for i in range(n)]
-        return StepResult(
-            obs=self._full_obs(obs),
-            reward=np.asarray(reward, dtype=np.float32),
-            terminated=terminated,
-            truncated=truncated,
-            success=np.asarray(info["success"], dtype=bool) & ~was_ended,
-            info=extras,
-        )
-
-    @property
-    def ended(self) -> np.ndarray:
-        """[N] bool: sub-environments whose episode has ended since the last reset."""
-        return self._ended.copy()
-
-    def close(self) -> None:
-        self._vec.close()
-
-    def __enter__(self) -> "MetaWorldVectorEnv":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.cfg, self.fps = cfg, FPS
+        task_names = resolve_tasks(cfg.tasks)
+        super().__init__(
+            partial(MetaWorldSubEnv, task_names=task_names, cfg=cfg), num_envs=cfg.num_envs, chunk=cfg.chunk,
+            action_dim=ACTION_DIM, state_dim=STATE_DIM, max_episode_steps=cfg.max_episode_steps,
+            task_names=task_names, instructions=[INSTRUCTIONS[t] for t in task_names],
+            vector=cfg.vector, record=cfg.record)
 
 
 def make_metaworld(cfg: Optional[MetaWorldConfig] = None, **overrides: Any) -> MetaWorldVectorEnv:
