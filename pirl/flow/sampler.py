@@ -297,24 +297,22 @@ def sample(
     else:
         stochastic = torch.ones(B, steps, dtype=torch.bool, device=device)
 
+    hybrid = method == "flow_sde" and sde_steps == "one"
     xs, means, stds, log_probs = [x], [], [], []
     for k in range(steps):
         t = grid[k].expand(B)
         v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
-        mean, std = _transition(x, v, t, delta, method, noise_level, steps, std)
-        noisy = stochastic[:, k]
-        if method == "flow_sde" and not bool(noisy.all()):
-            # hybrid: the deterministic transitions are plain ODE (Euler) steps, not the SDE's drift
-            mean = torch.where(_rows(noisy, x), mean, x - delta * v)
-        if noisy.any():
-            eps = torch.randn(x.shape, device=device, generator=generator, dtype=torch.float32)
-            step_std = torch.where(_rows(noisy, x), std, torch.zeros_like(std))
-            x_next = mean + step_std * eps
-            lp = _masked_sum(gaussian_log_prob(x_next, mean, torch.where(_rows(noisy, x), std, 1.0)), mask)
-            lp = torch.where(noisy, lp, torch.zeros_like(lp))
+        if hybrid:
+            mean, step_std, x_next, lp = _hybrid_step(x, v, t, delta, noise_level, steps, stochastic[:, k], mask,
+                                                      generator)
         else:
-            step_std = torch.zeros_like(std)
-            x_next, lp = mean, torch.zeros(B, device=device)
+            mean, step_std = _transition(x, v, t, delta, method, noise_level, steps, std)
+            if method == "ode":
+                x_next, lp = mean, torch.zeros(B, device=device)
+            else:
+                eps = torch.randn(x.shape, device=device, generator=generator, dtype=torch.float32)
+                x_next = mean + step_std * eps
+                lp = _masked_sum(gaussian_log_prob(x_next, mean, step_std), mask)
         xs.append(x_next)
         means.append(mean)
         stds.append(step_std)
@@ -336,6 +334,29 @@ def sample(
         reduce=reduce,
         mask=mask,
     )
+
+
+def _hybrid_step(
+    x: Tensor, v: Tensor, t: Tensor, delta: float, noise_level: float, steps: int, noisy: Tensor,
+    mask: Optional[Tensor], generator: Optional[torch.Generator],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of hybrid ODE-SDE sampling: an Euler step for every row, the SDE transition (and its
+    noise and log-density) only for the ~B/K rows whose stochastic step this is."""
+    mean = x - delta * v
+    step_std = torch.zeros_like(x)
+    lp = torch.zeros(x.shape[0], device=x.device)
+    idx = noisy.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return mean, step_std, mean, lp
+    sde_mean, sde_std = _transition(x[idx], v[idx], t[idx], delta, "flow_sde", noise_level, steps, None)
+    eps = torch.randn(sde_mean.shape, device=x.device, generator=generator, dtype=torch.float32)
+    drawn = sde_mean + sde_std * eps
+    row_mask = mask[idx] if (mask is not None and mask.dim() == x.dim()) else mask
+    mean = mean.index_copy(0, idx, sde_mean)
+    x_next = mean.index_copy(0, idx, drawn)
+    step_std = step_std.index_copy(0, idx, sde_std)
+    lp = lp.index_copy(0, idx, _masked_sum(gaussian_log_prob(drawn, sde_mean, sde_std), row_mask))
+    return mean, step_std, x_next, lp
 
 
 def _rows(rows: Tensor, like: Tensor) -> Tensor:
