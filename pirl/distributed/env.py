@@ -127,7 +127,8 @@ class RayVectorEnv:
         self.sizes = _split(num_envs, workers)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.step_timeout_s, self.max_restarts = step_timeout_s, max_restarts
-        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0)(EnvWorker)
+        # SPREAD: env workers are CPU-bound simulators; packing them onto one node wastes the others
+        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD")(EnvWorker)
         self.workers = [self._spawn(i) for i in range(workers)]
         spec = ray.get([w.spec.remote() for w in self.workers])[0]  # waits until every worker has built its envs
         self.chunk, self.action_dim, self.state_dim = spec["chunk"], spec["action_dim"], spec["state_dim"]
