@@ -18,11 +18,24 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
+import atexit  # noqa: E402
+
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 _GL_CONTEXT = None
 _GL_SIZE = (0, 0)
+
+
+def _free_context() -> None:
+    # free while EGL is still loaded: left to interpreter teardown, the context's __del__ raises EGLError
+    global _GL_CONTEXT
+    if _GL_CONTEXT is not None:
+        try:
+            _GL_CONTEXT.free()
+        except Exception:  # noqa: BLE001 - nothing more to do at exit
+            pass
+        _GL_CONTEXT = None
 
 
 def _gl_context(width: int, height: int):
@@ -47,6 +60,7 @@ def _gl_context(width: int, height: int):
         # the offscreen buffer lives in MuJoCo's framebuffer; the context size only needs to be valid
         _GL_CONTEXT = GLContext(max(width, 64), max(height, 64))
         _GL_SIZE = (width, height)
+        atexit.register(_free_context)
     _GL_CONTEXT.make_current()
     return _GL_CONTEXT
 
