@@ -85,14 +85,21 @@ def main() -> None:
         print(f"{name:16s} {rows[-1]['before']:.2f} -> {rows[-1]['after']:.2f} (best {rows[-1]['best']:.2f}) "
               f"{rows[-1]['env_steps']:,} env steps {rows[-1]['wall_s']:.0f} s", flush=True)
     command = "python bench/bench_learning.py " + " ".join(sys.argv[1:])
+    for r in rows:
+        r["command"] = command
+    path = Path("bench/results/learning.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # methods run by separate commands (e.g. a smaller iteration count for the group methods) share one table
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = [r for r in old if r["method"] not in {n["method"] for n in rows}] + rows
     out = {"date": datetime.now().isoformat(timespec="seconds"), "machine": f"{platform.machine()} 2-core CPU",
-           "command": command, "tasks": args.tasks, "rows": rows}
-    Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/learning.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"### {out['date']}, 2-core CPU, `{command}`", "", "| method | before | after | best | env steps | wall s |",
-          "| --- | ---: | ---: | ---: | ---: | ---: |"]
+           "tasks": args.tasks, "rows": rows}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    md = [f"### {out['date']}, 2-core CPU, tasks {' '.join(args.tasks)}", "",
+          "| method | before | after | best | env steps | wall s | command |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     md += [f"| {r['method']} | {r['before']:.2f} | {r['after']:.2f} | {r['best']:.2f} | {r['env_steps']:,} | "
-           f"{r['wall_s']:.0f} |" for r in rows]
+           f"{r['wall_s']:.0f} | `{r['command']}` |" for r in rows]
     Path("bench/results/learning.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
