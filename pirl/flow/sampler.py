@@ -302,9 +302,9 @@ def sample(
     for k in range(steps):
         t = grid[k].expand(B)
         v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
-        if hybrid:
-            mean, step_std, x_next, lp = _hybrid_step(x, v, t, delta, noise_level, steps, stochastic[:, k], mask,
-                                                      generator)
+        if hybrid:  # log-densities of the drawn transitions come after the loop, in one batched pass
+            mean, step_std, x_next = _hybrid_step(x, v, t, delta, noise_level, steps, stochastic[:, k], generator)
+            lp = None
         else:
             mean, step_std = _transition(x, v, t, delta, method, noise_level, steps, std)
             if method == "ode":
@@ -321,12 +321,19 @@ def sample(
 
     x0 = xs[0]
     init_lp = _masked_sum(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask)
+    xs_t, means_t, stds_t = torch.stack(xs, 1), torch.stack(means, 1), torch.stack(stds, 1)
+    if hybrid:
+        rows, r = torch.arange(B, device=device), stochastic.float().argmax(dim=1)
+        lp = _masked_sum(gaussian_log_prob(xs_t[rows, r + 1], means_t[rows, r], stds_t[rows, r]), mask)
+        log_probs_t = torch.zeros(B, steps, device=device).index_put((rows, r), lp)
+    else:
+        log_probs_t = torch.stack(log_probs, 1)
     return Chain(
-        xs=torch.stack(xs, 1),
-        means=torch.stack(means, 1),
-        stds=torch.stack(stds, 1),
+        xs=xs_t,
+        means=means_t,
+        stds=stds_t,
         stochastic=stochastic,
-        log_probs=torch.stack(log_probs, 1),
+        log_probs=log_probs_t,
         init_log_prob=init_lp,
         method=method,
         steps=steps,
@@ -338,25 +345,19 @@ def sample(
 
 def _hybrid_step(
     x: Tensor, v: Tensor, t: Tensor, delta: float, noise_level: float, steps: int, noisy: Tensor,
-    mask: Optional[Tensor], generator: Optional[torch.Generator],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One step of hybrid ODE-SDE sampling: an Euler step for every row, the SDE transition (and its
-    noise and log-density) only for the ~B/K rows whose stochastic step this is."""
+    generator: Optional[torch.Generator],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of hybrid ODE-SDE sampling: an Euler step for every row, the SDE transition and its
+    noise only for the ~B/K rows whose stochastic step this is. Returns (mean, std, x_next)."""
     mean = x - delta * v
     step_std = torch.zeros_like(x)
-    lp = torch.zeros(x.shape[0], device=x.device)
     idx = noisy.nonzero().squeeze(1)
     if idx.numel() == 0:
-        return mean, step_std, mean, lp
+        return mean, step_std, mean
     sde_mean, sde_std = _transition(x[idx], v[idx], t[idx], delta, "flow_sde", noise_level, steps, None)
     eps = torch.randn(sde_mean.shape, device=x.device, generator=generator, dtype=torch.float32)
-    drawn = sde_mean + sde_std * eps
-    row_mask = mask[idx] if (mask is not None and mask.dim() == x.dim()) else mask
     mean = mean.index_copy(0, idx, sde_mean)
-    x_next = mean.index_copy(0, idx, drawn)
-    step_std = step_std.index_copy(0, idx, sde_std)
-    lp = lp.index_copy(0, idx, _masked_sum(gaussian_log_prob(drawn, sde_mean, sde_std), row_mask))
-    return mean, step_std, x_next, lp
+    return mean, step_std.index_copy(0, idx, sde_std), mean.index_copy(0, idx, sde_mean + sde_std * eps)
 
 
 def _rows(rows: Tensor, like: Tensor) -> Tensor:
