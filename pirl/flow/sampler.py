@@ -154,6 +154,18 @@ def sde_sigma(t: Tensor, steps: int, noise_level: float) -> Tensor:
     return noise_level * torch.sqrt(t / one_minus)
 
 
+def sde_coefficients(t: Tensor, steps: int, noise_level: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The Flow-SDE Euler-Maruyama transition from t to t - delta as mean = cx x - cv v, std (float32).
+
+    Same as MATH.md's mu = x - delta v - delta sigma_t^2 / (2t) (x + (1 - t) v), grouped so that
+    sampling (one t per step) and re-scoring (one t per row) run identical float32 arithmetic.
+    """
+    delta = 1.0 / steps
+    sigma = sde_sigma(t, steps, noise_level)
+    c = delta * sigma.square() / (2.0 * t)
+    return 1.0 - c, delta + c * (1.0 - t), sigma * math.sqrt(delta)
+
+
 def aggregate(
     log_probs: Tensor, stochastic: Tensor, init_log_prob: Tensor, method: str, reduce: str = "sum"
 ) -> Tensor:
@@ -234,10 +246,8 @@ def _transition(
     """Mean and std of the transition from x at time t to t - delta (float32). ``t``: [B]."""
     tb = t.view(-1, *([1] * (x.dim() - 1)))
     if method == "flow_sde":
-        sigma = sde_sigma(tb, steps, noise_level)
-        x_hat1 = x + (1.0 - tb) * v
-        mean = x - delta * v - delta * sigma.square() / (2.0 * tb) * x_hat1
-        return mean, (sigma * math.sqrt(delta)).expand_as(x)
+        cx, cv, sd = sde_coefficients(tb, steps, noise_level)
+        return x * cx - v * cv, sd.expand_as(x)
     mean = x - delta * v
     if method == "flow_noise":
         return mean, std.expand_as(x)
@@ -298,13 +308,28 @@ def sample(
         stochastic = torch.ones(B, steps, dtype=torch.bool, device=device)
 
     hybrid = method == "flow_sde" and sde_steps == "one"
+    if hybrid:
+        r = stochastic.float().argmax(dim=1)
+        hybrid_rows = [(r == k).nonzero().squeeze(1) for k in range(steps)]
+        coefs = sde_coefficients(grid[:-1], steps, noise_level)
+        cx, cv, sd = (c.tolist() for c in coefs)  # exact float32 values, one per step
+        sde_means: list[Tensor] = []
     xs, means, stds, log_probs = [x], [], [], []
     for k in range(steps):
         t = grid[k].expand(B)
         v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
-        if hybrid:  # log-densities of the drawn transitions come after the loop, in one batched pass
-            mean, step_std, x_next = _hybrid_step(x, v, t, delta, noise_level, steps, stochastic[:, k], generator)
-            lp = None
+        if hybrid:
+            # Euler for every row; the SDE transition only for the ~B/K rows whose stochastic step this is.
+            # Their means, stds and log-densities are filled in after the loop, in one batched pass.
+            mean = x - delta * v
+            idx = hybrid_rows[k]
+            x_next = mean
+            if idx.numel():
+                sde_mean = x[idx] * cx[k] - v[idx] * cv[k]
+                eps = torch.randn(sde_mean.shape, device=device, generator=generator, dtype=torch.float32)
+                x_next = mean.index_copy(0, idx, sde_mean + eps * sd[k])
+                sde_means.append(sde_mean)
+            step_std, lp = None, None
         else:
             mean, step_std = _transition(x, v, t, delta, method, noise_level, steps, std)
             if method == "ode":
@@ -321,13 +346,18 @@ def sample(
 
     x0 = xs[0]
     init_lp = _masked_sum(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask)
-    xs_t, means_t, stds_t = torch.stack(xs, 1), torch.stack(means, 1), torch.stack(stds, 1)
+    xs_t, means_t = torch.stack(xs, 1), torch.stack(means, 1)
     if hybrid:
-        rows, r = torch.arange(B, device=device), stochastic.float().argmax(dim=1)
-        lp = _masked_sum(gaussian_log_prob(xs_t[rows, r + 1], means_t[rows, r], stds_t[rows, r]), mask)
-        log_probs_t = torch.zeros(B, steps, device=device).index_put((rows, r), lp)
+        rows = torch.cat(hybrid_rows)
+        steps_of_rows = r[rows]
+        means_t = means_t.index_put((rows, steps_of_rows), torch.cat(sde_means))
+        std_r = coefs[2][steps_of_rows].view(-1, *([1] * (x.dim() - 1))).expand_as(x0[rows])
+        stds_t = torch.zeros_like(means_t).index_put((rows, steps_of_rows), std_r)
+        row_mask = mask[rows] if (mask is not None and mask.dim() == x.dim()) else mask
+        lp = _masked_sum(gaussian_log_prob(xs_t[rows, steps_of_rows + 1], means_t[rows, steps_of_rows], std_r), row_mask)
+        log_probs_t = torch.zeros(B, steps, device=device).index_put((rows, steps_of_rows), lp)
     else:
-        log_probs_t = torch.stack(log_probs, 1)
+        stds_t, log_probs_t = torch.stack(stds, 1), torch.stack(log_probs, 1)
     return Chain(
         xs=xs_t,
         means=means_t,
@@ -341,23 +371,6 @@ def sample(
         reduce=reduce,
         mask=mask,
     )
-
-
-def _hybrid_step(
-    x: Tensor, v: Tensor, t: Tensor, delta: float, noise_level: float, steps: int, noisy: Tensor,
-    generator: Optional[torch.Generator],
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One step of hybrid ODE-SDE sampling: an Euler step for every row, the SDE transition and its
-    noise only for the ~B/K rows whose stochastic step this is. Returns (mean, std, x_next)."""
-    mean = x - delta * v
-    step_std = torch.zeros_like(x)
-    idx = noisy.nonzero().squeeze(1)
-    if idx.numel() == 0:
-        return mean, step_std, mean
-    sde_mean, sde_std = _transition(x[idx], v[idx], t[idx], delta, "flow_sde", noise_level, steps, None)
-    eps = torch.randn(sde_mean.shape, device=x.device, generator=generator, dtype=torch.float32)
-    mean = mean.index_copy(0, idx, sde_mean)
-    return mean, step_std.index_copy(0, idx, sde_std), mean.index_copy(0, idx, sde_mean + sde_std * eps)
 
 
 def _rows(rows: Tensor, like: Tensor) -> Tensor:
