@@ -41,7 +41,7 @@ class DemoConfig:
     in 40 iterations; a = 1.0 lifted it steadily (πRL's ablation also favours a = 0.8 over 0.5)."""
     lr: float = 2e-5
     """RL learning rate of the policy (AdamW)."""
-    iterations: int = 80
+    iterations: int = 120
     """RL iterations."""
     num_groups: int = 48
     """Contexts per RL batch."""
