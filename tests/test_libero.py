@@ -45,7 +45,7 @@ def test_first_import_asks_nothing(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "10"
-    assert (tmp_path / ".cache/pirl/libero/config.yaml").exists()
+    assert list((tmp_path / ".cache/pirl/libero").glob("*/config.yaml"))  # one config per installation
 
 
 def test_suites_and_task_names():

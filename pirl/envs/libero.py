@@ -27,6 +27,7 @@ Assets: ``hf-libero`` downloads scene/object meshes from a model hub on first us
 from __future__ import annotations
 
 import importlib.util
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
@@ -117,15 +118,17 @@ def _prepare_import() -> None:
 
 def _write_config() -> None:
     """Gives LIBERO a config file before its first import, which otherwise asks on stdin."""
+    root = _package_root()
     path = os.environ.get("LIBERO_CONFIG_PATH")
     if path is None:
         home = os.path.expanduser("~/.libero")
-        path = home if os.path.exists(os.path.join(home, "config.yaml")) else os.path.expanduser("~/.cache/pirl/libero")
+        # ours is per installation: a config naming another venv's package paths would point at missing files
+        ours = os.path.expanduser(f"~/.cache/pirl/libero/{hashlib.sha1(root.encode()).hexdigest()[:12]}")
+        path = home if os.path.exists(os.path.join(home, "config.yaml")) else ours
         os.environ["LIBERO_CONFIG_PATH"] = path  # inherited by spawned workers
     file = os.path.join(path, "config.yaml")
     if os.path.exists(file):
         return
-    root = _package_root()
     paths = {"benchmark_root": root, "bddl_files": os.path.join(root, "bddl_files"),
              "init_states": os.path.join(root, "init_files"), "datasets": os.path.join(root, "..", "datasets"),
              "assets": os.path.join(root, "assets")}
