@@ -7,7 +7,6 @@ one thread make every run reproducible.
 
 import copy
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -17,11 +16,10 @@ from pirl.envs.point_mass import PointMassEnv
 from pirl.flow import SamplerConfig
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 
-from rl_helpers import ENV_CFG, pretrained_policy, train
+from rl_helpers import ENV_CFG, lift, pretrained_policy
 
 torch.set_num_threads(1)
 
-EVAL_SEEDS = range(200)
 SDE = SamplerConfig(method="flow_sde", sde_steps="one", steps=4, noise_level=0.5)
 # The πRL Flow-Noise reference averages the chain's K + 1 log-prob terms.
 NOISE = SamplerConfig(method="flow_noise", steps=4, reduce="mean")
@@ -53,12 +51,7 @@ def run(method: str, policy, seed: int = 0) -> tuple[float, float, float]:
     collector = RolloutCollector(
         env, policy, sampler, CollectorConfig(groups, G, group_filter=filt, max_tries=2, seed=seed)
     )
-    before = collector.evaluate(EVAL_SEEDS)["eval/success_rate"]
-    start = time.perf_counter()
-    train(policy, collector, algo, iterations)
-    elapsed = time.perf_counter() - start
-    after = collector.evaluate(EVAL_SEEDS)["eval/success_rate"]
-    return before, after, elapsed
+    return lift(policy, collector, algo, iterations)
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -17,11 +17,10 @@ from pirl.policies import HeadSamplerConfig, fit_scale_head, make_regression_pol
 from pirl.train.pretrain import sft_fit
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 
-from rl_helpers import ENV_CFG, HORIZON, demo_dataset, train
+from rl_helpers import ENV_CFG, HORIZON, demo_dataset, lift
 
 torch.set_num_threads(1)
 
-EVAL_SEEDS = range(200)
 
 # head -> (policy factory, sampler)
 HEADS = {
@@ -53,12 +52,7 @@ def run(head: str, seed: int = 0, iterations: int = 30) -> tuple[float, float, f
     env = PointMassEnv(16 * 4, ENV_CFG)
     collector = RolloutCollector(env, policy, HEADS[head][1],
                                  CollectorConfig(16, 4, group_filter="nonuniform", max_tries=2, seed=seed))
-    before = collector.evaluate(EVAL_SEEDS)["eval/success_rate"]
-    start = time.perf_counter()
-    train(policy, collector, algo, iterations)
-    elapsed = time.perf_counter() - start
-    after = collector.evaluate(EVAL_SEEDS)["eval/success_rate"]
-    return before, after, elapsed
+    return lift(policy, collector, algo, iterations)
 
 
 @pytest.mark.parametrize("head", list(HEADS))
