@@ -5,14 +5,18 @@ from the same checkpoint with the same env budget; success on fixed held-out see
 and wall time goes to one table (bench/results/learning.{json,md}); `pirl report` on the run
 directories draws the curves.
 
-Default: MetaWorld MT10, 5 demos per task (issue 5's target: >= 90 % mean held-out success within
-an hour on 2 cores). `--tasks reach-v3 push-v3 --iterations 40` is a quick version.
-Run: .venv/bin/python bench/bench_learning.py [--tasks ...] [--methods ...]
+Default: MetaWorld MT10, 10 demos per task, adaptive task sampling, each method stopped by wall time
+(issue 5's target: >= 90 % mean held-out success within an hour on 2 cores). Methods can run as separate
+processes side by side (`--prepare-only` first, then one `--methods NAME` per process); each merges its row into
+bench/results/learning_<tasks>.{json,md} under a file lock.
+Quick version: `--tasks reach-v3 push-v3 --iterations 40`.
+Run: .venv/bin/python bench/bench_learning.py [--tasks ...] [--methods ...] [--time-limit S]
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import sys
@@ -40,21 +44,65 @@ METHODS = {
 }
 
 
+def _tag(tasks: list[str]) -> str:
+    return "-".join(t.lower() for t in tasks)
+
+
+def _merge_row(path: Path, tasks: list[str], row: dict) -> dict:
+    """Adds ``row`` to the results file (replacing the same method's), under a lock: methods run in parallel."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text())["rows"] if path.exists() else []
+        rows = [r for r in old if r["method"] != row["method"]] + [row]
+        out = {"date": datetime.now().isoformat(timespec="seconds"), "machine": f"{platform.machine()} 2-core CPU",
+               "tasks": tasks, "rows": rows}
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _markdown(out: dict) -> str:
+    tasks = sorted({t for r in out["rows"] for t in r.get("after_per_task", {})})
+    md = [f"### {out['date']}, 2-core CPU, tasks {' '.join(out['tasks'])}", "",
+          "Held-out success (mean over tasks) before RL, after RL and best; wall time includes the evaluations; "
+          "`t>=0.9` is the wall time of the first evaluation at or above 0.90; cpu s is the training process's CPU "
+          "time (the machine is shared, so wall time depends on what else ran).", "",
+          "| method | before | after | best | t>=0.9 s | env steps | wall s | cpu s | command |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in out["rows"]:
+        t90 = r.get("time_to_0.9")
+        md.append(f"| {r['method']} | {r['before']:.2f} | {r['after']:.2f} | {r['best']:.2f} | "
+                  f"{'-' if t90 is None else f'{t90:.0f}'} | {r['env_steps']:,} | {r['wall_s']:.0f} | "
+                  f"{r.get('cpu_s', float('nan')):.0f} | `{r['command']}` |")
+    if tasks:
+        md += ["", "Per task after RL (before in brackets):", "", "| method | " + " | ".join(tasks) + " |",
+               "| --- |" + " ---: |" * len(tasks)]
+        for r in out["rows"]:
+            cells = [f"{r['after_per_task'].get(t, float('nan')):.2f} ({r['before_per_task'].get(t, float('nan')):.2f})"
+                     for t in tasks]
+            md.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(md) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["MT10"])
-    ap.add_argument("--demos", type=int, default=5)
+    ap.add_argument("--demos", type=int, default=10)
     ap.add_argument("--sft-steps", type=int, default=3000)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--iterations", type=int, default=80)
+    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--time-limit", type=float, default=None, help="wall seconds per method (None = all iterations)")
+    ap.add_argument("--task-sampling", choices=["uniform", "adaptive"], default="adaptive")
     ap.add_argument("--episodes-per-iteration", type=int, default=48)
-    ap.add_argument("--max-episode-steps", type=int, default=200)
+    ap.add_argument("--max-episode-steps", type=int, default=300)
     ap.add_argument("--eval-episodes", type=int, default=20)
-    ap.add_argument("--root", default="runs/bench_learning")
+    ap.add_argument("--eval-every", type=int, default=None, help="iterations (default: iterations // 4)")
+    ap.add_argument("--root", default=None, help="default runs/bench_learning/<tasks>")
+    ap.add_argument("--prepare-only", action="store_true", help="collect demos and train SFT, then exit")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tasks = args.tasks[0] if len(args.tasks) == 1 else tuple(args.tasks)
-    root = Path(args.root)
+    root = Path(args.root or f"runs/bench_learning/{_tag(args.tasks)}")
     data = root / "data"
     if not (data / "meta" / "info.json").exists():
         collect(CollectConfig(tasks=tasks, episodes_per_task=args.demos, action_noise=0.1, camera=None,
@@ -63,45 +111,41 @@ def main() -> None:
     if not policy.exists():
         sft(SFTConfig(dataset=str(data), out_dir=str(root / "sft"), action_horizon=8, chunk=4, steps=args.sft_steps,
                       eval_every=-1), log=None)
-    rows = []
+    if args.prepare_only:
+        return
+    command = "python bench/bench_learning.py " + " ".join(sys.argv[1:])
+    results = Path(f"bench/results/learning_{_tag(args.tasks)}.json")
     for name in args.methods:
         spec = dict(METHODS[name])
         G = spec.pop("group_size", 1)
         cfg = TrainConfig(
             policy=str(policy), env=EnvConfig(tasks=tasks, chunk=4, max_episode_steps=args.max_episode_steps),
             num_groups=max(1, args.episodes_per_iteration // G), group_size=G, iterations=args.iterations,
-            eval_every=max(1, args.iterations // 4), eval_episodes_per_task=args.eval_episodes, eval_num_envs=10,
-            videos_per_task=0, checkpoint_every=args.iterations, **spec,
+            time_limit_s=args.time_limit, task_sampling=args.task_sampling,
+            eval_every=args.eval_every or max(1, args.iterations // 4), eval_episodes_per_task=args.eval_episodes,
+            eval_num_envs=10, videos_per_task=0, checkpoint_every=args.eval_every or max(1, args.iterations // 4),
+            **spec,
         )
         run = root / name
         t0 = time.perf_counter()
         train(replace(cfg), run)
-        curve = [(r["env_steps"], r["wall_time"], r["eval/success"]) for r in read_metrics(run / "metrics.jsonl")
-                 if "eval/success" in r]
+        evals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r]
+        records = read_metrics(run / "metrics.jsonl")
+        cpu = {r["step"]: r["perf/cpu_s"] for r in records if "perf/cpu_s" in r}
+        curve = [(r["env_steps"], r["wall_time"], r["eval/success"], cpu.get(r["step"], 0.0)) for r in evals]
         summary = json.loads((run / "summary.json").read_text())
-        rows.append({"method": name, "before": summary["success_before_mean"], "after": summary["success_after_mean"],
-                     "best": summary["best_success"], "env_steps": summary["env_steps"],
-                     "wall_s": time.perf_counter() - t0, "curve": curve})
-        print(f"{name:16s} {rows[-1]['before']:.2f} -> {rows[-1]['after']:.2f} (best {rows[-1]['best']:.2f}) "
-              f"{rows[-1]['env_steps']:,} env steps {rows[-1]['wall_s']:.0f} s", flush=True)
-    command = "python bench/bench_learning.py " + " ".join(sys.argv[1:])
-    for r in rows:
-        r["command"] = command
-    path = Path("bench/results/learning.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # methods run by separate commands (e.g. a smaller iteration count for the group methods) share one table
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
-    rows = [r for r in old if r["method"] not in {n["method"] for n in rows}] + rows
-    out = {"date": datetime.now().isoformat(timespec="seconds"), "machine": f"{platform.machine()} 2-core CPU",
-           "tasks": args.tasks, "rows": rows}
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"### {out['date']}, 2-core CPU, tasks {' '.join(args.tasks)}", "",
-          "| method | before | after | best | env steps | wall s | command |",
-          "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    md += [f"| {r['method']} | {r['before']:.2f} | {r['after']:.2f} | {r['best']:.2f} | {r['env_steps']:,} | "
-           f"{r['wall_s']:.0f} | `{r['command']}` |" for r in rows]
-    Path("bench/results/learning.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+        t90 = next((w for _, w, s, _ in curve if s >= 0.9), None)
+        row = {"method": name, "before": summary["success_before_mean"], "after": summary["success_after_mean"],
+               "best": summary["best_success"], "env_steps": summary["env_steps"],
+               "wall_s": time.perf_counter() - t0, "time_to_0.9": t90, "cpu_s": curve[-1][3],
+               "before_per_task": summary["success_before"], "after_per_task": summary["success_after"],
+               "curve": curve, "command": command}
+        print(f"{name:16s} {row['before']:.2f} -> {row['after']:.2f} (best {row['best']:.2f}) "
+              f"{row['env_steps']:,} env steps {row['wall_s']:.0f} s", flush=True)
+        out = _merge_row(results, args.tasks, row)
+        md = _markdown(out)
+        results.with_suffix(".md").write_text(md)
+        print(md)
 
 
 if __name__ == "__main__":

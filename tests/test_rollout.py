@@ -188,3 +188,20 @@ def test_collector_config_validates():
         CollectorConfig(4, 2, group_filter="all")
     with pytest.raises(ValueError, match="sub-envs"):
         RolloutCollector(PointMassEnv(3), make_mlp_policy(4, 2, hidden=8, depth=1), SamplerConfig(), CollectorConfig(2, 2))
+
+
+def test_adaptive_task_sampling_favours_tasks_being_learned():
+    col = _collector(groups=4, G=1, task_sampling="adaptive")
+    np.testing.assert_allclose(col.task_probs(), [0.5, 0.5])  # no information yet: uniform
+    col.task_success[:] = [1.0, 0.5]  # task 0 solved, task 1 half way
+    p = col.task_probs()
+    np.testing.assert_allclose(p, np.array([0.1, 1.1]) / 1.2)
+    drawn = np.concatenate([[c.task for c in col.sample_contexts()[0]] for _ in range(200)])
+    assert 0.05 < (drawn == 0).mean() < 0.13
+    # the running success follows the rollouts: a batch of failures on task 1 pulls it down by adaptive_rate
+    col._update_task_success([Context(1, 0), Context(1, 1)], {"success": np.zeros(2, bool),
+                                                                 "crashed": np.zeros(2, bool)})
+    np.testing.assert_allclose(col.task_success, [1.0, 0.35])
+    assert _collector(groups=4, G=1).task_probs() is None
+    with pytest.raises(ValueError, match="task_sampling"):
+        CollectorConfig(4, 1, task_sampling="greedy")

@@ -106,8 +106,11 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, sig):
     policy = _point_mass_policy(tmp_path / "policy.safetensors")
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(_train_cmd(ref, policy), check=True, env=_env(), capture_output=True, timeout=300)
-    proc = subprocess.Popen(_train_cmd(run, policy), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # two tasks with adaptive task sampling: its running per-task success must resume too
+    extra = ("env.tasks=[a,b]", "task_sampling=adaptive")
+    subprocess.run(_train_cmd(ref, policy, *extra), check=True, env=_env(), capture_output=True, timeout=300)
+    proc = subprocess.Popen(_train_cmd(run, policy, *extra), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     _wait_for_step(run, 3, proc)  # past the checkpoint at 2: step 3's work must be redone on resume
     proc.send_signal(sig)
     proc.communicate(timeout=120)
@@ -118,6 +121,19 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, sig):
     a, b = load_file(str(ref / "policy_latest.safetensors")), load_file(str(run / "policy_latest.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(ref) == _metrics(run)
+
+
+def test_time_limit_ends_the_run_like_its_last_iteration(tmp_path, capsys):
+    policy = _point_mass_policy(tmp_path / "policy.safetensors")
+    run = tmp_path / "run"
+    assert pirl(_train_cmd(run, policy, "iterations=50", "time_limit_s=0.01")[3:]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 1
+    evals = [r for r in _metrics(run) if "eval/success" in r]
+    assert [r["step"] for r in evals] == [0, 1]  # before RL and at the stopping iteration
+    assert (run / "policy_latest.safetensors").exists()
+    assert pirl(_train_cmd(tmp_path / "bad", policy, "time_limit_s=0")[3:]) != 0
+    assert "time_limit_s" in capsys.readouterr().err
 
 
 def test_corrupt_checkpoint_is_refused_with_the_file_named(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -68,8 +69,13 @@ class TrainConfig:
     success_range; GRPO / LOOP presets turn it on."""
     max_tries: int = 4
     """With a group filter: at most this many env batches per iteration."""
+    task_sampling: Literal["uniform", "adaptive"] = "uniform"
+    """Multi-task runs: uniform, or adaptive (more rollouts for tasks whose running success is far from 0 and 1)."""
     iterations: int = 20
     """Rollout + update iterations."""
+    time_limit_s: Optional[float] = None
+    """Stop after the iteration that crosses this run wall time (seconds, evaluations included) as if it were the
+    last: evaluate, checkpoint, summarise. None = run all iterations."""
     eval_every: int = 5
     """Evaluate on held-out seeds every this many iterations (and before the first and after the last)."""
     eval_episodes_per_task: int = 10
@@ -102,6 +108,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.num_groups < 1 or self.group_size < 1:
             raise ValueError("iterations >= 0, num_groups >= 1 and group_size >= 1 are required")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 seconds or None, got {self.time_limit_s}")
         if self.algorithm in ("grpo", "loop") and self.group_size < 2:
             raise ValueError(f"algorithm {self.algorithm!r} compares rollouts of one context: set group_size >= 2")
         if self.sampler.method == "ode":
@@ -162,7 +170,7 @@ class Trainer:
         self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
         self.collector_cfg = CollectorConfig(
             num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
-            max_tries=cfg.max_tries, seed=cfg.seed,
+            max_tries=cfg.max_tries, seed=cfg.seed, task_sampling=cfg.task_sampling,
         )
         self.ray_started = False
         if cfg.runner == "ray":
@@ -190,6 +198,8 @@ class Trainer:
             self.best_success = state["best_success"]
             self.collector.next_group_id = state["next_group_id"]
             self.collector.next_context_id = state["next_context_id"]
+            if "task_success" in state:
+                self.collector.task_success[:] = state["task_success"]
             resume_step = self.iteration
         self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall)
         self.task_names = list(self.env.task_names)
@@ -218,6 +228,7 @@ class Trainer:
             "iteration": self.iteration, "env_steps": self.env_steps, "env_crashes": self.env_crashes,
             "wall_time": self.logger.elapsed(), "best_success": self.best_success,
             "next_group_id": self.collector.next_group_id, "next_context_id": self.collector.next_context_id,
+            "task_success": [float(x) for x in self.collector.task_success],
         }
 
     def save(self, metric: Optional[float] = None) -> Path:
@@ -286,15 +297,20 @@ class Trainer:
             print(f"before RL: eval/success {before['eval/success']:.3f}  " + _fmt_tasks(before), flush=True)
         interrupted = False
         t0 = time.perf_counter()
+        done = False
         with GracefulStop() as stop, Progress(cfg.iterations, initial=self.iteration) as bar:
-            while self.iteration < cfg.iterations and not stop.requested:
+            while self.iteration < cfg.iterations and not stop.requested and not done:
                 metrics = self.step()
                 metric = None
-                if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
+                done = self.iteration == cfg.iterations or (
+                    cfg.time_limit_s is not None and self.logger.elapsed() >= cfg.time_limit_s)
+                if self.iteration % cfg.eval_every == 0 or done:
                     metrics.update(self.evaluate())
                     metric = metrics["eval/success"]
                     bar.eval_line(self.iteration, self.env_steps, metrics)
                 metrics["perf/iteration_s"] = time.perf_counter() - t0
+                # CPU seconds of this process and its env subprocesses: comparable across runs on a shared machine
+                metrics["perf/cpu_s"] = time.process_time() + _children_cpu_s()
                 t0 = time.perf_counter()
                 self.logger.log(self.iteration, metrics, env_steps=self.env_steps)  # log, then checkpoint
                 bar.update(1, metrics)
@@ -302,16 +318,17 @@ class Trainer:
                     self.best_success = metric
                     save_policy(self.policy, self.run_dir / "policy_best.safetensors",
                                 extra={"iteration": self.iteration, "eval/success": metric})
-                if (self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations
-                        or stop.requested):
+                if self.iteration % cfg.checkpoint_every == 0 or done or stop.requested:
                     self.save(metric)
-            interrupted = stop.requested and self.iteration < cfg.iterations
+            interrupted = stop.requested and not done
         if interrupted:
             print(f"interrupted at iteration {self.iteration}: checkpoint saved; continue with "
                   f"`pirl train --resume {self.run_dir}`", flush=True)
             self.logger.close()
             return EXIT_INTERRUPTED
-        final = self.evaluate() if self.iteration % cfg.eval_every and self.iteration != cfg.iterations else None
+        # the loop evaluated its last iteration unless the run was resumed after it
+        final = (self.evaluate() if not done and self.iteration % cfg.eval_every and self.iteration != cfg.iterations
+                 else None)
         last = final or _last_eval(self.run_dir)
         summary.update(
             success_after=_per_task(last), success_after_mean=last.get("eval/success"),
@@ -334,6 +351,11 @@ class Trainer:
             import ray
 
             ray.shutdown()
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _per_task(metrics: dict[str, Any]) -> dict[str, float]:

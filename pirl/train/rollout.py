@@ -54,8 +54,20 @@ class CollectorConfig:
     """With a filter: at most this many environment batches per collect() call."""
     seed: int = 0
     """Seeds the context sampler (tasks and reset seeds) and the policy's sampling noise."""
+    task_sampling: Literal["uniform", "adaptive"] = "uniform"
+    """uniform; adaptive: draw tasks with weight floor + 4 s (1 - s), s = the task's running rollout success,
+    so the batch goes to tasks still being learned instead of solved (or hopeless) ones."""
+    adaptive_floor: float = 0.1
+    """adaptive: every task keeps at least this weight (solved tasks are still rehearsed)."""
+    adaptive_rate: float = 0.3
+    """adaptive: weight of the newest batch in the running per-task success."""
 
     def __post_init__(self) -> None:
+        if self.task_sampling not in ("uniform", "adaptive"):
+            raise ValueError(f"task_sampling must be 'uniform' or 'adaptive', got {self.task_sampling!r}")
+        if not 0.0 < self.adaptive_floor or not 0.0 < self.adaptive_rate <= 1.0:
+            raise ValueError(f"need adaptive_floor > 0 and 0 < adaptive_rate <= 1, got {self.adaptive_floor}, "
+                             f"{self.adaptive_rate}")
         if self.num_groups < 1 or self.group_size < 1:
             raise ValueError(f"need num_groups >= 1 and group_size >= 1, got {self.num_groups}, {self.group_size}")
         if self.group_filter not in ("none", "nonuniform", "success_range"):
@@ -98,11 +110,28 @@ class RolloutCollector:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.next_group_id = 0
         self.next_context_id = 0
+        # running rollout success per task (adaptive task sampling); 0.5 = no information yet
+        self.task_success = np.full(len(env.task_names), 0.5)
+
+    def task_probs(self) -> Optional[np.ndarray]:
+        """Probabilities of drawing each task in ``self.tasks`` (None = uniform)."""
+        if self.cfg.task_sampling == "uniform":
+            return None
+        s = self.task_success[np.asarray(self.tasks)]
+        w = self.cfg.adaptive_floor + 4.0 * s * (1.0 - s)
+        return w / w.sum()
+
+    def _update_task_success(self, contexts: Sequence[Context], ep: dict[str, np.ndarray]) -> None:
+        task = np.asarray([c.task for c in contexts])
+        ok = ~ep["crashed"]
+        for t in np.unique(task[ok]):
+            rate = float(ep["success"][ok & (task == t)].mean())
+            self.task_success[t] += self.cfg.adaptive_rate * (rate - self.task_success[t])
 
     def sample_contexts(self) -> tuple[list[Context], np.ndarray, np.ndarray]:
         """num_groups fresh contexts, each repeated G times: (contexts [N], group ids [N], context ids [N])."""
         G, n = self.cfg.group_size, self.cfg.num_groups
-        tasks = self.rng.choice(np.asarray(self.tasks), size=n)
+        tasks = self.rng.choice(np.asarray(self.tasks), size=n, p=self.task_probs())
         seeds = self.rng.integers(0, EVAL_SEED_OFFSET, size=n)
         contexts = [Context(int(t), int(s)) for t, s in zip(tasks, seeds) for _ in range(G)]
         groups = np.repeat(np.arange(self.next_group_id, self.next_group_id + n), G)
@@ -191,6 +220,7 @@ class RolloutCollector:
             buf.set_ids(torch.tensor([c.task for c in contexts]), torch.from_numpy(groups), torch.from_numpy(ctx_ids))
             ep = self.run_episodes(contexts, self.sampler, buf)
             episodes.append(ep)
+            self._update_task_success(contexts, ep)
             # a crashed env worker cut these episodes short: drop their whole groups (a partial group would
             # bias group baselines)
             crashed = torch.isin(buf.group, buf.group[torch.from_numpy(ep["crashed"])])
