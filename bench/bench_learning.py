@@ -88,7 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["MT10"])
     ap.add_argument("--demos", type=int, default=10)
-    ap.add_argument("--sft-steps", type=int, default=3000)
+    ap.add_argument("--policy", choices=["mlp", "vla"], default="mlp",
+                    help="mlp: state MLP; vla: VLA-mini on 64x64 corner2 images + instruction + state")
+    ap.add_argument("--sft-steps", type=int, default=None, help="default 3000 (mlp) / 600 (vla)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--time-limit", type=float, default=None, help="wall seconds per method (None = all iterations)")
@@ -102,24 +104,29 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     tasks = args.tasks[0] if len(args.tasks) == 1 else tuple(args.tasks)
-    root = Path(args.root or f"runs/bench_learning/{_tag(args.tasks)}")
+    vla = args.policy == "vla"
+    tag = _tag(args.tasks) + ("-vla" if vla else "")
+    camera = "corner2" if vla else None
+    root = Path(args.root or f"runs/bench_learning/{tag}")
     data = root / "data"
     if not (data / "meta" / "info.json").exists():
-        collect(CollectConfig(tasks=tasks, episodes_per_task=args.demos, action_noise=0.1, camera=None,
-                              max_episode_steps=args.max_episode_steps), data)
+        collect(CollectConfig(tasks=tasks, episodes_per_task=args.demos, action_noise=0.1, camera=camera,
+                              image_size=64, max_episode_steps=args.max_episode_steps), data)
     policy = root / "sft" / "final.safetensors"
     if not policy.exists():
-        sft(SFTConfig(dataset=str(data), out_dir=str(root / "sft"), action_horizon=8, chunk=4, steps=args.sft_steps,
-                      eval_every=-1), log=None)
+        steps = args.sft_steps or (600 if vla else 3000)
+        sft(SFTConfig(dataset=str(data), out_dir=str(root / "sft"), policy=args.policy, action_horizon=8, chunk=4,
+                      steps=steps, batch_size=32 if vla else 128, eval_every=-1), log=None)
     if args.prepare_only:
         return
     command = "python bench/bench_learning.py " + " ".join(sys.argv[1:])
-    results = Path(f"bench/results/learning_{_tag(args.tasks)}.json")
+    results = Path(f"bench/results/learning_{tag}.json")
     for name in args.methods:
         spec = dict(METHODS[name])
         G = spec.pop("group_size", 1)
         cfg = TrainConfig(
-            policy=str(policy), env=EnvConfig(tasks=tasks, chunk=4, max_episode_steps=args.max_episode_steps),
+            policy=str(policy), env=EnvConfig(tasks=tasks, chunk=4, max_episode_steps=args.max_episode_steps,
+                                              camera=camera, image_size=64),
             num_groups=max(1, args.episodes_per_iteration // G), group_size=G, iterations=args.iterations,
             time_limit_s=args.time_limit, task_sampling=args.task_sampling,
             eval_every=args.eval_every or max(1, args.iterations // 4), eval_episodes_per_task=args.eval_episodes,

@@ -71,6 +71,19 @@ def test_same_context_same_initial_state():
         np.testing.assert_array_equal(env2.reset([Context(1, 7)])["state"][0], first[0])
 
 
+def test_env_pool_holds_peak_concurrency_not_envs_times_tasks():
+    # one env per (sub-env, task) grew to 9 GB per process on MT10; the shared pool must not
+    with make_metaworld(tasks=("reach-v3", "push-v3", "drawer-close-v3"), num_envs=4) as env:
+        pool = env._vec.envs[0].pool
+        assert all(sub.pool is pool for sub in env._vec.envs)
+        for shift in range(6):  # every sub-env visits every task, at most 2 sub-envs per task at once
+            env.reset([Context((i // 2 + shift) % 3, shift) for i in range(4)])
+        assert pool.built == 6, pool.built  # 3 tasks x 2 at once
+        a = env.reset([Context(0, 11)] * 4)["state"]  # 4 reach envs at once, some built, some reused
+        assert pool.built == 8  # 2 more reach envs; the other tasks' stay idle in the pool
+        np.testing.assert_array_equal(a, np.repeat(a[:1], 4, 0))
+
+
 def test_train_and_eval_seeds_are_disjoint():
     train = {c.seed for c in train_contexts(10, 100)}
     held_out = {c.seed for c in eval_contexts(10, 100)}

@@ -54,6 +54,15 @@ class ChunkSubEnv(gym.Env):
     def observe(self) -> dict[str, np.ndarray]:
         """The current observation (no leading N)."""
 
+    def release_task(self) -> None:
+        """Gives up the current task's scene before a reset to another task (pooled simulators)."""
+
+    def release_changed_tasks(self, tasks: Sequence[int]) -> None:
+        """Called on every sub-env before a vector reset, so pooled scenes are freed before any is taken."""
+        if self._task is not None and int(tasks[self.index]) != self._task:
+            self.release_task()
+            self._task = None
+
     def frame(self) -> np.ndarray:
         """A picture of the scene for videos; defaults to the observation's 'image'."""
         return self.observe()["image"]
@@ -115,7 +124,7 @@ class GymChunkVector:
 
     def __init__(self, make_sub: Callable[[int], ChunkSubEnv], *, num_envs: int, chunk: int, action_dim: int,
                  state_dim: int, max_episode_steps: int, task_names: Sequence[str], instructions: Sequence[str],
-                 vector: VectorKind = "sync", record: bool = False) -> None:
+                 vector: VectorKind = "sync", record: bool = False, pooled: bool = False) -> None:
         if vector not in ("sync", "async"):
             raise ValueError(f"vector must be 'sync' or 'async', got {vector!r}")
         self.num_envs, self.chunk = num_envs, chunk
@@ -123,6 +132,7 @@ class GymChunkVector:
         self.max_chunk_steps = math.ceil(max_episode_steps / chunk)
         self.task_names, self.instructions = tuple(task_names), tuple(instructions)
         self.record = record
+        self.pooled = pooled
         fns = [_Factory(make_sub, i) for i in range(num_envs)]
         mode = gym.vector.AutoresetMode.DISABLED
         if vector == "async":
@@ -142,6 +152,8 @@ class GymChunkVector:
         """Starts an episode in every sub-environment from its (task, seed) context."""
         check_contexts(contexts, self.num_envs, self.task_names)
         self._tasks = np.array([c.task for c in contexts], dtype=np.int64)
+        if self.pooled:
+            self._vec.call("release_changed_tasks", self._tasks.tolist())
         obs, _ = self._vec.reset(seed=[int(c.seed) for c in contexts], options={"tasks": self._tasks.tolist()})
         self._ended[:] = False
         return self._full_obs(obs)

@@ -1,8 +1,10 @@
 """MetaWorld (v3, MuJoCo) as a :class:`~pirl.envs.base.ChunkVectorEnv`.
 
-Each gymnasium sub-environment owns one MetaWorld env per task it has been asked for
-(built lazily) and executes a whole action chunk per ``step``, so a subprocess vector
-(``AsyncVectorEnv``, "spawn") pays one round trip per chunk, not per action.
+Each gymnasium sub-environment borrows a MetaWorld env of its episode's task from a pool shared by
+the sub-environments of one process, and executes a whole action chunk per ``step``, so a
+subprocess vector (``AsyncVectorEnv``, "spawn") pays one round trip per chunk, not per action.
+The pool holds at most as many envs of a task as sub-environments ran it at once: one env per
+(sub-env, task), as before, grew to 9 GB per process on MT10 with 58 sub-envs (16-45 MB each).
 
 Contexts fix the start of an episode: the seed draws the goal and object positions from
 MetaWorld's own reset distribution (``env.seed(seed)`` then a seeded ``reset``), so the
@@ -12,7 +14,8 @@ seeds come from disjoint ranges (:func:`train_contexts`, :func:`eval_contexts`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Optional, Union
 
@@ -76,39 +79,107 @@ def train_contexts(num_tasks: int, per_task: int, start: int = 0) -> list[Contex
     return [Context(task, start + i) for task in range(num_tasks) for i in range(per_task)]
 
 
-class MetaWorldSubEnv(ChunkSubEnv):
-    """One sub-environment: any of the suite's tasks (one MetaWorld env each, built lazily)."""
+@dataclass(eq=False)
+class _Slot:
+    """A MetaWorld env and the renderers bound to its model."""
 
-    def __init__(self, index: int, task_names: tuple[str, ...], cfg: MetaWorldConfig) -> None:
+    task: int
+    env: Any
+    renderers: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for r in self.renderers.values():
+            r.close()
+        self.renderers.clear()
+        self.env.close()
+
+
+class EnvPool:
+    """MetaWorld envs by task, lent to sub-environments for one episode's task at a time.
+
+    A (task, seed) reset fully determines the episode, so which pooled instance serves it does not
+    matter. Pickles empty: each subprocess of an async vector gets its own pool.
+    """
+
+    def __init__(self, task_names: tuple[str, ...], cfg: MetaWorldConfig) -> None:
+        self.task_names, self.cfg = task_names, cfg
+        self._free: dict[int, list[_Slot]] = {}
+        self.built = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"task_names": self.task_names, "cfg": self.cfg, "_free": {}, "built": 0}
+
+    def take(self, task: int) -> _Slot:
+        free = self._free.get(task)
+        if free:
+            return free.pop()
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        env = ALL_V3_ENVIRONMENTS[self.task_names[task]]()
+        if env._partially_observable:  # MT benchmarks observe the goal (39-D state)
+            env._partially_observable = False
+            env.__dict__.pop("sawyer_observation_space", None)  # a cached_property
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True  # goal/object positions from env.np_random
+        env._set_task_called = True
+        env.max_path_length = self.cfg.max_episode_steps
+        self.built += 1
+        return _Slot(task, env)
+
+    def give(self, slot: _Slot) -> None:
+        self._free.setdefault(slot.task, []).append(slot)
+
+    def close(self) -> None:
+        """Closes the idle envs (lent ones come back and are closed by their sub-env's close)."""
+        for free in self._free.values():
+            for slot in free:
+                slot.close()
+        self._free.clear()
+
+
+_POOLS: "weakref.WeakValueDictionary[tuple, EnvPool]" = weakref.WeakValueDictionary()
+
+
+def shared_pool(task_names: tuple[str, ...], cfg: MetaWorldConfig) -> EnvPool:
+    """The process's pool for these tasks and episode limit: training and evaluation vectors share it."""
+    key = (task_names, cfg.max_episode_steps)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = EnvPool(task_names, cfg)
+    return pool
+
+
+class MetaWorldSubEnv(ChunkSubEnv):
+    """One sub-environment: any of the suite's tasks, its env borrowed from ``pool`` per task."""
+
+    def __init__(self, index: int, task_names: tuple[str, ...], cfg: MetaWorldConfig,
+                 pool: Optional[EnvPool] = None) -> None:
         super().__init__(index, cfg.chunk, cfg.max_episode_steps, cfg.terminate_on_success, cfg.record)
         self.task_names, self.cfg = task_names, cfg
+        self.pool = pool if pool is not None else EnvPool(task_names, cfg)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (cfg.chunk, ACTION_DIM), np.float32)
         spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
         s = cfg.image_size
         if cfg.camera is not None:
             spaces["image"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
-        self._envs: dict[int, Any] = {}
-        self._renderers: dict[tuple[int, str], Any] = {}
-        self._env: Any = None
+        self._slot: Optional[_Slot] = None
         self._raw: Optional[np.ndarray] = None
+
+    @property
+    def _env(self) -> Any:
+        return self._slot.env if self._slot is not None else None
 
     def load_task(self, task: int) -> None:
         if not 0 <= task < len(self.task_names):
             raise ValueError(f"task index {task} out of range for {len(self.task_names)} tasks {list(self.task_names)}")
-        if task not in self._envs:
-            from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+        self.release_task()
+        self._slot = self.pool.take(task)
 
-            env = ALL_V3_ENVIRONMENTS[self.task_names[task]]()
-            if env._partially_observable:  # MT benchmarks observe the goal (39-D state)
-                env._partially_observable = False
-                env.__dict__.pop("sawyer_observation_space", None)  # a cached_property
-            env._freeze_rand_vec = False
-            env.seeded_rand_vec = True  # goal/object positions from env.np_random
-            env._set_task_called = True
-            env.max_path_length = self.cfg.max_episode_steps
-            self._envs[task] = env
-        self._env = self._envs[task]
+    def release_task(self) -> None:
+        if self._slot is not None:
+            self.pool.give(self._slot)
+            self._slot = None
 
     def start(self, seed: int) -> None:
         self._env.seed(seed)
@@ -132,19 +203,16 @@ class MetaWorldSubEnv(ChunkSubEnv):
     def _render(self, camera: str) -> np.ndarray:
         from pirl.envs.mujoco_render import ModelRenderer
 
-        key = (self._task, camera)
-        if key not in self._renderers:
-            self._renderers[key] = ModelRenderer(self._env.model, camera, self.cfg.image_size, self.cfg.image_size)
-        return self._renderers[key].render(self._env.data)
+        slot = self._slot
+        if camera not in slot.renderers:
+            slot.renderers[camera] = ModelRenderer(slot.env.model, camera, self.cfg.image_size, self.cfg.image_size)
+        return slot.renderers[camera].render(slot.env.data)
 
     def close(self) -> None:
-        for r in self._renderers.values():
-            r.close()
-        for env in self._envs.values():
-            env.close()
-        self._renderers.clear()
-        self._envs.clear()
-        self._env = None
+        if self._slot is not None:
+            self._slot.close()
+            self._slot = None
+        self.pool.close()
 
 
 class MetaWorldVectorEnv(GymChunkVector):
@@ -154,10 +222,11 @@ class MetaWorldVectorEnv(GymChunkVector):
         self.cfg, self.fps = cfg, FPS
         task_names = resolve_tasks(cfg.tasks)
         super().__init__(
-            partial(MetaWorldSubEnv, task_names=task_names, cfg=cfg), num_envs=cfg.num_envs, chunk=cfg.chunk,
+            partial(MetaWorldSubEnv, task_names=task_names, cfg=cfg, pool=shared_pool(task_names, cfg)),
+            num_envs=cfg.num_envs, chunk=cfg.chunk,
             action_dim=ACTION_DIM, state_dim=STATE_DIM, max_episode_steps=cfg.max_episode_steps,
             task_names=task_names, instructions=[INSTRUCTIONS[t] for t in task_names],
-            vector=cfg.vector, record=cfg.record)
+            vector=cfg.vector, record=cfg.record, pooled=True)
 
 
 def make_metaworld(cfg: Optional[MetaWorldConfig] = None, **overrides: Any) -> MetaWorldVectorEnv:

@@ -243,7 +243,9 @@ class Trainer:
         cfg = self.cfg
         if self.eval_env is None:
             self.eval_env = make_env(cfg.env, cfg.eval_num_envs)
-        contexts = eval_contexts(len(self.task_names), cfg.eval_episodes_per_task)
+        # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
+        contexts = sorted(eval_contexts(len(self.task_names), cfg.eval_episodes_per_task),
+                          key=lambda c: (c.seed, c.task))
         result = evaluate_policy(self.policy, self.eval_env, contexts, self.sampler.deterministic(), seed=cfg.seed)
         per_task = result.per_task()
         metrics = {f"eval/success/{task}": rate for task, rate in per_task.items()}
