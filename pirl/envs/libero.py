@@ -291,7 +291,7 @@ class LiberoSubEnv(ChunkSubEnv):
             hard_reset=False,  # reuse the compiled model across resets; init states set every body anyway
         )
         self._init_states = np.asarray(self._bench.get_task_init_states(self.suite_indices[task]))
-        self._objects = goal_objects(self._env.env)
+        self._objects = goal_objects(self._env.env) if self.cfg.object_state else ()
 
     def start(self, seed: int) -> None:
         i = init_state_index(seed, len(self._init_states), self.cfg.held_out_init_states, self.cfg.init_states)
