@@ -144,3 +144,47 @@ def test_async_workers():
         assert r.info["executed"].tolist() == [2, 2]
     finally:
         env.close()
+
+
+def test_held_out_init_states_split():
+    from pirl.envs.base import EVAL_SEED_START
+
+    train = {L.init_state_index(s, 50, 20, "ordered") for s in range(200)}
+    held = [L.init_state_index(EVAL_SEED_START + i, 50, 20, "ordered") for i in range(25)]
+    assert train == set(range(30)) and held[:20] == list(range(30, 50)) and held[20] == 30
+    assert {L.init_state_index(s, 50, 20, "random") for s in range(300)} <= set(range(30))
+    assert L.init_state_index(EVAL_SEED_START + 7, 50, 0, "ordered") == 7  # no split: the standard 50 trials
+    with pytest.raises(ValueError, match="held_out"):
+        L.init_state_index(0, 50, 50, "ordered")
+
+
+@needs_assets
+def test_object_state_is_the_moved_object_and_its_target():
+    env = L.make_libero(suite="libero_spatial", tasks=(0,), object_state=True, assets_path=ASSETS)
+    try:
+        assert env.state_dim == 14
+        s = env.reset([Context(0, 0)])["state"][0]
+        np.testing.assert_allclose(s[8:14], [-0.063, 0.202, 0.898, 0.053, 0.205, 0.902], atol=3e-3)  # bowl_1, plate_1
+    finally:
+        env.close()
+
+
+@needs_assets
+def test_scripted_expert_demo_round_trips(tmp_path):
+    """The privileged expert solves libero_spatial task 0 from a training init state within the suite's limit;
+    the dataset keeps the robot's 8-D state and the camera, and reads back."""
+    from pirl.data import load_dataset
+    from pirl.data.collect import CollectConfig, collect
+
+    rep = collect(CollectConfig(suite="libero", tasks="libero_spatial:0", episodes_per_task=1, max_attempts_per_task=1,
+                                camera="agentview", image_size=32, num_envs=1, held_out_init_states=20,
+                                assets_path=ASSETS), tmp_path / "demos")
+    assert rep.successes == {L.suite_tasks("libero_spatial")[0][0]: 1}
+    ds = load_dataset(tmp_path / "demos")
+    n = ds.num_frames
+    assert 60 < n < L.MAX_STEPS["libero_spatial"] and ds.fps == L.FPS
+    assert ds.data["observation.state"].shape == (n, 8) and ds.data["action"].shape == (n, 7)
+    assert ds.videos["observation.images.image"].shape == (n, 32, 32, 3)
+    assert ds.data["next.success"][-1] and not ds.data["next.success"][:-1].any()
+    assert "bowl" in ds.tasks[0] and ds.task_names == [L.suite_tasks("libero_spatial")[0][0]]
+    np.testing.assert_allclose(ds.data["observation.state"][0, 6:], [0.0387, -0.0387], atol=2e-3)

@@ -1,18 +1,21 @@
-"""Scripted-expert demonstrations for MetaWorld, written as a LeRobot v3.0 dataset."""
+"""Scripted-expert demonstrations, written as a LeRobot v3.0 dataset.
+
+MetaWorld: its own scripted policies. LIBERO: :class:`pirl.envs.libero_expert.PickPlaceExpert`,
+which reads privileged object positions from the simulator (``object_state``) and acts through the
+adapter; the dataset keeps only the 8-D robot state unless ``object_state=True``.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 import numpy as np
 
 from pirl.data.lerobot import Episode, write_dataset
-from pirl.envs.base import Context
-from pirl.envs.metaworld import EVAL_SEED_START, FPS, MetaWorldConfig, make_metaworld
-from pirl.envs.metaworld_tasks import resolve_tasks
+from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context
 
 STATE_NAMES = (
     ["hand_x", "hand_y", "hand_z", "gripper"]
@@ -21,14 +24,20 @@ STATE_NAMES = (
     + ["goal_x", "goal_y", "goal_z"]
 )  # fmt: skip
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+LIBERO_STATE_NAMES = ["eef_x", "eef_y", "eef_z", "axis_angle_x", "axis_angle_y", "axis_angle_z", "gripper_left", "gripper_right",
+                      "object_x", "object_y", "object_z", "target_x", "target_y", "target_z"]
+LIBERO_ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 
 
 @dataclass(frozen=True)
 class CollectConfig:
     """What :func:`collect` records."""
 
+    suite: Literal["metaworld", "libero"] = "metaworld"
+    """Simulator whose scripted expert plays: metaworld, or libero (pick-and-place expert, libero_spatial)."""
     tasks: Union[str, tuple[str, ...]] = "MT10"
-    """Task, suite or tuple of tasks (as in MetaWorldConfig)."""
+    """MetaWorld: task, suite or tuple of tasks (as in MetaWorldConfig); LIBERO: 'suite:task,task' (names or
+    indices) or a whole suite, e.g. 'libero_spatial:0'."""
     episodes_per_task: int = 10
     """Episodes kept per task."""
     action_noise: float = 0.0
@@ -40,17 +49,25 @@ class CollectConfig:
     seed_start: int = 0
     """Training seeds used are seed_start, seed_start + 1, ... (held-out eval seeds are refused)."""
     camera: Optional[str] = "corner2"
-    """Camera recorded as video 'observation.images.<camera>'; None = state-only dataset."""
+    """Camera recorded as video 'observation.images.<camera>' (LIBERO: 'agentview' -> observation.images.image,
+    'wrist' -> observation.images.wrist_image); None = state-only dataset."""
     image_size: int = 64
     """Height and width of the recorded video."""
-    max_episode_steps: int = 500
-    """Episode limit (MetaWorld's is 500)."""
+    max_episode_steps: int = 0
+    """Episode limit in actions; 0 = the suite's (MetaWorld 500; LIBERO's per-suite limits)."""
     num_envs: int = 4
     """Sub-environments run side by side (in this process)."""
     noise_seed: int = 0
     """Seed of the action-noise generator."""
     video_crf: int = 18
     """H.264 quality (0 lossless .. 51 worst)."""
+    object_state: bool = False
+    """LIBERO: keep the privileged object and target positions the expert reads in observation.state (14 values
+    instead of the robot's 8); a policy trained on such a dataset needs env.object_state=true."""
+    held_out_init_states: int = 0
+    """LIBERO: as env.held_out_init_states, so that demonstrations never start from the held-out init states."""
+    assets_path: Optional[str] = None
+    """LIBERO: folder of offline assets (as env.assets_path)."""
 
 
 @dataclass
@@ -71,30 +88,81 @@ class CollectReport:
         return {t: self.successes[t] / max(1, self.attempts[t]) for t in self.attempts}
 
 
-def _expert(name: str):
+Expert = Callable[[np.ndarray], np.ndarray]
+"""states [N, S] -> actions [N, D] for one batch of episodes (made fresh per batch: experts may keep state)."""
+
+
+@dataclass
+class _Suite:
+    env: ChunkVectorEnv
+    task_names: tuple[str, ...]
+    make_expert: Callable[[list[int]], Expert]
+    """Task index of each sub-environment -> the batch's expert."""
+    fps: int
+    state_names: list[str]
+    action_names: list[str]
+    state_dims: int
+    """Leading values of obs['state'] the dataset keeps."""
+    video_key: Optional[str]
+    image_key: str = "image"
+
+
+def _metaworld(cfg: CollectConfig) -> _Suite:
     from metaworld.policies import ENV_POLICY_MAP
 
-    return ENV_POLICY_MAP[name]()
+    from pirl.envs.metaworld import FPS, MAX_EPISODE_STEPS, MetaWorldConfig, make_metaworld
+    from pirl.envs.metaworld_tasks import resolve_tasks
+
+    task_names = resolve_tasks(cfg.tasks)
+    env = make_metaworld(
+        MetaWorldConfig(tasks=task_names, num_envs=cfg.num_envs, chunk=1, max_episode_steps=cfg.max_episode_steps or MAX_EPISODE_STEPS,
+                        camera=cfg.camera, image_size=cfg.image_size)
+    )  # fmt: skip
+    experts = [ENV_POLICY_MAP[n]() for n in task_names]  # stateless: one per task serves every batch
+
+    def make_expert(slots: list[int]) -> Expert:
+        return lambda states: np.stack([experts[t].get_action(s) for t, s in zip(slots, states)])
+
+    vkey = f"observation.images.{cfg.camera}" if cfg.camera else None
+    return _Suite(env, tuple(task_names), make_expert, FPS, STATE_NAMES, ACTION_NAMES, len(STATE_NAMES), vkey)
+
+
+def _libero(cfg: CollectConfig) -> _Suite:
+    from pirl.envs.libero import CAMERAS, FPS, STATE_DIM, LiberoConfig, make_libero
+    from pirl.envs.libero_expert import PickPlaceExpert, grasp_for_task
+
+    if cfg.camera is not None and cfg.camera not in CAMERAS:
+        raise ValueError(f"LIBERO camera {cfg.camera!r}: choose one of {tuple(CAMERAS)}, or camera=null for a state-only dataset")
+    suite, _, names = (cfg.tasks if isinstance(cfg.tasks, str) else ":".join(cfg.tasks)).partition(":")
+    tasks = tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
+    env = make_libero(LiberoConfig(
+        suite=suite, tasks=tasks, num_envs=cfg.num_envs, chunk=1, max_episode_steps=cfg.max_episode_steps or None,
+        image_size=cfg.image_size if cfg.camera else 0, cameras=(cfg.camera,) if cfg.camera else ("agentview",),
+        object_state=True, held_out_init_states=cfg.held_out_init_states, assets_path=cfg.assets_path,
+    ))  # fmt: skip
+
+    def make_expert(slots: list[int]) -> Expert:
+        return PickPlaceExpert([grasp_for_task(env.task_names[t]) for t in slots]).act
+
+    dims = len(LIBERO_STATE_NAMES) if cfg.object_state else STATE_DIM
+    key = CAMERAS[cfg.camera][1] if cfg.camera else "image"
+    vkey = f"observation.images.{key}" if cfg.camera else None
+    return _Suite(env, tuple(env.task_names), make_expert, FPS, LIBERO_STATE_NAMES[:dims], LIBERO_ACTION_NAMES, dims, vkey, key)
 
 
 def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
-    """Runs MetaWorld's scripted experts and writes the episodes as a LeRobot v3.0 dataset at ``root``."""
+    """Runs the suite's scripted experts and writes the episodes as a LeRobot v3.0 dataset at ``root``."""
     import warnings
 
-    task_names = resolve_tasks(cfg.tasks)
     if (Path(root) / "meta" / "info.json").exists():
         raise FileExistsError(f"{root} already holds a dataset; choose a new directory or delete it first")
     per_task = cfg.episodes_per_task
     max_attempts = cfg.max_attempts_per_task or 3 * per_task + 10
     if cfg.seed_start + max_attempts > EVAL_SEED_START:
         raise ValueError(f"seeds from {cfg.seed_start} would reach the held-out evaluation seeds (>= {EVAL_SEED_START})")
-    env = make_metaworld(
-        MetaWorldConfig(tasks=task_names, num_envs=cfg.num_envs, chunk=1, max_episode_steps=cfg.max_episode_steps,
-                        camera=cfg.camera, image_size=cfg.image_size)
-    )  # fmt: skip
+    sim = _libero(cfg) if cfg.suite == "libero" else _metaworld(cfg)
+    env, task_names, vkey = sim.env, sim.task_names, sim.video_key
     rng = np.random.default_rng(cfg.noise_seed)
-    experts = [_expert(n) for n in task_names]
-    vkey = f"observation.images.{cfg.camera}" if cfg.camera else None
     kept: dict[int, list[Episode]] = {t: [] for t in range(len(task_names))}
     attempts = {t: 0 for t in range(len(task_names))}
     successes = {t: 0 for t in range(len(task_names))}
@@ -123,21 +191,22 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
                 need[t] -= 1
                 slots.append(t)
             obs = env.reset(contexts)
+            expert = sim.make_expert(slots)
             states, actions, rewards, dones, succ, images = ([[] for _ in contexts] for _ in range(6))
             solved = np.zeros(len(contexts), dtype=bool)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the experts warn that their gains saturate the action range
                 while not env.ended.all():
                     live = ~env.ended
-                    act = np.stack([experts[t].get_action(s) for t, s in zip(slots, obs["state"])]).astype(np.float32)
+                    act = np.asarray(expert(obs["state"]), dtype=np.float32)
                     if cfg.action_noise > 0:
                         act = act + cfg.action_noise * rng.standard_normal(act.shape).astype(np.float32)
                     act = np.clip(act, -1.0, 1.0)
                     res = env.step(act[:, None])
                     for i in np.flatnonzero(live):
-                        states[i].append(obs["state"][i])
+                        states[i].append(obs["state"][i, : sim.state_dims])
                         if vkey:
-                            images[i].append(obs["image"][i])
+                            images[i].append(obs[sim.image_key][i])
                         actions[i].append(act[i])
                         rewards[i].append(res.reward[i])
                         dones[i].append(res.terminated[i] or res.truncated[i])
@@ -165,8 +234,8 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
         env.close()
     episodes = [ep for t in kept for ep in kept[t]]
     write_dataset(
-        root, episodes, fps=FPS, tasks=list(env.instructions), task_names=list(task_names),
-        feature_names={"observation.state": STATE_NAMES, "action": ACTION_NAMES}, video_crf=cfg.video_crf,
+        root, episodes, fps=sim.fps, tasks=list(env.instructions), task_names=list(task_names),
+        feature_names={"observation.state": sim.state_names, "action": sim.action_names}, video_crf=cfg.video_crf,
     )  # fmt: skip
     return CollectReport(
         Path(root), len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0,

@@ -18,7 +18,15 @@ Dataset names: 'state' = LeRobot 'observation.state' (openpi's physical-intellig
 use ``image_size=256`` (or 224, as openpi resizes to) when training on them.
 
 A Context's seed picks the init state: ``seed % 50`` when ``init_states='ordered'`` (evaluation:
-seeds 0..49 are the standard 50 trials), a seeded draw when 'random' (training).
+seeds 0..49 are the standard 50 trials), a seeded draw when 'random' (training). With
+``held_out_init_states=h`` the last h init states serve only held-out evaluation seeds
+(>= EVAL_SEED_START) and training seeds use the others: the suite has just 50 init states per
+task, and a policy trained by RL on the states it is then scored on would be graded on practice.
+
+``object_state=True`` appends privileged simulator state to obs['state']: the positions of the
+object the task moves and of its target (read from MuJoCo, 3 + 3 values). A camera policy has no
+such input; it exists so that a state policy can see where the objects are (and for the scripted
+expert in :mod:`pirl.envs.libero_expert`).
 
 Assets: ``hf-libero`` downloads scene/object meshes from a model hub on first use. Offline, point
 ``assets_path`` (or ``$PIRL_LIBERO_ASSETS``) at a copy of LIBERO's ``assets/`` folder.
@@ -36,6 +44,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 import gymnasium as gym
 import numpy as np
 
+from pirl.envs.base import EVAL_SEED_START
 from pirl.envs.chunked import ChunkSubEnv, GymChunkVector, VectorKind
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -43,6 +52,8 @@ MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "l
 """Episode limits in actions after warm-up (openpi's LIBERO example; ~1.2x the longest demo)."""
 NUM_STEPS_WAIT = 10
 STATE_DIM, ACTION_DIM = 8, 7
+OBJECT_STATE_DIM = 6
+"""Privileged extra state with ``object_state``: position of the moved object (3), of its target (3)."""
 FPS = 20
 """Control frequency of the OSC controller (the LeRobot LIBERO datasets' metadata says 10 fps)."""
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
@@ -66,6 +77,11 @@ class LiberoConfig:
     """Actions (after warm-up) after which an episode is truncated; None = the suite's MAX_STEPS."""
     init_states: Literal["ordered", "random"] = "ordered"
     """How a context's seed picks one of the suite's init states (see the module docstring)."""
+    held_out_init_states: int = 0
+    """The last this many init states of each task are used only by evaluation seeds (>= EVAL_SEED_START),
+    the others only by training seeds; 0 = every seed draws from all of them."""
+    object_state: bool = False
+    """Append the privileged positions of the moved object and its target to obs['state'] (8 -> 14 values)."""
     num_steps_wait: int = NUM_STEPS_WAIT
     """No-op steps after reset, not counted in the episode."""
     image_size: int = 0
@@ -95,10 +111,28 @@ class LiberoConfig:
                 raise ValueError(f"unknown camera {c!r}; choose from {tuple(CAMERAS)}")
         if self.record and not self.image_size:
             raise ValueError("record=True needs image_size > 0")
+        if self.held_out_init_states < 0:
+            raise ValueError(f"held_out_init_states must be >= 0, got {self.held_out_init_states}")
 
     @property
     def episode_steps(self) -> int:
         return self.max_episode_steps or MAX_STEPS[self.suite]
+
+    @property
+    def state_dim(self) -> int:
+        return STATE_DIM + (OBJECT_STATE_DIM if self.object_state else 0)
+
+
+def init_state_index(seed: int, num_states: int, held_out: int, order: str) -> int:
+    """Which of a task's ``num_states`` init states a context seed starts from (see the module docstring)."""
+    if not 0 <= held_out < num_states:
+        raise ValueError(f"held_out_init_states must lie in [0, {num_states}) for a task with {num_states} init states")
+    if seed >= EVAL_SEED_START and held_out:
+        first, n, seed = num_states - held_out, held_out, seed - EVAL_SEED_START
+    else:
+        first, n = 0, num_states - held_out
+    i = seed % n if order == "ordered" else int(np.random.default_rng(seed).integers(n))
+    return first + i
 
 
 # -- offline setup --------------------------------------------------------------------------------
@@ -206,6 +240,16 @@ def quat2axisangle(q: np.ndarray) -> np.ndarray:
     return np.asarray(q[:3], dtype=np.float64) * 2.0 * np.arccos(w) / den
 
 
+def goal_objects(env: Any) -> tuple[str, str]:
+    """(moved object, target) of a LIBERO task from its first goal predicate ('on'/'in' bowl plate),
+    else its first two objects of interest (the target repeated when there is only one)."""
+    goal = env.parsed_problem.get("goal_state") or []
+    if goal and len(goal[0]) == 3:
+        return str(goal[0][1]), str(goal[0][2])
+    names = list(env.obj_of_interest) or ["robot0_base"]
+    return str(names[0]), str(names[min(1, len(names) - 1)])
+
+
 # -- one sub-environment ----------------------------------------------------------------------------
 class LiberoSubEnv(ChunkSubEnv):
     """One LIBERO scene; rebuilt when a reset asks for another task (2-6 s on CPU)."""
@@ -218,7 +262,7 @@ class LiberoSubEnv(ChunkSubEnv):
 
         self._bench = get_benchmark(cfg.suite)()
         self.action_space = gym.spaces.Box(-1.0, 1.0, (cfg.chunk, ACTION_DIM), np.float32)
-        spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
+        spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (cfg.state_dim,), np.float32)}
         s = cfg.image_size
         if s:
             for c in cfg.cameras:
@@ -228,6 +272,7 @@ class LiberoSubEnv(ChunkSubEnv):
         self._init_states: Optional[np.ndarray] = None
         self._raw: dict[str, np.ndarray] = {}
         self._images: Optional[dict[str, np.ndarray]] = None
+        self._objects: tuple[str, ...] = ()
 
     def load_task(self, task: int) -> None:
         from libero.libero import get_libero_path
@@ -246,10 +291,10 @@ class LiberoSubEnv(ChunkSubEnv):
             hard_reset=False,  # reuse the compiled model across resets; init states set every body anyway
         )
         self._init_states = np.asarray(self._bench.get_task_init_states(self.suite_indices[task]))
+        self._objects = goal_objects(self._env.env) if self.cfg.object_state else ()
 
     def start(self, seed: int) -> None:
-        n = len(self._init_states)
-        i = seed % n if self.cfg.init_states == "ordered" else int(np.random.default_rng(seed).integers(n))
+        i = init_state_index(seed, len(self._init_states), self.cfg.held_out_init_states, self.cfg.init_states)
         self._env.seed(seed)
         self._env.reset()
         for robot in self._env.robots:
@@ -274,7 +319,10 @@ class LiberoSubEnv(ChunkSubEnv):
 
     def observe(self) -> dict[str, np.ndarray]:
         r = self._raw
-        state = np.concatenate([r["robot0_eef_pos"], quat2axisangle(r["robot0_eef_quat"]), r["robot0_gripper_qpos"]])
+        parts = [r["robot0_eef_pos"], quat2axisangle(r["robot0_eef_quat"]), r["robot0_gripper_qpos"]]
+        if self.cfg.object_state:
+            parts += [self._position(name) for name in self._objects]
+        state = np.concatenate(parts)
         obs = {"state": state.astype(np.float32)}
         if self.cfg.image_size:
             if self._images is None:
@@ -284,6 +332,14 @@ class LiberoSubEnv(ChunkSubEnv):
                                 for cam, key in (CAMERAS[c] for c in self.cfg.cameras)}
             obs.update(self._images)
         return obs
+
+    def _position(self, name: str) -> np.ndarray:
+        if f"{name}_pos" in self._raw:  # movable objects are in robosuite's observation
+            return np.asarray(self._raw[f"{name}_pos"], np.float64)
+        sim = self._env.env.sim  # fixtures and regions ('basket_1_contain_region') are sites or bodies
+        if name in sim.model.site_names:
+            return np.array(sim.data.site_xpos[sim.model.site_name2id(name)])
+        return np.array(sim.data.body_xpos[sim.model.body_name2id(name)])
 
     def frame(self) -> np.ndarray:
         return self.observe()[CAMERAS[self.cfg.cameras[0]][1]]
@@ -306,7 +362,7 @@ class LiberoVectorEnv(GymChunkVector):
         table = suite_tasks(cfg.suite)
         super().__init__(
             partial(LiberoSubEnv, cfg=cfg, suite_indices=idx), num_envs=cfg.num_envs, chunk=cfg.chunk,
-            action_dim=ACTION_DIM, state_dim=STATE_DIM, max_episode_steps=cfg.episode_steps,
+            action_dim=ACTION_DIM, state_dim=cfg.state_dim, max_episode_steps=cfg.episode_steps,
             task_names=[table[i][0] for i in idx], instructions=[table[i][1] for i in idx],
             vector=cfg.vector, record=cfg.record)
 

@@ -32,6 +32,10 @@ class EnvConfig:
     """sync: sub-environments in this process; async: one subprocess each (spawn)."""
     assets_path: Optional[str] = None
     """LIBERO: folder of offline scene/object assets; None = the package's own behaviour."""
+    held_out_init_states: int = 0
+    """LIBERO: the last this many init states of each task are kept for evaluation seeds only (0 = shared)."""
+    object_state: bool = False
+    """LIBERO: append privileged object and target positions (from the simulator) to obs['state']."""
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -67,6 +71,7 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         return make_libero(LiberoConfig(
             suite=suite, tasks=tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
             image_size=cfg.image_size if cfg.camera else 0, record=record, assets_path=cfg.assets_path, vector=cfg.vector,
+            held_out_init_states=cfg.held_out_init_states, object_state=cfg.object_state,
         ))
     if cfg.suite == "maniskill":
         from pirl.envs.maniskill import ManiSkillConfig, make_maniskill

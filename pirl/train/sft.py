@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pirl.data.reader import ChunkDataset, LeRobotDataset, load_dataset
+from pirl.envs.registry import EnvConfig, make_env
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.mlp import make_mlp_policy
@@ -66,7 +67,10 @@ class SFTConfig:
     eval_num_envs: int = 5
     """Sub-environments of the evaluation env."""
     eval_max_episode_steps: int = 500
-    """Episode limit at evaluation."""
+    """Episode limit at evaluation (MetaWorld)."""
+    eval_env: Optional[EnvConfig] = None
+    """Where evaluation runs (its task indices must match the dataset's), e.g. eval_env.suite=libero
+    eval_env.tasks=libero_spatial:0 eval_env.object_state=true; None = MetaWorld with the dataset's tasks."""
     denoise_steps: int = 4
     """K, Euler steps of the ODE at evaluation."""
     seed: int = 0
@@ -133,9 +137,13 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
 
 
 def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
-    """A MetaWorld env with the dataset's tasks (same task indices) and, for the VLA, its camera."""
+    """``cfg.eval_env``, else a MetaWorld env with the dataset's tasks (same task indices) and, for the VLA, its camera."""
+    from dataclasses import replace
+
     from pirl.envs.metaworld import MetaWorldConfig, make_metaworld
 
+    if cfg.eval_env is not None:
+        return make_env(replace(cfg.eval_env, chunk=cfg.chunk or cfg.action_horizon), cfg.eval_num_envs)
     camera, size = None, 64
     if cfg.policy == "vla":
         vk = _video_key(ds)
