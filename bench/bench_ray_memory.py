@@ -14,6 +14,7 @@ over the whole run and over its second half (after warm-up).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--learner-processes", type=int, default=2)
     ap.add_argument("--num-groups", type=int, default=16)
     ap.add_argument("--worker-cpus", type=float, default=0.5, help="Ray CPUs per actor (2 cores hold 4 actors at 0.5)")
+    ap.add_argument("--name", default="ray_memory", help="results file name under bench/results/")
     ap.add_argument("overrides", nargs="*", help="extra `pirl train` key=value overrides")
     args = ap.parse_args()
 
@@ -144,7 +146,10 @@ def main() -> None:
           "RSS summed over each role's processes (shared pages of torch/ray libraries count once per process):\n\n"
           "| role | start MB | end MB | max MB | slope MB/min | slope, 2nd half |\n|---|---:|---:|---:|---:|---:|\n"
           f"{rows}\n")
-    write_results("ray_memory", payload, md)
+    payload["ray_env"] = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
+    if payload["ray_env"]:
+        md += "\nRay settings from the environment: " + ", ".join(f"`{k}={v}`" for k, v in payload["ray_env"].items()) + "\n"
+    write_results(args.name, payload, md)
 
 
 if __name__ == "__main__":

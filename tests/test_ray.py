@@ -291,9 +291,9 @@ def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path
                 r = trainer.ray
                 nodes = ray.get([w.node.remote() for w in r.env.workers + r.pool.workers])
                 assert len(set(nodes)) == 1  # collocated: one STRICT_PACK placement group
-                assert r.pool.versions() == [1]  # weights published after the update, loaded on the next request
+                assert r.pool.version == 1 and r.pool.versions() == [0]  # published, loaded on the next request
                 trainer.collect()
-                assert r.pool.versions() == [2]
+                assert r.pool.versions() == [1]
                 assert metrics[-1]["rollout/rollout_worker_restarts"] == 0
         finally:
             trainer.close()

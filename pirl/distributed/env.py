@@ -36,6 +36,9 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         return False
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if address is None:
+        # "local", not None: None joins whatever Ray another driver on this machine started (its CPUs are
+        # taken, so our actors would wait forever) and shutdown() would leave it running
+        address = "local"
         kw["num_cpus"] = num_cpus
         if object_store_mb:
             kw["object_store_memory"] = object_store_mb * 2**20

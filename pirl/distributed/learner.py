@@ -175,7 +175,7 @@ class LearnerGroup:
         cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0)(LearnerRank)
         options = actor_options or (lambda i: {})
         skeleton = [ray.put(policy)]
-        self.actors = [cls.options(**options(r)).remote(r, world, address, port, skeleton, ppo, optim, seed, threads,
+        self.actors = [cls.options(**options(r - 1)).remote(r, world, address, port, skeleton, ppo, optim, seed, threads,
                                                         timeout_s) for r in range(1, world)]
         init_process_group(0, world, address=address, port=port, timeout_s=timeout_s)  # returns once all joined
         self.updater = DistributedPPOUpdater(policy, ppo, optim, seed=seed)

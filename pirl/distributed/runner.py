@@ -87,8 +87,8 @@ class RayRunner:
         return self.learners
 
     def weights_changed(self, policy: torch.nn.Module) -> None:
-        """After an update or a checkpoint load: rollout workers use these weights from the next request on,
-        learner ranks take rank 0's state."""
+        """After an update or a checkpoint load: rollout workers use these weights from their next request on
+        (learner ranks need nothing: they took the same step)."""
         if self.pool is not None:
             self.pool.publish(policy)
 
