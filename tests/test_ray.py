@@ -295,6 +295,9 @@ def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path
                 trainer.collect()
                 assert r.pool.versions() == [1]
                 assert metrics[-1]["rollout/rollout_worker_restarts"] == 0
+                rank1 = ray.get(r.learners.actors[0].state_dict.remote())  # took the same all-reduced steps
+                for k, v in weights[-1].items():
+                    torch.testing.assert_close(rank1[k], v, rtol=0, atol=0, msg=k)
         finally:
             trainer.close()
     loc, rem = metrics

@@ -9,6 +9,7 @@ summation order. The loss math is PPOUpdater's own: this class only splits and r
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 from typing import Any, Optional
@@ -121,15 +122,21 @@ class DistributedPPOUpdater(PPOUpdater):
 class LearnerRank:
     """Learner rank >= 1 in a Ray actor: a policy replica stepping in lockstep with the trainer (rank 0)."""
 
-    def __init__(self, rank: int, world: int, address: str, port: int, skeleton: list, ppo: Any, optim: Any,
-                 seed: int, threads: int = 1, timeout_s: float = 300.0) -> None:
+    def __init__(self, rank: int, world: int, skeleton: list, ppo: Any, optim: Any, seed: int,
+                 threads: int = 1) -> None:
         import ray
 
         if threads:
             torch.set_num_threads(threads)
-        init_process_group(rank, world, address=address, port=port, timeout_s=timeout_s)
+        self.rank, self.world, self.ppo, self.optim, self.seed = rank, world, ppo, optim, seed
         self.policy = ray.get(skeleton[0])
-        self.updater = DistributedPPOUpdater(self.policy, ppo, optim, seed=seed)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def join(self, address: str, port: int, timeout_s: float = 300.0) -> None:
+        init_process_group(self.rank, self.world, address=address, port=port, timeout_s=timeout_s)
+        self.updater = DistributedPPOUpdater(self.policy, self.ppo, self.optim, seed=self.seed)
 
     def load(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -175,9 +182,14 @@ class LearnerGroup:
         cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0)(LearnerRank)
         options = actor_options or (lambda i: {})
         skeleton = [ray.put(policy)]
-        self.actors = [cls.options(**options(r - 1)).remote(r, world, address, port, skeleton, ppo, optim, seed, threads,
-                                                        timeout_s) for r in range(1, world)]
+        self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads)
+                       for r in range(1, world)]
+        # rendezvous only once every rank's process is up: starting actors can take minutes on a busy or
+        # cold cluster, and the gloo timeout should be about the collective, not that
+        ray.get([a.pid.remote() for a in self.actors])
+        joined = [a.join.remote(address, port, timeout_s) for a in self.actors]
         init_process_group(0, world, address=address, port=port, timeout_s=timeout_s)  # returns once all joined
+        ray.get(joined)
         self.updater = DistributedPPOUpdater(policy, ppo, optim, seed=seed)
         self.load()
 
