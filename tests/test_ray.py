@@ -6,6 +6,7 @@ two env workers land on different raylets, as on a real cluster.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,3 +214,96 @@ def test_gloo_learner_matches_single_process(tmp_path):
     assert ours.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_rollout_workers_equal_local_and_follow_published_weights(cluster):
+    from pirl.distributed.rollout import RemotePolicy, RolloutWorkerPool
+
+    local = _collector(make_env(PM, 4))
+    remote = _collector(make_env(PM, 4))
+    pool = RolloutWorkerPool(remote.policy, 1, cpus_per_worker=0.25)
+    remote.policy = RemotePolicy(remote.policy, pool)
+    try:
+        for version in range(2):
+            r_loc, r_ray = local.collect(), remote.collect()
+            for k, v in r_loc.metrics.items():
+                if not k.startswith("perf/"):
+                    assert r_ray.metrics[k] == v, k
+            b1, b2 = r_ray.buffers[0], r_loc.buffers[0]
+            for f in ("log_probs", "values", "rewards"):
+                torch.testing.assert_close(getattr(b1, f), getattr(b2, f), rtol=0, atol=0, msg=f)
+            assert pool.versions() == [version]
+            with torch.no_grad():  # an "update": both sides change weights, only the pool's workers must be told
+                for p1, p2 in zip(local.policy.parameters(), remote.policy.local.parameters()):
+                    p1.add_(0.05)
+                    p2.add_(0.05)
+            pool.publish(remote.policy.local)
+    finally:
+        pool.close()
+
+
+def test_killed_rollout_worker_restarts_with_current_weights(cluster):
+    from pirl.distributed.rollout import RolloutWorkerPool
+
+    c = _collector(make_env(PM, 4))
+    pool = RolloutWorkerPool(c.policy, 2, cpus_per_worker=0.25)
+    try:
+        with torch.no_grad():
+            for p in c.policy.parameters():
+                p.mul_(1.1)
+        pool.publish(c.policy)
+        obs = c.policy.prepare(make_env(PM, 4).reset([Context(0, i) for i in range(4)]))
+        sampler = SamplerConfig(method="flow_sde", steps=4, logp_steps=4)
+        before = pool.act(obs, sampler, torch.Generator().manual_seed(5))
+        pid = pool.pids()[0]
+        ray.kill(pool.workers[0])
+        after = pool.act(obs, sampler, torch.Generator().manual_seed(5))
+        assert pool.restarts == 1 and pool.pids()[0] != pid and pool.versions() == [1, 1]
+        torch.testing.assert_close(after.actions, before.actions, rtol=0, atol=0)
+        torch.testing.assert_close(after.log_prob, before.log_prob, rtol=0, atol=0)
+        # two shards draw their own noise, from generators seeded by the caller's: the local policy re-scores them
+        torch.testing.assert_close(c.policy.evaluate(obs, after.chain).log_prob, after.log_prob, rtol=0, atol=1e-5)
+        torch.testing.assert_close(pool.value(obs), c.policy.value(obs), rtol=0, atol=1e-6)  # other batch shapes
+    finally:
+        pool.close()
+
+
+def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path):
+    """runner=ray with a rollout worker, a 2-process gloo learner and collocated placement: the first
+    iteration's rollout statistics and updated weights are the single-process trainer's."""
+    from pirl.policies.io import save_policy
+    from pirl.train.rl import Trainer, TrainConfig
+
+    torch.manual_seed(0)
+    save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
+    base = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1, eval_num_envs=2,
+                       eval_episodes_per_task=2, videos_per_task=0)
+    ray_cfg = dataclasses.replace(base, runner="ray", env_workers=2, rollout_workers=1, learner_processes=2,
+                                  placement="collocated", worker_cpus=0.25)
+    metrics, weights = [], []
+    for i, cfg in enumerate((base, ray_cfg)):
+        trainer = Trainer(cfg, tmp_path / f"run{i}")
+        try:
+            start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+            metrics.append(trainer.step())
+            weights.append({k: v.clone() for k, v in trainer.policy.state_dict().items()})
+            if cfg.runner == "ray":
+                r = trainer.ray
+                nodes = ray.get([w.node.remote() for w in r.env.workers + r.pool.workers])
+                assert len(set(nodes)) == 1  # collocated: one STRICT_PACK placement group
+                assert r.pool.version == 1 and r.pool.versions() == [0]  # published, loaded on the next request
+                trainer.collect()
+                assert r.pool.versions() == [1]
+                assert metrics[-1]["rollout/rollout_worker_restarts"] == 0
+                rank1 = ray.get(r.learners.actors[0].state_dict.remote())  # took the same all-reduced steps
+                for k, v in weights[-1].items():
+                    torch.testing.assert_close(rank1[k], v, rtol=0, atol=0, msg=k)
+        finally:
+            trainer.close()
+    loc, rem = metrics
+    for k, v in loc.items():
+        if k.startswith("rollout/") and k in rem:
+            assert rem[k] == v, k
+    for k in weights[0]:
+        torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-5, msg=k)
+    assert any(not torch.equal(start[k], v) for k, v in weights[1].items()), "the update changed nothing"

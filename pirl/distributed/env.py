@@ -13,7 +13,7 @@ actor. The episodes it was running are reported as ended with ``info["crashed"]`
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import ray
@@ -36,6 +36,9 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         return False
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if address is None:
+        # "local", not None: None joins whatever Ray another driver on this machine started (its CPUs are
+        # taken, so our actors would wait forever) and shutdown() would leave it running
+        address = "local"
         kw["num_cpus"] = num_cpus
         if object_store_mb:
             kw["object_store_memory"] = object_store_mb * 2**20
@@ -71,6 +74,20 @@ class EnvWorker:
 
     def close(self) -> None:
         self.env.close()
+
+
+def respawn(role: str, actors: list, i: int, spawn: Callable[[int], Any], err: BaseException, restarts: int,
+            max_restarts: int) -> None:
+    """Puts a fresh actor in place of a dead or hung ``actors[i]``; raises once ``max_restarts`` are spent."""
+    if restarts >= max_restarts:
+        raise RuntimeError(f"{role} {i} failed ({type(err).__name__}) after {restarts} restarts "
+                           f"(max_restarts={max_restarts})") from err
+    log.warning("%s %d failed (%s: %s); starting a new one", role, i, type(err).__name__, err)
+    try:
+        ray.kill(actors[i], no_restart=True)  # a hung actor would otherwise keep its resources
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+    actors[i] = spawn(i)
 
 
 def _split(n: int, parts: int) -> list[int]:
@@ -118,7 +135,7 @@ class RayVectorEnv:
 
     def __init__(self, cfg: EnvConfig, num_envs: int, workers: int = 2, *, record: bool = False,
                  cpus_per_worker: float = 1.0, step_timeout_s: Optional[float] = None,
-                 max_restarts: int = 100) -> None:
+                 max_restarts: int = 100, actor_options: Optional[Callable[[int], dict]] = None) -> None:
         if not 1 <= workers <= num_envs:
             raise ValueError(f"workers must lie in [1, num_envs={num_envs}], got {workers}")
         if not ray.is_initialized():
@@ -128,6 +145,7 @@ class RayVectorEnv:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.step_timeout_s, self.max_restarts = step_timeout_s, max_restarts
         # SPREAD: env workers are CPU-bound simulators; packing them onto one node wastes the others
+        self.actor_options = actor_options or (lambda i: {})  # e.g. a placement-group bundle per worker
         self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD")(EnvWorker)
         self.workers = [self._spawn(i) for i in range(workers)]
         spec = ray.get([w.spec.remote() for w in self.workers])[0]  # waits until every worker has built its envs
@@ -145,18 +163,10 @@ class RayVectorEnv:
 
     # -- workers -----------------------------------------------------------------------------
     def _spawn(self, i: int):
-        return self._actor_cls.remote(self.cfg, self.sizes[i], self.record)
+        return self._actor_cls.options(**self.actor_options(i)).remote(self.cfg, self.sizes[i], self.record)
 
     def _replace(self, i: int, err: BaseException) -> None:
-        if self.restarts >= self.max_restarts:
-            raise RuntimeError(f"env worker {i} failed ({type(err).__name__}) after {self.restarts} restarts "
-                               f"(max_restarts={self.max_restarts})") from err
-        log.warning("env worker %d failed (%s: %s); starting a new one", i, type(err).__name__, err)
-        try:
-            ray.kill(self.workers[i], no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        self.workers[i] = self._spawn(i)
+        respawn("env worker", self.workers, i, self._spawn, err, self.restarts, self.max_restarts)
         self.restarts += 1
 
     def _get(self, ref: Any) -> Any:

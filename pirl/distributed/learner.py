@@ -10,8 +10,9 @@ summation order. The loss math is PPOUpdater's own: this class only splits and r
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,9 +25,9 @@ from pirl.algorithms.ppo import PPOUpdater, RatioCheckError, ppo_loss
 def init_process_group(rank: int, world_size: int, *, address: str = "127.0.0.1", port: int = 29511,
                        backend: str = "gloo", timeout_s: float = 300.0) -> None:
     """Joins the ``world_size`` learner processes (rank 0 listens on address:port)."""
-    os.environ.setdefault("MASTER_ADDR", address)
-    os.environ.setdefault("MASTER_PORT", str(port))
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    # an explicit tcp:// address: MASTER_* left in the environment by an earlier group would win over ours
+    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
 
 
 def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
@@ -116,3 +117,117 @@ class DistributedPPOUpdater(PPOUpdater):
         for p in params:
             p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
+
+
+class LearnerRank:
+    """Learner rank >= 1 in a Ray actor: a policy replica stepping in lockstep with the trainer (rank 0)."""
+
+    def __init__(self, rank: int, world: int, skeleton: list, ppo: Any, optim: Any, seed: int,
+                 threads: int = 1) -> None:
+        import ray
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.rank, self.world, self.ppo, self.optim, self.seed = rank, world, ppo, optim, seed
+        self.policy = ray.get(skeleton[0])
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def join(self, address: str, port: int, timeout_s: float = 300.0) -> None:
+        init_process_group(self.rank, self.world, address=address, port=port, timeout_s=timeout_s)
+        self.updater = DistributedPPOUpdater(self.policy, self.ppo, self.optim, seed=self.seed)
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.updater.optimizer.load_state_dict(state["optimizer"])
+        self.updater.generator.set_state(state["generator"])
+
+    def update(self, batch: RolloutBatch) -> None:
+        self.updater.update(batch)  # rank 0 reports the (all-reduced) metrics
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+
+    def close(self) -> None:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class LearnerGroup:
+    """The PPO update over ``world`` gloo processes: this process is rank 0, Ray actors are the others.
+
+    Every rank gets the full batch through the object store (one ``ray.put`` per update) and
+    re-scores its share; they start from rank 0's weights, optimiser and minibatch RNG
+    (:meth:`load`) and stay equal because every step is the same all-reduced one. The trainer
+    keeps using ``self.updater`` (a DistributedPPOUpdater over its own policy) and its checkpoint.
+    A dead rank is not replaced: the collective fails (gloo timeout) and so does the run.
+    """
+
+    def __init__(self, policy: torch.nn.Module, ppo: Any, optim: Any, *, world: int, seed: int = 0,
+                 threads: int = 1, cpus_per_rank: float = 1.0, timeout_s: float = 300.0,
+                 actor_options: Optional[Any] = None) -> None:
+        import ray
+
+        if world < 2:
+            raise ValueError(f"a learner group needs world >= 2 processes, got {world}")
+        if next(policy.parameters()).device.type != "cpu":
+            raise NotImplementedError("the Ray learner group runs gloo on CPU only (no nccl ranks yet)")
+        address, port = ray.util.get_node_ip_address(), _free_port()
+        cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0)(LearnerRank)
+        options = actor_options or (lambda i: {})
+        skeleton = [ray.put(policy)]
+        self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads)
+                       for r in range(1, world)]
+        # rendezvous only once every rank's process is up: starting actors can take minutes on a busy or
+        # cold cluster, and the gloo timeout should be about the collective, not that
+        ray.get([a.pid.remote() for a in self.actors])
+        joined = [a.join.remote(address, port, timeout_s) for a in self.actors]
+        init_process_group(0, world, address=address, port=port, timeout_s=timeout_s)  # returns once all joined
+        ray.get(joined)
+        self.updater = DistributedPPOUpdater(policy, ppo, optim, seed=seed)
+        self.load()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.updater.optimizer  # rank 0's: the one checkpoints save and restore
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.updater.generator
+
+    def load(self) -> None:
+        """Copies rank 0's weights, optimiser state and minibatch RNG to every other rank (start, resume)."""
+        import ray
+
+        u = self.updater
+        state = ray.put({"policy": {k: v.detach().clone() for k, v in u.policy.state_dict().items()},
+                         "optimizer": u.optimizer.state_dict(), "generator": u.generator.get_state()})
+        ray.get([a.load.remote(state) for a in self.actors])
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        import ray
+
+        ref = ray.put(batch)
+        pending = [a.update.remote(ref) for a in self.actors]
+        metrics = self.updater.update(batch)
+        ray.get(pending)  # surfaces a rank's error instead of a later hang
+        return metrics
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            ray.get([a.close.remote() for a in self.actors], timeout=30)
+        except Exception:  # noqa: BLE001 - a dead rank has nothing to close
+            pass
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -104,6 +104,19 @@ class TrainConfig:
     """runner=ray: env worker actors sharing the num_groups x group_size rollout sub-environments."""
     pipelined: bool = False
     """runner=ray: overlap policy inference on one half of the env workers with simulation of the other."""
+    rollout_workers: int = 0
+    """runner=ray: Ray actors doing the rollouts' batched policy inference, weights synced by version after every
+    update through the object store; 0 = inference in the trainer process."""
+    rollout_gpus: float = 0.0
+    """runner=ray: GPUs per rollout worker (a fraction shares one GPU); 0 = CPU inference."""
+    learner_processes: int = 1
+    """runner=ray: PPO update data-parallel over this many gloo processes (the trainer + Ray actors; CPU only);
+    1 = the single-process update."""
+    placement: Literal["disaggregated", "collocated"] = "disaggregated"
+    """runner=ray: disaggregated (each role asks Ray for its own resources; env workers spread over nodes) or
+    collocated (one STRICT_PACK placement group: every worker actor on one node). See docs/ray.md."""
+    worker_cpus: float = 1.0
+    """runner=ray: CPUs Ray reserves per env worker, rollout worker and learner rank (fractions pack more per core)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.num_groups < 1 or self.group_size < 1:
@@ -119,6 +132,13 @@ class TrainConfig:
         if self.runner == "ray" and not 1 <= self.env_workers <= self.num_groups * self.group_size:
             raise ValueError(f"env_workers must lie in [1, num_groups x group_size = "
                              f"{self.num_groups * self.group_size}], got {self.env_workers}")
+        if self.runner != "ray" and (self.rollout_workers or self.learner_processes != 1
+                                     or self.placement != "disaggregated"):
+            raise ValueError("rollout_workers, learner_processes and placement need runner='ray'")
+        if self.rollout_workers < 0 or self.learner_processes < 1 or not self.worker_cpus > 0 or self.rollout_gpus < 0:
+            raise ValueError(f"need rollout_workers >= 0, learner_processes >= 1, worker_cpus > 0, rollout_gpus >= 0; "
+                             f"got {self.rollout_workers}, {self.learner_processes}, {self.worker_cpus}, "
+                             f"{self.rollout_gpus}")
         if self.pipelined and (self.runner != "ray" or self.env_workers < 2):
             raise ValueError(f"pipelined=True needs runner='ray' and env_workers >= 2, got runner={self.runner!r}, "
                              f"env_workers={self.env_workers}")
@@ -172,18 +192,22 @@ class Trainer:
             num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
             max_tries=cfg.max_tries, seed=cfg.seed, task_sampling=cfg.task_sampling,
         )
-        self.ray_started = False
+        self.ray = None
         if cfg.runner == "ray":
-            from pirl.distributed.env import init_ray
+            from pirl.distributed.runner import RayRunner
 
-            self.ray_started = init_ray(cfg.ray_address)
+            self.ray = RayRunner(address=cfg.ray_address, placement=cfg.placement, env_workers=cfg.env_workers,
+                                 rollout_workers=cfg.rollout_workers, learner_processes=cfg.learner_processes,
+                                 worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
         self.env = self.make_rollout_env()
         self.eval_env = None
         collector_cls = RolloutCollector
         if cfg.pipelined:
             from pirl.distributed.pipeline import PipelinedCollector as collector_cls
-        self.collector = collector_cls(self.env, self.policy, self.sampler, self.collector_cfg, cfg.device)
-        self.updater = PPOUpdater(self.policy, self.algo.ppo, self.algo.optim, seed=cfg.seed)
+        actor = self.ray.rollout_policy(self.policy) if self.ray else self.policy
+        self.collector = collector_cls(self.env, actor, self.sampler, self.collector_cfg, cfg.device)
+        self.updater = (self.ray.updater if self.ray else PPOUpdater)(self.policy, self.algo.ppo, self.algo.optim,
+                                                                     seed=cfg.seed)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=1, mode="max")
         self.iteration, self.env_steps, self.env_crashes, wall = 0, 0, 0, 0.0
         self.best_success = -math.inf
@@ -201,15 +225,15 @@ class Trainer:
             if "task_success" in state:
                 self.collector.task_success[:] = state["task_success"]
             resume_step = self.iteration
+            if self.ray:
+                self.ray.resumed(self.policy)
         self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall)
         self.task_names = list(self.env.task_names)
 
     def make_rollout_env(self):
         """The training rollouts' env: local, or spread over Ray env workers (runner=ray)."""
-        if self.cfg.runner == "ray":
-            from pirl.distributed.env import RayVectorEnv
-
-            return RayVectorEnv(self.cfg.env, self.collector_cfg.num_envs, self.cfg.env_workers)
+        if self.ray:
+            return self.ray.make_env(self.cfg.env, self.collector_cfg.num_envs)
         return make_env(self.cfg.env, self.collector_cfg.num_envs)
 
     def _state_objects(self) -> dict[str, Any]:
@@ -279,11 +303,13 @@ class Trainer:
         else:
             batch = build_batch(rollout.buffers, self.algo.advantage)
             metrics.update(self.updater.update(batch))
+            if self.ray:
+                self.ray.weights_changed(self.policy)
         self.iteration += 1
         self.env_steps += int(metrics["rollout/env_steps"])
         metrics["rollout/env_crashes_total"] = float(self.env_crashes)
-        if hasattr(self.env, "restarts"):
-            metrics["rollout/env_worker_restarts"] = float(self.env.restarts)
+        if self.ray:
+            metrics.update({f"rollout/{k}": float(v) for k, v in self.ray.restarts.items()})
         return metrics
 
     def run(self) -> int:
@@ -349,10 +375,8 @@ class Trainer:
         for env in (self.env, self.eval_env):
             if env is not None:
                 env.close()
-        if self.ray_started:
-            import ray
-
-            ray.shutdown()
+        if self.ray:
+            self.ray.close()
 
 
 def _children_cpu_s() -> float:

@@ -1,0 +1,116 @@
+"""The Ray side of `pirl train runner=ray`: which actors exist, where they go, and their lifetimes.
+
+Roles: env workers (simulators, :class:`RayVectorEnv`), rollout workers (policy replicas,
+:class:`RolloutWorkerPool`; 0 = inference in the trainer) and learner ranks
+(:class:`LearnerGroup`; 1 = the trainer's own single-process update). Placement:
+
+- ``disaggregated``: every role asks Ray for its own resources; env workers are SPREAD over
+  nodes, rollout workers go wherever their ``num_gpus`` fit.
+- ``collocated``: one STRICT_PACK placement group holds a bundle per actor, so every role
+  shares one node (and, with ``rollout_gpus`` < 1, one GPU).
+
+``pipelined`` (overlap inference on one half of the env workers with simulation of the
+other) is orthogonal and lives in the collector.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Optional
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from pirl.distributed.env import RayVectorEnv, init_ray
+
+Placement = Literal["disaggregated", "collocated"]
+
+
+class RayRunner:
+    """Starts (or joins) Ray, reserves a placement group when collocated, builds each role's actors."""
+
+    def __init__(self, *, address: Optional[str] = None, placement: Placement = "disaggregated",
+                 env_workers: int = 2, rollout_workers: int = 0, learner_processes: int = 1,
+                 worker_cpus: float = 1.0, rollout_gpus: float = 0.0, threads: int = 1) -> None:
+        if placement not in ("disaggregated", "collocated"):
+            raise ValueError(f"placement must be 'disaggregated' or 'collocated', got {placement!r}")
+        self.placement, self.worker_cpus, self.rollout_gpus, self.threads = placement, worker_cpus, rollout_gpus, threads
+        self.counts = {"env": env_workers, "rollout": rollout_workers, "learner": max(learner_processes - 1, 0)}
+        self.started = init_ray(address)
+        self.pg = None
+        if placement == "collocated":
+            bundles = ([{"CPU": worker_cpus}] * env_workers
+                       + [{"CPU": worker_cpus, **({"GPU": rollout_gpus} if rollout_gpus else {})}] * rollout_workers
+                       + [{"CPU": worker_cpus}] * self.counts["learner"])
+            self.pg = placement_group(bundles, strategy="STRICT_PACK")
+            ray.get(self.pg.ready(), timeout=300)
+        self.env: Optional[RayVectorEnv] = None
+        self.pool = None
+        self.learners = None
+
+    def options(self, role: str) -> Callable[[int], dict[str, Any]]:
+        """Ray actor options of the i-th actor of ``role`` ('env', 'rollout', 'learner')."""
+        if self.pg is None:
+            return lambda i: {}
+        first = {"env": 0, "rollout": self.counts["env"], "learner": self.counts["env"] + self.counts["rollout"]}[role]
+        return lambda i: {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=self.pg, placement_group_bundle_index=first + i)}
+
+    def make_env(self, cfg: Any, num_envs: int) -> RayVectorEnv:
+        self.env = RayVectorEnv(cfg, num_envs, self.counts["env"], cpus_per_worker=self.worker_cpus,
+                                actor_options=self.options("env"))
+        return self.env
+
+    def rollout_policy(self, policy: torch.nn.Module) -> Any:
+        """What the collector should call for actions: ``policy`` itself, or a proxy over rollout workers."""
+        if not self.counts["rollout"]:
+            return policy
+        from pirl.distributed.rollout import RemotePolicy, RolloutWorkerPool
+
+        self.pool = RolloutWorkerPool(policy, self.counts["rollout"], gpus_per_worker=self.rollout_gpus,
+                                      cpus_per_worker=self.worker_cpus, threads=self.threads,
+                                      actor_options=self.options("rollout"))
+        return RemotePolicy(policy, self.pool)
+
+    def updater(self, policy: torch.nn.Module, ppo: Any, optim: Any, seed: int) -> Any:
+        """The PPO updater: the trainer's own, or rank 0 of a gloo learner group over Ray actors."""
+        if not self.counts["learner"]:
+            from pirl.algorithms import PPOUpdater
+
+            return PPOUpdater(policy, ppo, optim, seed=seed)
+        from pirl.distributed.learner import LearnerGroup
+
+        self.learners = LearnerGroup(policy, ppo, optim, world=self.counts["learner"] + 1, seed=seed,
+                                     threads=self.threads, cpus_per_rank=self.worker_cpus,
+                                     actor_options=self.options("learner"))
+        return self.learners
+
+    def weights_changed(self, policy: torch.nn.Module) -> None:
+        """After an update or a checkpoint load: rollout workers use these weights from their next request on
+        (learner ranks need nothing: they took the same step)."""
+        if self.pool is not None:
+            self.pool.publish(policy)
+
+    def resumed(self, policy: torch.nn.Module) -> None:
+        self.weights_changed(policy)
+        if self.learners is not None:
+            self.learners.load()
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        out = {}
+        if self.env is not None:
+            out["env_worker_restarts"] = self.env.restarts
+        if self.pool is not None:
+            out["rollout_worker_restarts"] = self.pool.restarts
+        return out
+
+    def close(self) -> None:
+        for part in (self.env, self.pool, self.learners):
+            if part is not None:
+                part.close()
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+        if self.started:
+            ray.shutdown()
