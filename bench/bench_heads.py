@@ -8,27 +8,32 @@ with the same collector settings. Success is greedy (ODE / mean / argmax) on hel
     PYTHONPATH=. python bench/bench_heads.py [--env point_mass|metaworld] [--seeds 0 1 2]
 
 point_mass (default): 4 goal tasks, a slow, biased, noisy scripted expert, ``--demos``
-episodes per task. metaworld: MetaWorld's scripted expert on ``--tasks`` through
-:mod:`pirl.envs.metaworld` (needs that adapter). Writes bench/results/heads.json and
-appends a snippet to bench/results/heads.md (``--name`` renames the JSON).
+episodes per task, SFT by the in-memory ``sft_fit``. metaworld: the demo's few-shot setting
+(``pirl demo``): ``--demos`` scripted-expert episodes per task with action noise
+``--demo-noise``, collected by ``pirl.data.collect``, and the SFT trainer's recipe
+(``pirl.train.sft``) for all three heads. ``--lr`` takes one value or one per head (RL
+must not move an SFT policy far in one update: the first updates' approx-KL and clip
+fraction are recorded). Writes <out>/<name>.json and appends a snippet to <out>/<name>.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
+import fcntl
 import json
 import pathlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from pirl.algorithms import OptimizerConfig, PPOUpdater, build_batch, preset
-from pirl.envs.base import Context
+from pirl.envs.base import Context, eval_contexts
 from pirl.flow import SamplerConfig
 from pirl.policies import (
     HeadSamplerConfig,
@@ -37,6 +42,7 @@ from pirl.policies import (
     make_regression_policy,
     make_tokenized_policy,
 )
+from pirl.train.evaluate import evaluate_policy
 from pirl.train.pretrain import sft_fit
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 
@@ -48,19 +54,20 @@ class Setup:
     """A task suite: how to build its vector env and its few-shot demonstrations."""
 
     make_env: Callable[[int], Any]
-    states: torch.Tensor
-    actions: torch.Tensor
-    tasks: torch.Tensor
+    states: Optional[torch.Tensor]
+    """In-memory demonstrations (point mass), or None when they live in ``dataset``."""
+    actions: Optional[torch.Tensor]
+    tasks: Optional[torch.Tensor]
     state_dim: int
     action_dim: int
     num_tasks: int
+    dataset: Optional[str] = None
+    """A LeRobot dataset the SFT trainer reads (MetaWorld)."""
+    frames: int = 0
 
-
-def chunks_from_episode(states: np.ndarray, actions: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """(states [T, S], chunks [T, H, D]) from one episode; chunks past the end repeat the last action."""
-    T = len(actions)
-    idx = np.minimum(np.arange(T)[:, None] + np.arange(horizon)[None], T - 1)
-    return states, actions[idx]
+    @property
+    def demo_frames(self) -> int:
+        return self.frames if self.states is None else len(self.states)
 
 
 def point_mass_setup(args: argparse.Namespace) -> Setup:
@@ -88,94 +95,166 @@ def point_mass_setup(args: argparse.Namespace) -> Setup:
 
 
 def metaworld_setup(args: argparse.Namespace) -> Setup:
-    try:
-        from pirl.envs.metaworld import MetaWorldConfig, make_metaworld
-    except ImportError as e:  # the adapter lands on main separately
-        raise SystemExit(f"--env metaworld needs pirl.envs.metaworld ({e})") from e
-    import warnings
-
-    from metaworld.policies import ENV_POLICY_MAP
+    from pirl.data.collect import CollectConfig, collect
+    from pirl.data.reader import load_dataset
+    from pirl.envs.metaworld import MetaWorldConfig, make_metaworld
 
     tasks = tuple(args.tasks)
-    env = make_metaworld(MetaWorldConfig(tasks=tasks, num_envs=len(tasks) * args.demos, chunk=1,
-                                         max_episode_steps=args.max_episode_steps))
-    experts = [ENV_POLICY_MAP[name]() for name in env.task_names]
-    contexts = [Context(t, s) for t in range(len(tasks)) for s in range(args.demos)]
-    obs = env.reset(contexts)
-    per_env: list[tuple[list, list]] = [([], []) for _ in contexts]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        while not env.ended.all():
-            live = ~env.ended
-            act = np.stack([experts[c.task].get_action(s) for c, s in zip(contexts, obs["state"])]).astype(np.float32)
-            act = np.clip(act, -1.0, 1.0)
-            res = env.step(act[:, None])
-            for i in np.flatnonzero(live):
-                per_env[i][0].append(obs["state"][i])
-                per_env[i][1].append(act[i])
-            obs = res.obs
-    env.close()
-    states, chunks, task_ids = [], [], []
-    for c, (s, a) in zip(contexts, per_env):
-        s_, a_ = chunks_from_episode(np.stack(s), np.stack(a), args.horizon)
-        states.append(s_)
-        chunks.append(a_)
-        task_ids.append(np.full(len(s_), c.task))
-    t = torch.from_numpy
-    env_cfg = MetaWorldConfig(tasks=tasks, chunk=args.horizon, max_episode_steps=args.max_episode_steps)
-    return Setup(lambda num_envs: make_metaworld(env_cfg, num_envs=num_envs), t(np.concatenate(states)).float(),
-                 t(np.concatenate(chunks)).float(), t(np.concatenate(task_ids)), env.state_dim, env.action_dim, len(tasks))
+    data = pathlib.Path(args.data_root) / f"{'-'.join(tasks)}_{args.demos}x{args.demo_noise}_{args.max_episode_steps}"
+    if not (data / "meta" / "info.json").exists():
+        # the demo's collection (pirl/demo.py): one env, noise seed 0, training seeds from 0
+        collect(CollectConfig(tasks=tasks, episodes_per_task=args.demos, action_noise=args.demo_noise, camera=None,
+                              num_envs=1, max_episode_steps=args.max_episode_steps), data)
+    ds = load_dataset(data, load_videos=False)
+    env_cfg = MetaWorldConfig(tasks=tasks, chunk=args.chunk, max_episode_steps=args.max_episode_steps)
+    state_dim = int(np.prod(ds.info["features"]["observation.state"]["shape"]))
+    action_dim = int(np.prod(ds.info["features"]["action"]["shape"]))
+    return Setup(lambda num_envs: make_metaworld(env_cfg, num_envs=num_envs), None, None, None, state_dim, action_dim,
+                 len(tasks), dataset=str(data), frames=ds.num_frames)
+
+
+def samplers(head: str, args: argparse.Namespace) -> Any:
+    """The rollout sampler of a head; only the executed (first ``chunk``) actions count in log-probs."""
+    logp_steps = args.chunk if args.chunk < args.horizon else None
+    if head == "regression":
+        return HeadSamplerConfig(widen=args.widen, ratio_density=args.ratio_density, logp_steps=logp_steps)
+    if head == "tokenized":
+        return HeadSamplerConfig(widen=args.temperature, ratio_density=args.ratio_density, logp_steps=logp_steps)
+    return SamplerConfig(method="flow_sde", sde_steps="one", steps=4, noise_level=args.noise_level, logp_steps=logp_steps)
 
 
 def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
-    """(policy fitted by SFT, rollout sampler, SFT seconds)."""
+    """(policy fitted by SFT, SFT seconds)."""
     torch.manual_seed(seed)
+    if setup.dataset is not None:
+        from pirl.train.sft import SFTConfig, sft
+
+        kind = "mlp" if head == "flow" else head
+        result = sft(SFTConfig(dataset=setup.dataset, policy=kind, action_horizon=args.horizon, chunk=args.chunk,
+                               steps=args.sft_steps, hidden=args.hidden, depth=args.depth, eval_every=-1, seed=seed,
+                               denoise_steps=4), log=None)
+        return result.policy, result.train_seconds
     kw = dict(action_horizon=args.horizon, num_tasks=setup.num_tasks if setup.num_tasks > 1 else 0,
               hidden=args.hidden, depth=args.depth)
     if head == "regression":
         policy = make_regression_policy(setup.state_dim, setup.action_dim, loss="l1", **kw)
-        sampler: Any = HeadSamplerConfig(widen=args.widen, ratio_density=args.ratio_density)
     elif head == "tokenized":
         policy = make_tokenized_policy(setup.state_dim, setup.action_dim, **kw)
-        sampler = HeadSamplerConfig(widen=args.temperature, ratio_density=args.ratio_density)
     else:
         policy = make_mlp_policy(setup.state_dim, setup.action_dim, noise_head=False, **kw)
-        sampler = SamplerConfig(method="flow_sde", sde_steps="one", steps=4, noise_level=0.5)
     tasks = setup.tasks if setup.num_tasks > 1 else None
     start = time.perf_counter()
     sft_fit(policy, setup.states, setup.actions, tasks=tasks, steps=args.sft_steps, lr=2e-3, seed=seed)
     if head == "regression":
         fit_scale_head(policy, setup.states, setup.actions, tasks=tasks, steps=300, seed=seed)
-    return policy, sampler, time.perf_counter() - start
+    return policy, time.perf_counter() - start
 
 
-def run(head: str, setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, float]:
-    policy, sampler, sft_s = build(head, setup, args, seed)
+def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    policy, sft_s = build(head, setup, args, seed)
+    policy.eval()  # rollouts and re-scoring must agree (ratio-1 check)
+    sampler = samplers(head, args)
     algo = preset("loop")
-    algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=args.lr),
-                               ppo=dataclasses.replace(algo.ppo, epochs=4, minibatch_size=128))
+    algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=lr),
+                               ppo=dataclasses.replace(algo.ppo, epochs=args.epochs, minibatch_size=args.minibatch))
     env = setup.make_env(args.groups * args.group_size)
+    eval_env = setup.make_env(args.eval_envs) if args.eval_episodes > 0 else None
     collector = RolloutCollector(env, policy, sampler, CollectorConfig(
-        args.groups, args.group_size, group_filter="nonuniform", max_tries=2, seed=seed))
-    seeds = range(args.eval_episodes)
-    before = collector.evaluate(seeds)["eval/success_rate"]
+        args.groups, args.group_size, group_filter="nonuniform", max_tries=args.max_tries, seed=seed))
+    contexts = eval_contexts(setup.num_tasks, args.eval_episodes)
+
+    def evaluate() -> dict[str, float]:
+        if eval_env is None:
+            return {}
+        ev = evaluate_policy(policy, eval_env, contexts, sampler.deterministic(), seed=seed)
+        per_task = ev.per_task()
+        return {"mean": float(np.mean(list(per_task.values()))), **per_task}
+
+    before = evaluate()
     updater = PPOUpdater(policy, algo.ppo, algo.optim, seed=seed)
-    rl_s, env_steps, curve = 0.0, 0.0, [before]
+    rl_s, env_steps, iterations = 0.0, 0.0, 0
+    curve = [(0.0, before.get("mean", float("nan")))]
+    updates: list[dict[str, float]] = []
     for it in range(args.iterations):
         start = time.perf_counter()
         rollout = collector.collect()
         env_steps += rollout.metrics["rollout/env_steps"]
+        m: dict[str, float] = {}
         if rollout.buffers:
-            updater.update(build_batch(rollout.buffers, algo.advantage))
+            m = updater.update(build_batch(rollout.buffers, algo.advantage))
         rl_s += time.perf_counter() - start  # evaluation below is not training time
-        if (it + 1) % args.eval_every == 0 and it + 1 < args.iterations:
-            curve.append(collector.evaluate(seeds)["eval/success_rate"])
-    after = collector.evaluate(seeds)["eval/success_rate"]
-    curve.append(after)
+        iterations += 1
+        updates.append({"rollout_success": rollout.metrics["rollout/success_rate"],
+                        "groups_kept": rollout.metrics["rollout/groups_kept"],
+                        "approx_kl": m.get("policy/approx_kl", float("nan")),
+                        "clip_fraction": m.get("policy/clip_fraction", float("nan"))})
+        print(f"  {head} it {it + 1}: rollout success {updates[-1]['rollout_success']:.2f}, "
+              f"{updates[-1]['groups_kept']:.0f} groups kept, approx-KL {updates[-1]['approx_kl']:.4f}, "
+              f"clip {updates[-1]['clip_fraction']:.3f}, {env_steps:,.0f} env steps, {rl_s:.0f} s", flush=True)
+        last = it + 1 == args.iterations or (args.time_limit and rl_s >= args.time_limit)
+        if last:
+            break
+        if eval_env is not None and (it + 1) % args.eval_every == 0:
+            curve.append((env_steps, evaluate()["mean"]))
+    after = evaluate()
+    curve.append((env_steps, after.get("mean", float("nan"))))
+    for e in (env, eval_env):
+        if e is not None and hasattr(e, "close"):
+            e.close()
+    kls = [u["approx_kl"] for u in updates if np.isfinite(u["approx_kl"])]
+    clips = [u["clip_fraction"] for u in updates if np.isfinite(u["clip_fraction"])]
+    return {"before": before.get("mean", float("nan")), "after": after.get("mean", float("nan")),
+            "before_per_task": before, "after_per_task": after, "lr": lr, "sft_s": sft_s, "rl_s": rl_s,
+            "wall_s": time.perf_counter() - t_start, "env_steps": env_steps, "iterations": iterations,
+            "params": sum(p.numel() for p in policy.parameters()),
+            "approx_kl_first": kls[0] if kls else float("nan"), "approx_kl_max": max(kls, default=float("nan")),
+            "clip_fraction_first": clips[0] if clips else float("nan"),
+            "clip_fraction_max": max(clips, default=float("nan")), "curve": curve, "updates": updates}
+
+
+def kl_check(head: str, lrs: list[float], setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """How far the first LOOP update moves the SFT policy, per learning rate, on one shared rollout batch.
+
+    Every lr starts from the same SFT weights and updates on the same batch, so the approx-KL and
+    clip fractions differ only by the lr. ``exploration`` is the RMS gap, in normalised action
+    units over the executed actions, between a sampled chunk and the greedy one: how much the
+    rollout sampler explores around what evaluation does.
+    """
+    policy, _ = build(head, setup, args, seed)
+    policy.eval()
+    sampler = samplers(head, args)
+    algo = preset("loop")
+    env = setup.make_env(args.groups * args.group_size)
+    collector = RolloutCollector(env, policy, sampler, CollectorConfig(
+        args.groups, args.group_size, group_filter="nonuniform", max_tries=args.max_tries, seed=seed))
+    rollout = collector.collect()
     if hasattr(env, "close"):
         env.close()
-    return {"before": before, "after": after, "sft_s": sft_s, "rl_s": rl_s, "env_steps": env_steps,
-            "params": sum(p.numel() for p in policy.parameters()), "curve": curve}
+    batch = build_batch(rollout.buffers, algo.advantage)
+    g = torch.Generator().manual_seed(seed)
+    obs = {k: v[:512] for k, v in batch.obs.items()}
+    with torch.no_grad():
+        sampled = policy.normalize_actions(policy.act(obs, sampler, generator=g).actions)[:, : args.chunk]
+        greedy = policy.normalize_actions(policy.act(obs, sampler.deterministic(), generator=g).actions)[:, : args.chunk]
+    out: dict[str, Any] = {"samples": len(batch), "rollout_success": rollout.metrics["rollout/success_rate"],
+                           "exploration": float((sampled - greedy).square().mean().sqrt()), "lrs": {}}
+    print(f"  {head}: {len(batch)} samples, rollout success {out['rollout_success']:.2f}, exploration "
+          f"{out['exploration']:.3f} (RMS sampled - greedy, normalised units)", flush=True)
+    for lr in lrs:
+        p = copy.deepcopy(policy)
+        ppo = dataclasses.replace(algo.ppo, epochs=args.epochs, minibatch_size=args.minibatch)
+        m = PPOUpdater(p, ppo, OptimizerConfig(lr=lr), seed=seed).update(batch)
+        with torch.no_grad():
+            log_ratio = p.evaluate(batch.obs, batch.chain, with_value=False).log_prob - batch.old_log_prob
+        ratio = log_ratio.exp()
+        out["lrs"][lr] = {"approx_kl_mean": m["policy/approx_kl"], "clip_fraction_mean": m["policy/clip_fraction"],
+                          "approx_kl_after": float(((ratio - 1) - log_ratio).mean()),
+                          "clip_fraction_after": float(((ratio - 1).abs() > ppo.clip_low).float().mean())}
+        print(f"  {head} lr {lr:g}: approx-KL {out['lrs'][lr]['approx_kl_after']:.4f} after the update "
+              f"(mean over its minibatches {m['policy/approx_kl']:.4f}), ratio outside the clip "
+              f"{out['lrs'][lr]['clip_fraction_after']:.3f}", flush=True)
+    return out
 
 
 def main() -> None:
@@ -185,60 +264,138 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--demos", type=int, default=5, help="demonstration episodes per task (few-shot)")
     p.add_argument("--num-tasks", type=int, default=4, help="point_mass: goal tasks")
-    p.add_argument("--tasks", nargs="+", default=["reach-v3"], help="metaworld: task names")
+    p.add_argument("--tasks", nargs="+", default=["reach-v3", "push-v3"], help="metaworld: task names")
+    p.add_argument("--demo-noise", type=float, default=0.1, help="metaworld: std of the noise on the expert's actions")
+    p.add_argument("--data-root", default="runs/bench_heads", help="metaworld: where the demonstrations are cached")
     p.add_argument("--max-episode-steps", type=int, default=200, help="metaworld: actions per episode")
     p.add_argument("--demo-seed", type=int, default=0)
-    p.add_argument("--horizon", type=int, default=4, help="H, actions per chunk (all executed)")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--sft-steps", type=int, default=400)
+    p.add_argument("--horizon", type=int, default=None, help="H, actions per chunk (point_mass 4, metaworld 8)")
+    p.add_argument("--chunk", type=int, default=None, help="actions executed per chunk (point_mass H, metaworld 4)")
+    p.add_argument("--hidden", type=int, default=None, help="point_mass 64, metaworld 256 (the SFT trainer's)")
+    p.add_argument("--depth", type=int, default=None, help="point_mass 2, metaworld 3")
+    p.add_argument("--sft-steps", type=int, default=None, help="point_mass 400, metaworld 2000 (the demo's)")
     p.add_argument("--iterations", type=int, default=30, help="LOOP iterations (collect + update)")
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop a head's LOOP after this many s of training (0 = none)")
     p.add_argument("--groups", type=int, default=16, help="contexts per rollout batch")
     p.add_argument("--group-size", type=int, default=4, help="K rollouts per context")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-tries", type=int, default=2, help="rollout batches per iteration to fill the groups")
+    p.add_argument("--epochs", type=int, default=4, help="PPO passes over each batch")
+    p.add_argument("--minibatch", type=int, default=128)
+    p.add_argument("--lr", nargs="+", type=float, default=[1e-3], help="RL learning rate: one, or one per head")
+    p.add_argument("--noise-level", type=float, default=0.5, help="flow: Flow-SDE noise level a (the demo's: 1.0)")
     p.add_argument("--widen", type=float, default=1.0, help="regression: sampling scale factor")
     p.add_argument("--temperature", type=float, default=0.5, help="tokenized: sampling softmax temperature")
     p.add_argument("--ratio-density", choices=("behaviour", "nominal"), default="behaviour")
-    p.add_argument("--eval-episodes", type=int, default=200, help="held-out seeds per task")
+    p.add_argument("--eval-episodes", type=int, default=200, help="held-out seeds per task (0 = no evaluation)")
+    p.add_argument("--eval-envs", type=int, default=16, help="sub-envs of the evaluation env")
     p.add_argument("--eval-every", type=int, default=10, help="LOOP iterations between curve points")
+    p.add_argument("--kl-check", nargs="+", type=float, default=None, metavar="LR",
+                   help="only measure the first update's approx-KL at these lrs (one shared batch per head)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
-    p.add_argument("--name", default="heads", help="results file stem: <out>/<name>.json, snippet appended to <out>/heads.md")
+    p.add_argument("--name", default="heads", help="results files <out>/<name>.json and <out>/<name>.md (appended)")
     args = p.parse_args()
+    mw = args.env == "metaworld"
+    for key, pm, mwv in (("horizon", 4, 8), ("hidden", 64, 256), ("depth", 2, 3), ("sft_steps", 400, 2000)):
+        if getattr(args, key) is None:
+            setattr(args, key, mwv if mw else pm)
+    if args.chunk is None:
+        args.chunk = 4 if mw else args.horizon
+    if len(args.lr) not in (1, len(args.heads)):
+        p.error(f"--lr takes one value or one per head ({len(args.heads)})")
+    lrs = dict(zip(args.heads, args.lr * len(args.heads) if len(args.lr) == 1 else args.lr))
     torch.set_num_threads(args.threads)
 
-    setup = point_mass_setup(args) if args.env == "point_mass" else metaworld_setup(args)
-    print(f"{args.env}: {len(setup.states)} demo chunks over {setup.num_tasks} task(s)", flush=True)
+    setup = metaworld_setup(args) if mw else point_mass_setup(args)
+    print(f"{args.env}: {setup.demo_frames} demo frames over {setup.num_tasks} task(s)", flush=True)
     for head in args.heads:  # warm-up: first-call overheads would be billed to the first head's SFT
         build(head, setup, argparse.Namespace(**{**vars(args), "sft_steps": 5}), 0)
-    results: dict[str, Any] = {}
-    for head in args.heads:
-        runs = [run(head, setup, args, s) for s in args.seeds]
-        mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != "curve"}
-        mean_curve = np.mean([r["curve"] for r in runs], axis=0).round(3).tolist()
-        results[head] = {"mean": mean, "curve_every": args.eval_every, "mean_curve": mean_curve, "runs": runs}
-        print(f"{head:10s} success {mean['before']:.3f} -> {mean['after']:.3f}  "
-              f"(SFT {mean['sft_s']:.1f} s, LOOP {mean['rl_s']:.1f} s, {mean['env_steps']:.0f} env steps, "
-              f"{mean['params'] / 1e3:.0f} k params); curve {mean_curve}", flush=True)
-
     command = "PYTHONPATH=. python bench/bench_heads.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "name"))
-    date = datetime.date.today().isoformat()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"date": date, "machine": "2-core CPU", "command": command, "env": args.env, "args": vars(args),
-              "demo_chunks": len(setup.states), "results": results}
-    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    rows = [f"| {h} | {r['mean']['before']:.3f} | {r['mean']['after']:.3f} | {r['mean']['sft_s']:.1f} | "
-            f"{r['mean']['rl_s']:.1f} | {' / '.join(f'{c:.2f}' for c in r['mean_curve'])} |" for h, r in results.items()]
-    md = (f"\n### {date}, 2-core CPU, env {args.env}, {args.demos} demos/task, seeds {args.seeds}\n\n"
-          f"`{command}`\n\n| head | success before | after LOOP | SFT s | LOOP s | curve (every {args.eval_every} it.) |\n"
-          "| --- | --- | --- | --- | --- | --- |\n"
-          + "\n".join(rows) + "\n")
-    with open(out / "heads.md", "a") as f:
-        f.write(md)
+        for k, v in vars(args).items() if k not in ("out", "name") and v is not None)
+    path = pathlib.Path(args.out) / f"{args.name}.json"
+    if args.kl_check:
+        checks = {head: {**kl_check(head, args.kl_check, setup, args, args.seeds[0]), "command": command}
+                  for head in args.heads}
+        record = merge(path, args.env, setup.demo_frames, checks, key="kl_check")
+        pathlib.Path(args.out, f"{args.name}.md").write_text(markdown(record))
+        return
+    results: dict[str, Any] = {}
+    for head in args.heads:
+        t0 = datetime.datetime.now().isoformat(timespec="seconds")
+        runs = [run(head, lrs[head], setup, args, s) for s in args.seeds]
+        scalars = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+        mean = {k: float(np.mean([r[k] for r in runs])) for k in scalars}
+        per_task = {k: {t: float(np.mean([r[k][t] for r in runs])) for t in runs[0][k]}
+                    for k in ("before_per_task", "after_per_task")}
+        results[head] = {"mean": mean, **per_task, "curve_every": args.eval_every, "started": t0, "command": command,
+                         "args": vars(args), "runs": runs}
+        print(f"{head:10s} success {mean['before']:.3f} -> {mean['after']:.3f}  (lr {lrs[head]:g}, SFT "
+              f"{mean['sft_s']:.1f} s, LOOP {mean['rl_s']:.1f} s, {mean['env_steps']:,.0f} env steps, first-update "
+              f"approx-KL {mean['approx_kl_first']:.4f}, {mean['params'] / 1e3:.0f} k params)", flush=True)
+    record = merge(path, args.env, setup.demo_frames, results)
+    md = markdown(record)
+    pathlib.Path(args.out, f"{args.name}.md").write_text(md)
     print(md)
+
+
+def merge(path: pathlib.Path, env: str, demo_frames: int, entries: dict[str, Any], key: str = "results") -> dict[str, Any]:
+    """Adds per-head ``entries`` under ``key`` ('results' or 'kl_check') to the results file, replacing the
+    same heads' (a learning-rate check adds its lrs to the head's earlier ones), under a lock: heads may run
+    as separate processes side by side. A file from another setting is started afresh."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        if old.get("env") != env or old.get("demo_frames") != demo_frames:
+            old = {}
+        merged = dict(old.get(key, {}))
+        for head, entry in entries.items():
+            if key == "kl_check" and head in merged:
+                entry = {**entry, "lrs": {**merged[head]["lrs"], **entry["lrs"]}}
+            merged[head] = entry
+        record = {**old, "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": "2-core CPU, shared",
+                  "env": env, "demo_frames": demo_frames, key: merged}
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The results file: mean over seeds per head, success per task before -> after, each head's command,
+    then the learning-rate checks."""
+    md = f"### {record['date']}, {record['machine']}, env {record['env']}, {record['demo_frames']} demo frames\n\n"
+    if record.get("results"):
+        md += results_table(record["results"])
+    if record.get("kl_check"):
+        md += ("\nFirst LOOP update from the SFT weights, one shared rollout batch per head, one update per lr "
+               "(approx-KL and share of ratios outside the clip, on that batch after the update); exploration = RMS "
+               "gap between a sampled and the greedy chunk (normalised action units, executed actions).\n\n"
+               "| head | exploration | samples | " + " | ".join(["lr", "approx-KL", "outside clip"]) + " |\n"
+               "| --- | --- | --- | --- | --- | --- |\n")
+        for h, c in record["kl_check"].items():
+            for lr, v in sorted(c["lrs"].items(), key=lambda kv: float(kv[0])):
+                md += (f"| {h} | {c['exploration']:.3f} | {c['samples']} | {float(lr):g} | {v['approx_kl_after']:.4f} | "
+                       f"{v['clip_fraction_after']:.3f} |\n")
+        md += "\n" + "\n".join(f"- {h}: `{c['command']}`" for h, c in record["kl_check"].items()) + "\n"
+    return md
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Mean over seeds per head: success per task before -> after, budgets, first-update KL, the curve, commands."""
+    tasks = list(next(iter(results.values()))["after_per_task"])
+    cells = lambda r: " | ".join(f"{r['before_per_task'][t]:.2f} → {r['after_per_task'][t]:.2f}" for t in tasks)  # noqa: E731
+    rows, commands = [], []
+    for h, r in results.items():
+        m = r["mean"]
+        rows.append(f"| {h} | {m['lr']:g} | {cells(r)} | {m['env_steps']:,.0f} | {m['iterations']:.0f} | {m['sft_s']:.0f} | "
+                    f"{m['rl_s']:.0f} | {m['wall_s']:.0f} | {m['approx_kl_first']:.3f} / {m['approx_kl_max']:.3f} | "
+                    f"{m['clip_fraction_first']:.2f} / {m['clip_fraction_max']:.2f} | "
+                    f"{' / '.join(f'{c:.2f}' for _, c in r['runs'][0]['curve'])} |")
+        commands.append(f"- {h} (started {r['started']}, seeds {r['args']['seeds']}): `{r['command']}`")
+    head = " | ".join(f"{t} before → after" for t in tasks)
+    return (f"| head | RL lr | {head} | env steps | LOOP it. | SFT s | LOOP s | wall s | approx-KL first / max | "
+            f"clip frac. first / max | held-out curve (every {r['curve_every']} it., seed {r['args']['seeds'][0]}) |\n|"
+            + " --- |" * (len(tasks) + 10) + "\n" + "\n".join(rows) + "\n\n" + "\n".join(commands) + "\n")
 
 
 if __name__ == "__main__":

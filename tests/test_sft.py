@@ -45,6 +45,22 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
         assert res_step.info["episode_length"].tolist() == [4, 4]
 
 
+@pytest.mark.parametrize("kind", ["regression", "tokenized"])
+def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind):
+    cfg = SFTConfig(dataset=str(demos), policy=kind, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
+                    eval_num_envs=2, eval_max_episode_steps=8, hidden=64, depth=1, scale_fit_steps=50,
+                    out_dir=str(tmp_path / kind))  # fmt: skip
+    res = sft(cfg, log=None)
+    assert res.losses[-1][1] < res.losses[0][1], res.losses
+    assert set(res.evals[-1]["per_task"]) == {"reach-v3", "button-press-topdown-v3"}
+    policy, _ = load_policy(res.checkpoint)
+    assert type(policy) is type(res.policy)
+    for key, value in res.policy.state_dict().items():
+        torch.testing.assert_close(policy.state_dict()[key], value)
+    if kind == "regression":  # the scale head was fitted after SFT, not left at its initial constant
+        assert policy.scale_head.weight.abs().sum() > 0
+
+
 def test_vla_prepare_encode_once_and_sft(demos):
     tokens, mask = tokenize(np.array(["Pick up the puck", "press the button down"], dtype=object), 1024, 8)
     assert tokens.shape == (2, 8) and mask.sum(1).tolist() == [4, 4] and tokens[0, 0] != 0

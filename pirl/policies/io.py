@@ -14,29 +14,32 @@ from typing import Any, Callable, Optional
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pirl.policies.base import FlowPolicy
+from pirl.policies.base import Policy
 
 
-def _builders() -> dict[str, tuple[type, Callable[..., FlowPolicy]]]:
+def _builders() -> dict[str, tuple[type, Callable[..., Policy]]]:
     from pirl.policies.mlp import MLPFlowPolicy, MLPPolicyConfig
+    from pirl.policies.regression import RegressionPolicy, RegressionPolicyConfig
+    from pirl.policies.tokenized import TokenizedPolicy, TokenizedPolicyConfig
     from pirl.policies.vla import VLAFlowPolicy, VLAPolicyConfig
 
-    return {"mlp": (MLPPolicyConfig, MLPFlowPolicy), "vla": (VLAPolicyConfig, VLAFlowPolicy)}
+    return {"mlp": (MLPPolicyConfig, MLPFlowPolicy), "vla": (VLAPolicyConfig, VLAFlowPolicy),
+            "regression": (RegressionPolicyConfig, RegressionPolicy), "tokenized": (TokenizedPolicyConfig, TokenizedPolicy)}
 
 
-def policy_kind(policy: FlowPolicy) -> str:
+def policy_kind(policy: Policy) -> str:
     for kind, (_, cls) in _builders().items():
         if type(policy) is cls:
             return kind
     raise ValueError(f"no checkpoint kind registered for {type(policy).__name__}")
 
 
-def save_policy(policy: FlowPolicy, path: str | Path, extra: Optional[dict[str, Any]] = None) -> Path:
+def save_policy(policy: Policy, path: str | Path, extra: Optional[dict[str, Any]] = None) -> Path:
     """Writes ``policy`` (weights, buffers, attached heads) to ``path`` (.safetensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     heads = {
-        "noise_head": None if policy.noise_head is None else [math.exp(0.5 * policy.noise_head.log_var_min), math.exp(0.5 * policy.noise_head.log_var_max)],
+        "noise_head": None if getattr(policy, "noise_head", None) is None else [math.exp(0.5 * policy.noise_head.log_var_min), math.exp(0.5 * policy.noise_head.log_var_max)],
         "value_head": None if policy.value_head is None else policy.value_head.net[0].out_features,
     }
     meta = {
@@ -50,7 +53,7 @@ def save_policy(policy: FlowPolicy, path: str | Path, extra: Optional[dict[str, 
     return path
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> tuple[FlowPolicy, dict[str, Any]]:
+def load_policy(path: str | Path, device: str = "cpu") -> tuple[Policy, dict[str, Any]]:
     """(policy, extra metadata) from a checkpoint written by :func:`save_policy`."""
     path = Path(path)
     if not path.exists():

@@ -1,4 +1,8 @@
-"""Supervised fine-tuning of a flow policy on a LeRobot v3.0 dataset (flow matching, MATH.md).
+"""Supervised fine-tuning of a policy on a LeRobot v3.0 dataset (flow matching, MATH.md, or a head's loss).
+
+The regression and tokenized heads train with the same data, normalisers, optimiser and schedule as
+the flow MLP, so few-shot comparisons between them differ only in the action head; the regression
+head then gets its scale head fitted by NLL on the same frames.
 
 The policy's normalisers take the dataset's statistics (they are buffers, so they are saved
 with the weights); evaluation runs the ODE sampler in MetaWorld on held-out seeds.
@@ -18,8 +22,10 @@ import torch
 from pirl.data.reader import ChunkDataset, LeRobotDataset, load_dataset
 from pirl.envs.registry import EnvConfig, make_env
 from pirl.flow import SamplerConfig
-from pirl.policies.base import FlowPolicy
+from pirl.policies.base import Policy
 from pirl.policies.mlp import make_mlp_policy
+from pirl.policies.regression import RegressionPolicy, fit_scale_head, make_regression_policy
+from pirl.policies.tokenized import make_tokenized_policy
 from pirl.policies.vla import make_vla_policy
 from pirl.policies.io import save_policy
 from pirl.train.evaluate import evaluate_policy
@@ -28,14 +34,19 @@ STATE_STD_FLOOR = 0.02
 """State dims nearly constant in a few demos (an unused second object) must not blow up when they vary at test time."""
 
 
+POLICY_KINDS = ("mlp", "vla", "regression", "tokenized")
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     """Flow-matching SFT of a policy on a dataset, with periodic evaluation in MetaWorld."""
 
     dataset: str = ""
     """Root of a LeRobot v3.0 dataset (e.g. from pirl.data.collect.collect)."""
-    policy: Literal["mlp", "vla"] = "mlp"
-    """mlp: state MLP with task embedding; vla: VLA-mini (image + instruction + state)."""
+    policy: Literal["mlp", "vla", "regression", "tokenized"] = "mlp"
+    """mlp: state MLP flow policy with task embedding; vla: VLA-mini (image + instruction + state);
+    regression / tokenized: the same state MLP with a Laplace regression head (L1 SFT, then an NLL-fitted
+    scale) or a 256-bin softmax head instead of the flow."""
     out_dir: Optional[str] = None
     """Where checkpoints go (step_<n>.safetensors, final.safetensors); None = no checkpoints."""
     action_horizon: int = 4
@@ -53,9 +64,9 @@ class SFTConfig:
     grad_clip: float = 1.0
     """Max gradient norm."""
     hidden: int = 256
-    """MLP policy: hidden width."""
+    """MLP policies (flow, regression, tokenized): hidden width."""
     depth: int = 3
-    """MLP policy: hidden layers of the velocity network."""
+    """MLP policies: hidden layers of the velocity network (of the trunk for the heads)."""
     vla_width: int = 96
     """VLA policy: token width."""
     vla_layers: int = 2
@@ -79,10 +90,12 @@ class SFTConfig:
     """Record the mean loss every this many steps."""
     episodes_per_task: int = 0
     """Train on the first this many episodes of each task only (normaliser stats from them too); 0 = all."""
+    scale_fit_steps: int = 300
+    """Regression head: NLL steps of the scale head after SFT (mean and trunk frozen)."""
 
     def __post_init__(self) -> None:
-        if self.policy not in ("mlp", "vla"):
-            raise ValueError(f"policy must be 'mlp' or 'vla', got {self.policy!r}")
+        if self.policy not in POLICY_KINDS:
+            raise ValueError(f"policy must be one of {POLICY_KINDS}, got {self.policy!r}")
         if self.steps < 1 or self.batch_size < 1 or self.action_horizon < 1:
             raise ValueError(f"steps, batch_size and action_horizon must be >= 1; got {self.steps}, {self.batch_size}, {self.action_horizon}")
         if not 0 <= self.chunk <= self.action_horizon:
@@ -93,7 +106,7 @@ class SFTConfig:
 class SFTResult:
     """What :func:`sft` produced."""
 
-    policy: FlowPolicy
+    policy: Policy
     losses: list[tuple[int, float]] = field(default_factory=list)
     """(step, mean loss since the previous record)."""
     evals: list[dict[str, Any]] = field(default_factory=list)
@@ -110,15 +123,18 @@ def _video_key(ds: LeRobotDataset) -> str:
     return keys[0]
 
 
-def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset] = None) -> FlowPolicy:
+def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset] = None) -> Policy:
     """A fresh policy sized for the dataset, its normalisers set from the dataset's stats
     (or, for a subset of episodes, from the subset's frames)."""
     state_dim = int(np.prod(ds.info["features"]["observation.state"]["shape"]))
     action_dim = int(np.prod(ds.info["features"]["action"]["shape"]))
+    mlp = dict(action_horizon=cfg.action_horizon, num_tasks=len(ds.tasks), hidden=cfg.hidden, depth=cfg.depth)
     if cfg.policy == "mlp":
-        policy: FlowPolicy = make_mlp_policy(
-            state_dim, action_dim, action_horizon=cfg.action_horizon, num_tasks=len(ds.tasks), hidden=cfg.hidden, depth=cfg.depth
-        )
+        policy: Policy = make_mlp_policy(state_dim, action_dim, **mlp)
+    elif cfg.policy == "regression":
+        policy = make_regression_policy(state_dim, action_dim, loss="l1", **mlp)
+    elif cfg.policy == "tokenized":
+        policy = make_tokenized_policy(state_dim, action_dim, **mlp)
     else:
         size = ds.info["features"][_video_key(ds)]["shape"][0]
         policy = make_vla_policy(
@@ -154,8 +170,18 @@ def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
     )  # fmt: skip
 
 
+def fit_regression_scale(policy: RegressionPolicy, data: ChunkDataset, cfg: SFTConfig) -> list[float]:
+    """NLL fit of the scale head on the training frames whose whole chunk lies inside the episode
+    (past the end the chunk repeats the last action, which the mean was never trained on)."""
+    obs, actions, mask = data.batch(np.arange(len(data)))
+    full = mask.all(dim=1)
+    obs = policy.prepare(obs)
+    return fit_scale_head(policy, obs["state"][full], actions[full], tasks=obs["task"][full] if "task" in obs else None,
+                          steps=cfg.scale_fit_steps, seed=cfg.seed)
+
+
 def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTResult:
-    """Trains a flow policy on ``cfg.dataset`` by flow matching; evaluates and checkpoints as configured."""
+    """Trains a policy on ``cfg.dataset`` with its SFT loss; evaluates and checkpoints as configured."""
     from pirl.envs.metaworld import eval_contexts
 
     torch.manual_seed(cfg.seed)
@@ -165,7 +191,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     if cfg.episodes_per_task > 0:
         data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key, episodes=data.first_episodes(cfg.episodes_per_task))
     policy = build_policy(cfg, ds, data)
-    # Flow-Noise and value heads are RL's: SFT trains the velocity field only
+    # Flow-Noise and value heads are RL's: SFT trains the velocity field (or the action head) only
     params = [p for n, p in policy.named_parameters() if not n.startswith(("noise_head.", "value_head."))]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 20)
@@ -197,7 +223,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
         for step in range(1, cfg.steps + 1):
             t0 = time.perf_counter()
             obs, actions, mask = data.batch(rng.integers(0, len(data), cfg.batch_size))
-            loss = policy.flow_matching_loss(policy.prepare(obs), actions, generator=gen, mask=mask)
+            loss = policy.sft_loss(policy.prepare(obs), actions, generator=gen, mask=mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -208,10 +234,14 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
             if step % cfg.log_every == 0 or step == cfg.steps:
                 result.losses.append((step, running / count))
                 if log:
-                    log(f"loss/flow_matching step {step}: {running / count:.4f}")
+                    log(f"loss/sft step {step}: {running / count:.4f}")
                 running, count = 0.0, 0
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step != cfg.steps:
                 evaluate(step)
+        if isinstance(policy, RegressionPolicy):
+            t0 = time.perf_counter()
+            fit_regression_scale(policy, data, cfg)
+            result.train_seconds += time.perf_counter() - t0
         if cfg.eval_every >= 0:
             evaluate(cfg.steps)
     finally:
