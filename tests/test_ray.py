@@ -7,6 +7,7 @@ two env workers land on different raylets, as on a real cluster.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,13 +155,28 @@ def test_pipelined_equals_sequential(cluster):
         env.close()
 
 
+def _kill(actor, pid: int) -> None:
+    """ray.kill returns before the actor's process is gone: wait for it, or the next call may still run there."""
+    ray.kill(actor)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"actor process {pid} still alive 30 s after ray.kill")
+
+
 def test_killed_worker_is_replaced_and_episodes_dropped(cluster):
     env = ray_env(PM, 4)
     try:
         env.reset([Context(0, i) for i in range(4)])
         env.step(np.zeros((4, 4, 2), np.float32))
         pid = env.pids()[1]
-        ray.kill(env.workers[1])
+        _kill(env.workers[1], pid)
         res = env.step(np.zeros((4, 4, 2), np.float32))
         np.testing.assert_array_equal(res.info["crashed"], [False, False, True, True])
         np.testing.assert_array_equal(res.terminated, [False, False, True, True])
@@ -171,11 +187,12 @@ def test_killed_worker_is_replaced_and_episodes_dropped(cluster):
         # mid-run inside the collector: the run goes on, crashed groups are dropped and counted
         c = _collector(env)
         act, calls = c.policy.act, []
+        pid0 = env.pids()[0]
 
         def act_and_kill(*a, **kw):
             calls.append(1)
             if len(calls) == 2:
-                ray.kill(env.workers[0])
+                _kill(env.workers[0], pid0)
             return act(*a, **kw)
 
         c.policy.act = act_and_kill
@@ -256,7 +273,7 @@ def test_killed_rollout_worker_restarts_with_current_weights(cluster):
         sampler = SamplerConfig(method="flow_sde", steps=4, logp_steps=4)
         before = pool.act(obs, sampler, torch.Generator().manual_seed(5))
         pid = pool.pids()[0]
-        ray.kill(pool.workers[0])
+        _kill(pool.workers[0], pid)
         after = pool.act(obs, sampler, torch.Generator().manual_seed(5))
         assert pool.restarts == 1 and pool.pids()[0] != pid and pool.versions() == [1, 1]
         torch.testing.assert_close(after.actions, before.actions, rtol=0, atol=0)
