@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=10)
     ap.add_argument("--policy", choices=["mlp", "vla"], default="mlp",
                     help="mlp: state MLP; vla: VLA-mini on 64x64 corner2 images + instruction + state")
-    ap.add_argument("--sft-steps", type=int, default=None, help="default 3000 (mlp) / 600 (vla)")
+    ap.add_argument("--sft-steps", type=int, default=None, help="default 30000 (mlp) / 600 (vla)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--time-limit", type=float, default=None, help="wall seconds per method (None = all iterations)")
@@ -100,6 +100,11 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=None, help="iterations (default: iterations // 4)")
     ap.add_argument("--root", default=None, help="default runs/bench_learning/<tasks>")
     ap.add_argument("--prepare-only", action="store_true", help="collect demos and train SFT, then exit")
+    ap.add_argument("--runner", choices=["local", "ray"], default="local",
+                    help="ray: the environments step in --env-workers Ray actor processes (uses more than one core)")
+    ap.add_argument("--env-workers", type=int, default=2)
+    ap.add_argument("--sft-hidden", type=int, default=256, help="width of the state MLP")
+    ap.add_argument("--label", default="", help="suffix of the run directory and the results row (keeps other rows)")
     ap.add_argument("--resume", action="store_true",
                     help="continue each method's run from its last checkpoint (e.g. with a longer --time-limit)")
     args = ap.parse_args()
@@ -115,13 +120,13 @@ def main() -> None:
                               image_size=64, max_episode_steps=args.max_episode_steps), data)
     policy = root / "sft" / "final.safetensors"
     if not policy.exists():
-        steps = args.sft_steps or (600 if vla else 3000)
+        steps = args.sft_steps or (600 if vla else 30000)
         sft(SFTConfig(dataset=str(data), out_dir=str(root / "sft"), policy=args.policy, action_horizon=8, chunk=4,
-                      steps=steps, batch_size=32 if vla else 128, eval_every=-1), log=None)
+                      steps=steps, batch_size=32 if vla else 128, hidden=args.sft_hidden, eval_every=-1), log=None)
     if args.prepare_only:
         return
     command = "python bench/bench_learning.py " + " ".join(sys.argv[1:])
-    results = Path(f"bench/results/learning_{tag}.json")
+    results = Path(f"bench/results/learning_{root.name}.json")
     for name in args.methods:
         spec = dict(METHODS[name])
         G = spec.pop("group_size", 1)
@@ -132,8 +137,9 @@ def main() -> None:
             time_limit_s=args.time_limit, task_sampling=args.task_sampling,
             eval_every=args.eval_every or max(1, args.iterations // 4), eval_episodes_per_task=args.eval_episodes,
             eval_num_envs=10, videos_per_task=0, checkpoint_every=args.eval_every or max(1, args.iterations // 4),
-            **spec,
+            runner=args.runner, env_workers=args.env_workers, **spec,
         )
+        name = name + args.label
         run = root / name
         train(replace(cfg), run, resume=args.resume)
         evals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r]
