@@ -146,3 +146,16 @@ def test_field_docs_and_describe():
 def test_yaml11_numbers_and_dict_entries():
     cfg = load_config(TopCfg, {"optim": {"lr": "3e-4"}, "env": {"num_envs": "1e2"}}, ["weights.push=0.5"])
     assert cfg.optim.lr == 3e-4 and cfg.env.num_envs == 100 and cfg.weights == {"push": 0.5}
+
+
+def test_learner_strategy_is_validated():
+    from pirl.train.rl import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"learner_strategy: expected one of 'ddp', 'fsdp', got 'fdsp' \(did you mean 'fsdp'"):
+        load_config(TrainConfig, None, ["learner_strategy=fdsp"])
+    with pytest.raises(ConfigError, match=r"learner_strategy='fsdp'.*needs runner='ray' and learner_processes >= 2"):
+        load_config(TrainConfig, None, ["learner_strategy=fsdp"])
+    with pytest.raises(ValueError, match=r"learner_processes >= 2, got runner='ray', learner_processes=1"):
+        TrainConfig(runner="ray", learner_strategy="fsdp")
+    cfg = load_config(TrainConfig, None, ["runner=ray", "learner_processes=2", "learner_strategy=fsdp"])
+    assert cfg.learner_strategy == "fsdp"

@@ -1,4 +1,4 @@
-"""Scale-out on Ray: env workers in actors, pipelined rollouts, fault tolerance, a data-parallel learner.
+"""Scale-out on Ray: env workers in actors, pipelined rollouts, fault tolerance, a data-parallel or sharded learner.
 
 The Ray layer moves data and weights and does no math: environments stay ``make_env``
 vectors (now inside actors), the collector and PPO update are the single-process ones.
@@ -7,7 +7,7 @@ Nothing here imports ray at package import time, so ``pirl`` works without it.
 
 from __future__ import annotations
 
-__all__ = ["RayVectorEnv", "PipelinedCollector", "init_ray", "DistributedPPOUpdater"]
+__all__ = ["RayVectorEnv", "PipelinedCollector", "init_ray", "DistributedPPOUpdater", "FSDPPPOUpdater"]
 
 
 def __getattr__(name: str):
@@ -24,4 +24,8 @@ def __getattr__(name: str):
         from pirl.distributed.learner import DistributedPPOUpdater
 
         return DistributedPPOUpdater
+    if name == "FSDPPPOUpdater":
+        from pirl.distributed.fsdp import FSDPPPOUpdater
+
+        return FSDPPPOUpdater
     raise AttributeError(name)

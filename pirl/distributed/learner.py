@@ -5,6 +5,9 @@ ships it), and the same minibatch order (same seed). Each rank re-scores its sha
 minibatch; gradients and diagnostics are all-reduced before the shared clip + optimiser
 step, so all ranks stay identical and equal the single-process PPOUpdater up to float
 summation order. The loss math is PPOUpdater's own: this class only splits and reduces.
+Every rank runs the same number of forward/backward passes per minibatch (a smaller or empty
+share is padded with weight-0 rows), which the sharded subclass needs
+(:mod:`pirl.distributed.fsdp`, ``learner_strategy='fsdp'``): there every forward is a collective.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,6 +42,9 @@ def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
 class DistributedPPOUpdater(PPOUpdater):
     """PPOUpdater whose minibatches are split across the ranks of the default process group."""
 
+    sharded = False
+    """True when ``policy`` is this rank's shard of the weights (FSDP), not a full replica."""
+
     def __init__(self, *args, group: Optional[dist.ProcessGroup] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not dist.is_initialized():
@@ -46,63 +52,100 @@ class DistributedPPOUpdater(PPOUpdater):
         self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
 
+    # -- full state (collectives in the sharded subclass: every rank calls them together) -------------
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """The policy's full state dict (CPU tensors): every rank's own here, rank 0's only when sharded."""
+        return {k: v.detach().cpu().clone() for k, v in self.policy.state_dict().items()}
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """The full optimiser state on rank 0, in ``torch.optim.Optimizer.state_dict()`` layout."""
+        return self.optimizer.state_dict()
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Loads whichever of full ``policy`` weights, ``optimizer`` state (``state_dict()`` layout) and
+        minibatch ``generator`` state ``state`` holds."""
+        if "policy" in state:
+            self.load_weights(state["policy"])
+        if state.get("optimizer") is not None:
+            self.load_optimizer(state["optimizer"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        self.policy.load_state_dict(state)
+
+    def load_optimizer(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+    # -- the update ----------------------------------------------------------------------------------
     def _shard(self, mb: RolloutBatch) -> RolloutBatch:
         """This rank's contiguous share of a minibatch (sizes differ by at most one row)."""
         n = len(mb)
         lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
         return mb.index(torch.arange(lo, hi, device=mb.advantages.device))
 
+    def _filler(self, mb: RolloutBatch) -> RolloutBatch:
+        """A row every rank can re-score when its own share is empty: the pass keeps the ranks in step
+        (a sharded policy all-gathers its weights in every forward) and weighs nothing."""
+        return mb.index(torch.arange(1, device=mb.advantages.device))
+
     @torch.no_grad()
     def check_ratio(self, batch: RolloutBatch) -> float:
         shard = self._shard(batch)
-        worst = torch.zeros(())
-        if len(shard):
-            try:
-                worst = torch.tensor(super().check_ratio(shard))
-            except RatioCheckError:
-                worst = torch.tensor(float("inf"))
+        try:  # a filler row is another rank's: its deviation is that rank's too
+            worst = torch.tensor(super().check_ratio(shard if len(shard) else self._filler(batch)))
+        except RatioCheckError:
+            worst = torch.tensor(float("inf"))
         dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=self.group)  # every rank decides alike
         if not float(worst) <= self.cfg.ratio_check_tol:
             return super().check_ratio(batch)  # raises with the full message
         return float(worst)
 
+    def _parts(self, mb: RolloutBatch, micro: int) -> list[tuple[RolloutBatch, float]]:
+        """This rank's micro-batches of ``mb`` with their loss weights (fraction of the whole minibatch),
+        padded with weight-0 filler rows so that every rank runs the same number of passes."""
+        n, shard = len(mb), self._shard(mb)
+        parts = []
+        for s in range(0, len(shard), micro):
+            part = shard.index(torch.arange(s, min(s + micro, len(shard)), device=mb.advantages.device))
+            parts.append((part, len(part) / n))
+        largest = -(-n // self.world)  # ceil: the largest share's row count
+        return parts + [(self._filler(mb), 0.0)] * (-(-largest // micro) - len(parts))
+
     def _accumulate(self, mb: RolloutBatch, micro: int) -> tuple[dict[str, Tensor], bool]:
         """Forward/backward of this rank's share, weighted by its fraction of the whole minibatch,
-        then SUM-all-reduce of gradients and weighted diagnostics (MAX for ratio_max)."""
-        n, shard = len(mb), self._shard(mb)
-        diag_sum: dict[str, Tensor] = {}
+        then SUM-reduction of gradients and weighted diagnostics (MAX for ratio_max)."""
+        diag_sum: dict[str, Tensor] = {"policy/ratio_max": torch.zeros(())}
         finite = True
-        for s in range(0, len(shard), micro):
-            part = shard.index(torch.arange(s, min(s + micro, len(shard)), device=shard.advantages.device))
+        for part, w in self._parts(mb, micro):
             out = self.policy.evaluate(part.obs, part.chain)
             loss, diag = ppo_loss(
                 out.log_prob, part.old_log_prob, part.advantages, self.cfg,
                 value=out.value, old_value=part.old_value, returns=part.returns, entropy=out.entropy,
             )
-            if not bool(torch.isfinite(loss)):
-                finite = False
-                break
-            w = len(part) / n
+            # a non-finite loss still runs its backward (every rank joins every pass); the step is dropped
+            finite = finite and bool(torch.isfinite(loss))
             (loss * w).backward()
             for k, v in diag.items():
-                diag_sum[k] = torch.maximum(diag_sum.get(k, v), v) if k == "policy/ratio_max" \
-                    else diag_sum.get(k, 0.0) + v * w
+                if k == "policy/ratio_max":
+                    diag_sum[k] = torch.maximum(diag_sum[k], v) if w else diag_sum[k]
+                else:
+                    diag_sum[k] = diag_sum.get(k, torch.zeros(())) + (v * w if w else 0.0)
         flag = torch.tensor(float(finite))
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
         if flag.item() == 0.0:
             return diag_sum, False
-        self._all_reduce_grads()
+        self._reduce_grads()
         keys = sorted(k for k in diag_sum if k != "policy/ratio_max")
-        if keys:
-            vec = torch.stack([torch.as_tensor(diag_sum[k], dtype=torch.float32) for k in keys])
-            dist.all_reduce(vec, group=self.group)
-            diag_sum.update(zip(keys, vec.unbind()))
-        if "policy/ratio_max" in diag_sum:
-            dist.all_reduce(diag_sum["policy/ratio_max"], op=dist.ReduceOp.MAX, group=self.group)
+        vec = torch.stack([torch.as_tensor(diag_sum[k], dtype=torch.float32) for k in keys])
+        dist.all_reduce(vec, group=self.group)
+        diag_sum.update(zip(keys, vec.unbind()))
+        dist.all_reduce(diag_sum["policy/ratio_max"], op=dist.ReduceOp.MAX, group=self.group)
         return diag_sum, True
 
-    def _all_reduce_grads(self) -> None:
-        # one flat buffer: one collective per step instead of one per tensor
+    def _reduce_grads(self) -> None:
+        """Sums the ranks' gradients: one all-reduce of a flat buffer (the sharded subclass's reduce-scatter
+        ran during backward)."""
         has = torch.tensor([float(p.grad is not None) for p in self.params])
         dist.all_reduce(has, op=dist.ReduceOp.MAX, group=self.group)
         params = [p for p, h in zip(self.params, has.tolist()) if h]  # a grad on any rank -> a grad on all
@@ -119,16 +162,33 @@ class DistributedPPOUpdater(PPOUpdater):
             offset += p.numel()
 
 
+Strategy = Literal["ddp", "fsdp"]
+
+
+def make_updater(strategy: Strategy, policy: torch.nn.Module, ppo: Any, optim: Any, seed: int,
+                 **kwargs: Any) -> DistributedPPOUpdater:
+    """This rank's updater: over ``policy`` itself (ddp: every rank a full replica) or over a sharded copy
+    (fsdp: :mod:`pirl.distributed.fsdp`; ``kwargs`` go to FSDPPPOUpdater)."""
+    if strategy == "fsdp":
+        from pirl.distributed.fsdp import FSDPPPOUpdater
+
+        return FSDPPPOUpdater(policy, ppo, optim, seed=seed, **kwargs)
+    if strategy != "ddp":
+        raise ValueError(f"learner strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    return DistributedPPOUpdater(policy, ppo, optim, seed=seed)
+
+
 class LearnerRank:
-    """Learner rank >= 1 in a Ray actor: a policy replica stepping in lockstep with the trainer (rank 0)."""
+    """Learner rank >= 1 in a Ray actor: a policy replica (or shard) stepping in lockstep with the trainer (rank 0)."""
 
     def __init__(self, rank: int, world: int, skeleton: list, ppo: Any, optim: Any, seed: int,
-                 threads: int = 1) -> None:
+                 threads: int = 1, strategy: Strategy = "ddp") -> None:
         import ray
 
         if threads:
             torch.set_num_threads(threads)
         self.rank, self.world, self.ppo, self.optim, self.seed = rank, world, ppo, optim, seed
+        self.strategy = strategy
         self.policy = ray.get(skeleton[0])
 
     def pid(self) -> int:
@@ -136,18 +196,26 @@ class LearnerRank:
 
     def join(self, address: str, port: int, timeout_s: float = 300.0) -> None:
         init_process_group(self.rank, self.world, address=address, port=port, timeout_s=timeout_s)
-        self.updater = DistributedPPOUpdater(self.policy, self.ppo, self.optim, seed=self.seed)
+        # fsdp shards this process's copy in place: no full replica stays behind
+        kwargs = {"copy": False} if self.strategy == "fsdp" else {}
+        self.updater = make_updater(self.strategy, self.policy, self.ppo, self.optim, self.seed, **kwargs)
+        self.policy = self.updater.policy
 
     def load(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.updater.optimizer.load_state_dict(state["optimizer"])
-        self.updater.generator.set_state(state["generator"])
+        self.updater.load(state)
 
     def update(self, batch: RolloutBatch) -> None:
         self.updater.update(batch)  # rank 0 reports the (all-reduced) metrics
+        if self.updater.sharded:
+            self.updater.full_state_dict()  # a collective: rank 0 keeps the gathered weights
+
+    def optimizer_state_dict(self) -> None:
+        self.updater.optimizer_state_dict()  # a collective: rank 0 keeps the gathered state
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        """This rank's weights: a full replica (ddp) or its shards (fsdp)."""
+        return {k: (v.to_local() if hasattr(v, "to_local") else v).detach().clone()
+                for k, v in self.policy.state_dict().items()}
 
     def close(self) -> None:
         dist.destroy_process_group()
@@ -164,51 +232,77 @@ class LearnerGroup:
 
     Every rank gets the full batch through the object store (one ``ray.put`` per update) and
     re-scores its share; they start from rank 0's weights, optimiser and minibatch RNG
-    (:meth:`load`) and stay equal because every step is the same all-reduced one. The trainer
-    keeps using ``self.updater`` (a DistributedPPOUpdater over its own policy) and its checkpoint.
+    (:meth:`load`) and stay equal because every step is the same all-reduced one.
+
+    ``strategy='ddp'``: every rank holds the whole policy and optimiser; rank 0's are the trainer's
+    own policy and ``self.updater``'s optimiser, which checkpoints save. ``strategy='fsdp'``: every
+    rank, rank 0 included, holds a shard of a copy of the policy and of the optimiser state; after
+    every update the full weights are gathered into the trainer's ``policy`` (rollouts, evaluation,
+    checkpoints), and :attr:`optimizer` gathers / scatters the full optimiser state for checkpoints.
     A dead rank is not replaced: the collective fails (gloo timeout) and so does the run.
     """
 
     def __init__(self, policy: torch.nn.Module, ppo: Any, optim: Any, *, world: int, seed: int = 0,
-                 threads: int = 1, cpus_per_rank: float = 1.0, timeout_s: float = 300.0,
+                 strategy: Strategy = "ddp", threads: int = 1, cpus_per_rank: float = 1.0, timeout_s: float = 300.0,
                  actor_options: Optional[Any] = None) -> None:
         import ray
 
         if world < 2:
             raise ValueError(f"a learner group needs world >= 2 processes, got {world}")
+        if strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"learner strategy must be 'ddp' or 'fsdp', got {strategy!r}")
         if next(policy.parameters()).device.type != "cpu":
             raise NotImplementedError("the Ray learner group runs gloo on CPU only (no nccl ranks yet)")
+        self.policy = policy
         address, port = ray.util.get_node_ip_address(), _free_port()
         cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0)(LearnerRank)
         options = actor_options or (lambda i: {})
         skeleton = [ray.put(policy)]
-        self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads)
+        self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads, strategy)
                        for r in range(1, world)]
         # rendezvous only once every rank's process is up: starting actors can take minutes on a busy or
         # cold cluster, and the gloo timeout should be about the collective, not that
         ray.get([a.pid.remote() for a in self.actors])
         joined = [a.join.remote(address, port, timeout_s) for a in self.actors]
         init_process_group(0, world, address=address, port=port, timeout_s=timeout_s)  # returns once all joined
+        self.updater = make_updater(strategy, policy, ppo, optim, seed)  # fsdp: collectives the actors join
         ray.get(joined)
-        self.updater = DistributedPPOUpdater(policy, ppo, optim, seed=seed)
         self.load()
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.updater.optimizer  # rank 0's: the one checkpoints save and restore
+    def optimizer(self) -> Any:
+        """What checkpoints save and restore: rank 0's optimiser (ddp), or the sharded one as a full state (fsdp)."""
+        return _GatheredOptimizer(self) if self.updater.sharded else self.updater.optimizer
 
     @property
     def generator(self) -> torch.Generator:
         return self.updater.generator
 
     def load(self) -> None:
-        """Copies rank 0's weights, optimiser state and minibatch RNG to every other rank (start, resume)."""
+        """Copies rank 0's weights, minibatch RNG and (ddp) optimiser state to every rank (start, resume)."""
+        state = {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+                 "generator": self.updater.generator.get_state()}
+        if not self.updater.sharded:
+            state["optimizer"] = self.updater.optimizer.state_dict()
+        self._load(state)
+
+    def _load(self, state: dict[str, Any]) -> None:
         import ray
 
-        u = self.updater
-        state = ray.put({"policy": {k: v.detach().clone() for k, v in u.policy.state_dict().items()},
-                         "optimizer": u.optimizer.state_dict(), "generator": u.generator.get_state()})
-        ray.get([a.load.remote(state) for a in self.actors])
+        ref = ray.put(state)
+        pending = [a.load.remote(ref) for a in self.actors]
+        if self.updater.sharded:
+            self.updater.load(state)  # scattering into shards is a collective: rank 0 joins
+        ray.get(pending)
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """The full optimiser state (``state_dict()`` layout), gathered from every rank under fsdp."""
+        import ray
+
+        pending = [a.optimizer_state_dict.remote() for a in self.actors] if self.updater.sharded else []
+        state = self.updater.optimizer_state_dict()
+        ray.get(pending)
+        return state
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         import ray
@@ -216,6 +310,8 @@ class LearnerGroup:
         ref = ray.put(batch)
         pending = [a.update.remote(ref) for a in self.actors]
         metrics = self.updater.update(batch)
+        if self.updater.sharded:  # the trainer's full policy takes the new weights (a collective)
+            self.policy.load_state_dict(self.updater.full_state_dict())
         ray.get(pending)  # surfaces a rank's error instead of a later hang
         return metrics
 
@@ -231,3 +327,17 @@ class LearnerGroup:
         self.actors = []
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _GatheredOptimizer:
+    """A sharded optimiser as checkpoints see it: ``state_dict()`` gathers the full state to rank 0 and
+    ``load_state_dict()`` scatters one into every rank's shards (both are collectives over the group)."""
+
+    def __init__(self, group: LearnerGroup) -> None:
+        self.group = group
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.group.optimizer_state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.group._load({"optimizer": state})

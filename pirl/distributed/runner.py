@@ -2,7 +2,7 @@
 
 Roles: env workers (simulators, :class:`RayVectorEnv`), rollout workers (policy replicas,
 :class:`RolloutWorkerPool`; 0 = inference in the trainer) and learner ranks
-(:class:`LearnerGroup`; 1 = the trainer's own single-process update). Placement:
+(:class:`LearnerGroup`, ddp or fsdp; 1 = the trainer's own single-process update). Placement:
 
 - ``disaggregated``: every role asks Ray for its own resources; env workers are SPREAD over
   nodes, rollout workers go wherever their ``num_gpus`` fit.
@@ -32,10 +32,12 @@ class RayRunner:
 
     def __init__(self, *, address: Optional[str] = None, placement: Placement = "disaggregated",
                  env_workers: int = 2, rollout_workers: int = 0, learner_processes: int = 1,
-                 worker_cpus: float = 1.0, rollout_gpus: float = 0.0, threads: int = 1) -> None:
+                 learner_strategy: Literal["ddp", "fsdp"] = "ddp", worker_cpus: float = 1.0, rollout_gpus: float = 0.0,
+                 threads: int = 1) -> None:
         if placement not in ("disaggregated", "collocated"):
             raise ValueError(f"placement must be 'disaggregated' or 'collocated', got {placement!r}")
         self.placement, self.worker_cpus, self.rollout_gpus, self.threads = placement, worker_cpus, rollout_gpus, threads
+        self.learner_strategy = learner_strategy
         self.counts = {"env": env_workers, "rollout": rollout_workers, "learner": max(learner_processes - 1, 0)}
         self.started = init_ray(address)
         self.pg = None
@@ -74,7 +76,7 @@ class RayRunner:
         return RemotePolicy(policy, self.pool)
 
     def updater(self, policy: torch.nn.Module, ppo: Any, optim: Any, seed: int) -> Any:
-        """The PPO updater: the trainer's own, or rank 0 of a gloo learner group over Ray actors."""
+        """The PPO updater: the trainer's own, or rank 0 of a gloo learner group over Ray actors (ddp or fsdp)."""
         if not self.counts["learner"]:
             from pirl.algorithms import PPOUpdater
 
@@ -82,13 +84,14 @@ class RayRunner:
         from pirl.distributed.learner import LearnerGroup
 
         self.learners = LearnerGroup(policy, ppo, optim, world=self.counts["learner"] + 1, seed=seed,
-                                     threads=self.threads, cpus_per_rank=self.worker_cpus,
-                                     actor_options=self.options("learner"))
+                                     strategy=self.learner_strategy, threads=self.threads,
+                                     cpus_per_rank=self.worker_cpus, actor_options=self.options("learner"))
         return self.learners
 
     def weights_changed(self, policy: torch.nn.Module) -> None:
         """After an update or a checkpoint load: rollout workers use these weights from their next request on
-        (learner ranks need nothing: they took the same step)."""
+        (learner ranks need nothing: they took the same step, and under fsdp the group has already gathered
+        ``policy``'s new weights)."""
         if self.pool is not None:
             self.pool.publish(policy)
 

@@ -112,6 +112,11 @@ class TrainConfig:
     learner_processes: int = 1
     """runner=ray: PPO update data-parallel over this many gloo processes (the trainer + Ray actors; CPU only);
     1 = the single-process update."""
+    learner_strategy: Literal["ddp", "fsdp"] = "ddp"
+    """runner=ray, learner_processes >= 2: ddp (every rank holds the whole policy and optimiser; gradients
+    all-reduced) or fsdp (every rank, the trainer included, holds a 1/learner_processes shard of the weights,
+    gradients and optimiser state, PyTorch FSDP2; the trainer's full policy is gathered after every update).
+    CPU / gloo only."""
     placement: Literal["disaggregated", "collocated"] = "disaggregated"
     """runner=ray: disaggregated (each role asks Ray for its own resources; env workers spread over nodes) or
     collocated (one STRICT_PACK placement group: every worker actor on one node). See docs/ray.md."""
@@ -139,6 +144,12 @@ class TrainConfig:
             raise ValueError(f"need rollout_workers >= 0, learner_processes >= 1, worker_cpus > 0, rollout_gpus >= 0; "
                              f"got {self.rollout_workers}, {self.learner_processes}, {self.worker_cpus}, "
                              f"{self.rollout_gpus}")
+        if self.learner_strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"learner_strategy must be 'ddp' or 'fsdp', got {self.learner_strategy!r}")
+        if self.learner_strategy == "fsdp" and (self.runner != "ray" or self.learner_processes < 2):
+            raise ValueError(f"learner_strategy='fsdp' shards the update over learner processes: it needs runner='ray' "
+                             f"and learner_processes >= 2, got runner={self.runner!r}, "
+                             f"learner_processes={self.learner_processes}")
         if self.pipelined and (self.runner != "ray" or self.env_workers < 2):
             raise ValueError(f"pipelined=True needs runner='ray' and env_workers >= 2, got runner={self.runner!r}, "
                              f"env_workers={self.env_workers}")
@@ -198,7 +209,7 @@ class Trainer:
 
             self.ray = RayRunner(address=cfg.ray_address, placement=cfg.placement, env_workers=cfg.env_workers,
                                  rollout_workers=cfg.rollout_workers, learner_processes=cfg.learner_processes,
-                                 worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
+                                 learner_strategy=cfg.learner_strategy, worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
         self.env = self.make_rollout_env()
         self.eval_env = None
         collector_cls = RolloutCollector
