@@ -11,10 +11,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.pirl-installed
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $EXTRAS"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# the stamp holds the install's hash and extras; a request for extras already installed is a no-op, and a
+# new install keeps the earlier extras (scripts/demo.sh after scripts/test.sh must not narrow the venv)
+norm() { tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -; }
+have=""
+[ -f "$stamp" ] && have=$(cut -s -d' ' -f2 "$stamp" | norm)
+EXTRAS=$(echo "$have,$EXTRAS" | norm)
+if [ -f "$stamp" ] && [ "$(cut -d' ' -f1 "$stamp")" = "$hash" ] && [ "$EXTRAS" = "$have" ]; then
   exit 0
 fi
+want="$hash $EXTRAS"
 pip=".venv/bin/python -m pip"
 $pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then

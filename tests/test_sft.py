@@ -98,3 +98,18 @@ def test_vla_checkpoint_round_trip_and_bad_input(tmp_path):
         policy.prepare({"image": obs["image"], "state": obs["state"]})
     with pytest.raises(ValueError, match="policy must be"):
         SFTConfig(dataset="x", policy="transformer")
+
+
+def test_final_checkpoint_survives_a_failing_final_evaluation(demos, tmp_path, monkeypatch):
+    import pirl.train.sft as sft_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulator died")
+
+    monkeypatch.setattr(sft_module, "evaluate_policy", broken)
+    cfg = SFTConfig(dataset=str(demos), steps=20, batch_size=16, hidden=32, depth=1, eval_episodes_per_task=1,
+                    eval_num_envs=2, eval_max_episode_steps=8, out_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(RuntimeError, match="simulator died"):
+        sft(cfg, log=None)
+    policy, extra = load_policy(tmp_path / "ckpt" / "final.safetensors")  # the 20 steps of training are kept
+    assert extra["step"] == 20

@@ -242,13 +242,13 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
             t0 = time.perf_counter()
             fit_regression_scale(policy, data, cfg)
             result.train_seconds += time.perf_counter() - t0
+        if out_dir:  # before the final evaluation, so that a simulator error there cannot lose the training
+            result.checkpoint = save_policy(policy, out_dir / "final.safetensors", {**extra, "step": cfg.steps})
         if cfg.eval_every >= 0:
             evaluate(cfg.steps)
     finally:
         if env is not None:
             env.close()
-    if out_dir:
-        result.checkpoint = save_policy(policy, out_dir / "final.safetensors", {**extra, "step": cfg.steps})
     return result
 
 
