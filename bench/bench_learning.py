@@ -5,10 +5,12 @@ from the same checkpoint with the same env budget; success on fixed held-out see
 and wall time goes to one table (bench/results/learning.{json,md}); `pirl report` on the run
 directories draws the curves.
 
-Default: MetaWorld MT10, 10 demos per task, adaptive task sampling, each method stopped by wall time
-(issue 5's target: >= 90 % mean held-out success within an hour on 2 cores). Methods can run as separate
-processes side by side (`--prepare-only` first, then one `--methods NAME` per process); each merges its row into
-bench/results/learning_<tasks>.{json,md} under a file lock.
+Default: MetaWorld MT10, 10 demos per task, 30,000 SFT steps, adaptive task sampling, each method stopped by
+wall time (issue 5's target: >= 90 % mean held-out success within an hour on 2 cores). `--runner ray
+--env-workers 2` steps the simulators in two Ray actor processes, so one run uses both cores. Methods can also run
+as separate processes side by side (`--prepare-only` first, then one `--methods NAME` per process); each merges
+its row into bench/results/learning_<root name>.{json,md} under a file lock.
+The README's MT10 run: `--demos 5 --root runs/bench_learning/mt10-5demos --runner ray --env-workers 2`.
 Quick version: `--tasks reach-v3 push-v3 --iterations 40`.
 Run: .venv/bin/python bench/bench_learning.py [--tasks ...] [--methods ...] [--time-limit S]
 """
@@ -60,17 +62,30 @@ def _merge_row(path: Path, tasks: list[str], row: dict) -> dict:
     return out
 
 
-def _markdown(out: dict) -> str:
+def _at(curve: list, seconds: float) -> float | None:
+    """Held-out success of the last evaluation at or before ``seconds`` of wall time."""
+    before = [s for _, w, s, _ in curve if w <= seconds]
+    return before[-1] if before else None
+
+
+def _markdown(out: dict, compare_at: float | None = None) -> str:
     tasks = sorted({t for r in out["rows"] for t in r.get("after_per_task", {})})
+    at = f"at {compare_at / 60:.0f} min" if compare_at else ""
     md = [f"### {out['date']}, 2-core CPU, tasks {' '.join(out['tasks'])}", "",
           "Held-out success (mean over tasks) before RL, after RL and best; wall time includes the evaluations; "
           "`t>=0.9` is the wall time of the first evaluation at or above 0.90; cpu s is the training process's CPU "
-          "time (the machine is shared, so wall time depends on what else ran).", "",
-          "| method | before | after | best | t>=0.9 s | env steps | wall s | cpu s | command |",
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+          "time (without the Ray env workers' when the command says --runner ray; the machine may be shared, so wall "
+          "time depends on what else ran).", "",
+          "| method | before | " + (f"{at} | " if compare_at else "") + "after | best | t>=0.9 s | env steps | wall s | "
+          "cpu s | command |",
+          "| --- | ---: | " + ("---: | " if compare_at else "") + "---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in out["rows"]:
         t90 = r.get("time_to_0.9")
-        md.append(f"| {r['method']} | {r['before']:.2f} | {r['after']:.2f} | {r['best']:.2f} | "
+        mid = ""
+        if compare_at:
+            a = _at(r["curve"], compare_at)
+            mid = ("-" if a is None else f"{a:.2f}") + " | "
+        md.append(f"| {r['method']} | {r['before']:.2f} | {mid}{r['after']:.2f} | {r['best']:.2f} | "
                   f"{'-' if t90 is None else f'{t90:.0f}'} | {r['env_steps']:,} | {r['wall_s']:.0f} | "
                   f"{r.get('cpu_s', float('nan')):.0f} | `{r['command']}` |")
     if tasks:
@@ -105,6 +120,8 @@ def main() -> None:
     ap.add_argument("--env-workers", type=int, default=2)
     ap.add_argument("--sft-hidden", type=int, default=256, help="width of the state MLP")
     ap.add_argument("--label", default="", help="suffix of the run directory and the results row (keeps other rows)")
+    ap.add_argument("--compare-at", type=float, default=None,
+                    help="also tabulate each method's held-out success at this wall time (seconds)")
     ap.add_argument("--resume", action="store_true",
                     help="continue each method's run from its last checkpoint (e.g. with a longer --time-limit)")
     args = ap.parse_args()
@@ -156,7 +173,7 @@ def main() -> None:
         print(f"{name:16s} {row['before']:.2f} -> {row['after']:.2f} (best {row['best']:.2f}) "
               f"{row['env_steps']:,} env steps {row['wall_s']:.0f} s", flush=True)
         out = _merge_row(results, args.tasks, row)
-        md = _markdown(out)
+        md = _markdown(out, args.compare_at)
         results.with_suffix(".md").write_text(md)
         print(md)
 

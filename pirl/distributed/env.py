@@ -146,7 +146,10 @@ class RayVectorEnv:
         self.step_timeout_s, self.max_restarts = step_timeout_s, max_restarts
         # SPREAD: env workers are CPU-bound simulators; packing them onto one node wastes the others
         self.actor_options = actor_options or (lambda i: {})  # e.g. a placement-group bundle per worker
-        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD")(EnvWorker)
+        # no Ray task events: one call per worker per chunk step would pile up event records in the GCS
+        # (measured by bench/bench_ray_gcs.py)
+        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD",
+                                     enable_task_events=False)(EnvWorker)
         self.workers = [self._spawn(i) for i in range(workers)]
         spec = ray.get([w.spec.remote() for w in self.workers])[0]  # waits until every worker has built its envs
         self.chunk, self.action_dim, self.state_dim = spec["chunk"], spec["action_dim"], spec["state_dim"]

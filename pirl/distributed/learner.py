@@ -255,7 +255,7 @@ class LearnerGroup:
             raise NotImplementedError("the Ray learner group runs gloo on CPU only (no nccl ranks yet)")
         self.policy = policy
         address, port = ray.util.get_node_ip_address(), _free_port()
-        cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0)(LearnerRank)
+        cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0, enable_task_events=False)(LearnerRank)
         options = actor_options or (lambda i: {})
         skeleton = [ray.put(policy)]
         self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads, strategy)

@@ -110,7 +110,8 @@ class RolloutWorkerPool:
         # a CUDA module would unpickle only where CUDA exists: ship a CPU copy
         cpu = policy if next(policy.parameters()).device.type == "cpu" else copy.deepcopy(policy).cpu()
         self._skeleton = ray.put(cpu)
-        self._cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)(RolloutWorker)
+        self._cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+                               enable_task_events=False)(RolloutWorker)  # one call per chunk step: see EnvWorkers
         self.workers = [self._spawn(i) for i in range(workers)]
         self.restarts = 0
         """Rollout workers replaced after dying or hanging."""
