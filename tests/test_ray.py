@@ -357,3 +357,46 @@ def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path
     for k in weights[0]:
         torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-5, msg=k)
     assert any(not torch.equal(start[k], v) for k, v in weights[1].items()), "the update changed nothing"
+
+
+def test_dead_learner_rank_resumes_from_last_checkpoint(cluster, tmp_path, monkeypatch):
+    """A learner rank killed mid-run: the update fails at once (not after gloo's timeout), `train()` rebuilds the
+    learner group from the last checkpoint and the run ends with the uninterrupted run's weights and metrics."""
+    from pirl.policies.io import load_policy, save_policy
+    from pirl.train.logging import read_metrics
+    from pirl.train.rl import Trainer, TrainConfig, train
+
+    torch.manual_seed(0)
+    save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
+    cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=4, runner="ray",
+                      env_workers=2, learner_processes=2, worker_cpus=0.5, eval_num_envs=2, eval_episodes_per_task=2,
+                      videos_per_task=0, checkpoint_every=2, eval_every=2)
+    assert train(cfg, tmp_path / "ref") == 0
+
+    step, calls = Trainer.step, []
+
+    def step_and_kill(self):
+        calls.append(self.iteration)
+        if calls == [0, 1, 2, 3]:  # after the iteration-2 checkpoint, before iteration 4's update
+            actor = self.ray.learners.actors[0]
+            _kill(actor, ray.get(actor.pid.remote()))
+            self.t_kill = time.perf_counter()
+        return step(self, *())
+
+    monkeypatch.setattr(Trainer, "step", step_and_kill)
+    t0 = time.perf_counter()
+    assert train(cfg, tmp_path / "run") == 0
+    assert calls == [0, 1, 2, 3, 2, 3]  # iterations 3 and 4 again, from the checkpoint at 2
+    assert time.perf_counter() - t0 < 120  # the failure is seen at once, not after the 300 s gloo timeout
+
+    ref, got = read_metrics(tmp_path / "ref" / "metrics.jsonl"), read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == [0, 1, 2, 3, 4]
+    assert [r.get("learner/restarts") for r in got] == [None, 0.0, 0.0, 1.0, 1.0]
+    for a, b in zip(ref, got):
+        for k, v in a.items():
+            if not k.startswith("perf/") and k not in ("wall_time", "learner/restarts"):
+                assert b[k] == v, (a["step"], k)
+    w_ref = load_policy(tmp_path / "ref" / "policy_latest.safetensors")[0].state_dict()
+    w_got = load_policy(tmp_path / "run" / "policy_latest.safetensors")[0].state_dict()
+    for k, v in w_ref.items():
+        torch.testing.assert_close(w_got[k], v, rtol=0, atol=1e-6, msg=k)

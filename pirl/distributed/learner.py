@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -178,6 +178,39 @@ def make_updater(strategy: Strategy, policy: torch.nn.Module, ppo: Any, optim: A
     return DistributedPPOUpdater(policy, ppo, optim, seed=seed)
 
 
+class LearnerFailure(RuntimeError):
+    """A learner rank died or its collective broke (not a bug in the update): the trainer restarts the learner
+    group and resumes from the last checkpoint (``TrainConfig.max_learner_restarts``)."""
+
+
+def _dead_ranks(pending: list, timeout_s: float = 5.0) -> list[int]:
+    """Ranks (1-based) among ``pending`` calls whose actor is dead: a dead actor's call fails within a moment."""
+    import ray
+
+    if not pending:
+        return []
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+    dead = []
+    for rank, ref in enumerate(pending, start=1):
+        if ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.append(rank)
+            except Exception:  # noqa: BLE001 - the rank's own error: it is alive, the cause is elsewhere
+                pass
+    return dead
+
+
+def _is_link_error(e: BaseException) -> bool:
+    """A torch.distributed transport error (a peer gone or a collective timed out), not an error of the math."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("gloo", "Connection closed by peer", "Connection reset", "Timed out", "timed out"))
+
+
 class LearnerRank:
     """Learner rank >= 1 in a Ray actor: a policy replica (or shard) stepping in lockstep with the trainer (rank 0)."""
 
@@ -239,7 +272,9 @@ class LearnerGroup:
     rank, rank 0 included, holds a shard of a copy of the policy and of the optimiser state; after
     every update the full weights are gathered into the trainer's ``policy`` (rollouts, evaluation,
     checkpoints), and :attr:`optimizer` gathers / scatters the full optimiser state for checkpoints.
-    A dead rank is not replaced: the collective fails (gloo timeout) and so does the run.
+    A rank that dies (or hangs past the gloo timeout) makes :meth:`update` raise :class:`LearnerFailure`
+    within a moment of its death (its peers' sockets close), not after the timeout; the trainer then
+    rebuilds the group and resumes from its last checkpoint.
     """
 
     def __init__(self, policy: torch.nn.Module, ppo: Any, optim: Any, *, world: int, seed: int = 0,
@@ -286,34 +321,51 @@ class LearnerGroup:
             state["optimizer"] = self.updater.optimizer.state_dict()
         self._load(state)
 
+    def _together(self, pending: list, rank0: Callable[[], Any], what: str) -> Any:
+        """Runs rank 0's part of a step the actors' ``pending`` calls take part in, then waits for them.
+        A dead rank or a broken link becomes :class:`LearnerFailure`; any other error (the update's own,
+        e.g. a failed ratio check) propagates unchanged."""
+        import ray
+
+        try:
+            out = rank0()
+            ray.get(pending)  # surfaces a rank's error instead of a later hang
+            return out
+        except RatioCheckError:
+            raise
+        except Exception as e:
+            dead = _dead_ranks(pending)
+            if dead or isinstance(e, ray.exceptions.RayActorError) or _is_link_error(e):
+                who = f"learner rank(s) {dead} died" if dead else "a learner collective failed"
+                raise LearnerFailure(f"{who} during {what} ({type(e).__name__}: {str(e)[:300]})") from e
+            raise
+
     def _load(self, state: dict[str, Any]) -> None:
         import ray
 
         ref = ray.put(state)
         pending = [a.load.remote(ref) for a in self.actors]
-        if self.updater.sharded:
-            self.updater.load(state)  # scattering into shards is a collective: rank 0 joins
-        ray.get(pending)
+        # scattering into shards is a collective: rank 0 joins
+        self._together(pending, lambda: self.updater.load(state) if self.updater.sharded else None, "a state load")
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         """The full optimiser state (``state_dict()`` layout), gathered from every rank under fsdp."""
-        import ray
-
         pending = [a.optimizer_state_dict.remote() for a in self.actors] if self.updater.sharded else []
-        state = self.updater.optimizer_state_dict()
-        ray.get(pending)
-        return state
+        return self._together(pending, self.updater.optimizer_state_dict, "an optimiser-state gather")
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         import ray
 
         ref = ray.put(batch)
         pending = [a.update.remote(ref) for a in self.actors]
-        metrics = self.updater.update(batch)
-        if self.updater.sharded:  # the trainer's full policy takes the new weights (a collective)
-            self.policy.load_state_dict(self.updater.full_state_dict())
-        ray.get(pending)  # surfaces a rank's error instead of a later hang
-        return metrics
+
+        def rank0() -> dict[str, float]:
+            metrics = self.updater.update(batch)
+            if self.updater.sharded:  # the trainer's full policy takes the new weights (a collective)
+                self.policy.load_state_dict(self.updater.full_state_dict())
+            return metrics
+
+        return self._together(pending, rank0, "the update")
 
     def close(self) -> None:
         import ray

@@ -90,6 +90,9 @@ class TrainConfig:
     """Flow-Noise: [std_min, std_max] of the noise head attached when the checkpoint has none."""
     max_env_restarts: int = 5
     """Give up after this many simulator crashes in one iteration."""
+    max_learner_restarts: int = 3
+    """runner=ray, learner_processes >= 2: a learner rank that dies restarts the learner group from the last
+    checkpoint; give up after this many restarts in one `train` call."""
     seed: int = 0
     """Seeds parameter init of new heads, the context sampler, flow noise and minibatch order."""
     device: str = "cpu"
@@ -140,6 +143,9 @@ class TrainConfig:
         if self.runner != "ray" and (self.rollout_workers or self.learner_processes != 1
                                      or self.placement != "disaggregated"):
             raise ValueError("rollout_workers, learner_processes and placement need runner='ray'")
+        if self.max_learner_restarts < 0 or self.max_env_restarts < 0:
+            raise ValueError(f"max_env_restarts and max_learner_restarts must be >= 0, got {self.max_env_restarts}, "
+                             f"{self.max_learner_restarts}")
         if self.rollout_workers < 0 or self.learner_processes < 1 or not self.worker_cpus > 0 or self.rollout_gpus < 0:
             raise ValueError(f"need rollout_workers >= 0, learner_processes >= 1, worker_cpus > 0, rollout_gpus >= 0; "
                              f"got {self.rollout_workers}, {self.learner_processes}, {self.worker_cpus}, "
@@ -221,6 +227,7 @@ class Trainer:
                                                                      seed=cfg.seed)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=1, mode="max")
         self.iteration, self.env_steps, self.env_crashes, wall = 0, 0, 0, 0.0
+        self.learner_restarts = 0
         self.best_success = -math.inf
         resume_step = None
         if resume:
@@ -231,6 +238,7 @@ class Trainer:
             self.iteration, self.env_steps = state["iteration"], state["env_steps"]
             self.env_crashes, wall = state["env_crashes"], state["wall_time"]
             self.best_success = state["best_success"]
+            self.learner_restarts = state.get("learner_restarts", 0)
             self.collector.next_group_id = state["next_group_id"]
             self.collector.next_context_id = state["next_context_id"]
             if "task_success" in state:
@@ -264,6 +272,7 @@ class Trainer:
             "wall_time": self.logger.elapsed(), "best_success": self.best_success,
             "next_group_id": self.collector.next_group_id, "next_context_id": self.collector.next_context_id,
             "task_success": [float(x) for x in self.collector.task_success],
+            "learner_restarts": self.learner_restarts,
         }
 
     def save(self, metric: Optional[float] = None) -> Path:
@@ -321,6 +330,8 @@ class Trainer:
         metrics["rollout/env_crashes_total"] = float(self.env_crashes)
         if self.ray:
             metrics.update({f"rollout/{k}": float(v) for k, v in self.ray.restarts.items()})
+            if self.ray.learners is not None:
+                metrics["learner/restarts"] = float(self.learner_restarts)
         return metrics
 
     def run(self) -> int:
@@ -383,6 +394,8 @@ class Trainer:
         return 0
 
     def close(self) -> None:
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()
         for env in (self.env, self.eval_env):
             if env is not None:
                 env.close()
@@ -412,12 +425,34 @@ def _last_eval(run_dir: Path) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int:
-    """Runs (or resumes) RL training into ``run_dir``; returns 0, or 130 when interrupted."""
-    trainer = Trainer(cfg, Path(run_dir), resume=resume)
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    """Runs (or resumes) RL training into ``run_dir``; returns 0, or 130 when interrupted.
+
+    With Ray learner ranks (``learner_processes >= 2``) a rank that dies ends the Trainer, and a new one
+    resumes from the last checkpoint (from the start when there is none yet), so the run ends as an
+    uninterrupted one would; ``learner/restarts`` counts them, at most ``cfg.max_learner_restarts``."""
+    failure: tuple[type[BaseException], ...] = ()
+    if cfg.runner == "ray" and cfg.learner_processes > 1:
+        from pirl.distributed.learner import LearnerFailure
+
+        failure = (LearnerFailure,)
+    restarts, carried = 0, None
+    while True:
+        trainer = Trainer(cfg, Path(run_dir), resume=resume)
+        if carried is not None:
+            trainer.learner_restarts = carried
+        try:
+            return trainer.run()
+        except failure as e:
+            if restarts == cfg.max_learner_restarts:
+                raise RuntimeError(f"the learner group failed {restarts + 1} times in this run (max_learner_restarts="
+                                   f"{cfg.max_learner_restarts}); last failure: {e}. The run directory keeps every "
+                                   f"checkpoint: continue with `pirl train --resume {run_dir}`") from e
+            restarts, carried = restarts + 1, trainer.learner_restarts + 1
+            resume = trainer.checkpoints.latest is not None
+            log.warning("%s; restarting the learner group from %s (restart %d of at most %d)", e,
+                        trainer.checkpoints.latest or "the start", restarts, cfg.max_learner_restarts)
+        finally:
+            trainer.close()
 
 
 def train_main(cfg: TrainConfig, args) -> int:
