@@ -400,3 +400,25 @@ def test_dead_learner_rank_resumes_from_last_checkpoint(cluster, tmp_path, monke
     w_got = load_policy(tmp_path / "run" / "policy_latest.safetensors")[0].state_dict()
     for k, v in w_ref.items():
         torch.testing.assert_close(w_got[k], v, rtol=0, atol=1e-6, msg=k)
+
+
+def test_learner_failure_is_only_a_broken_link():
+    """Only a transport failure (a rank gone, a collective timed out) restarts the learner group; the update's
+    own errors, a failed ratio check among them, stop the run with their own type and message."""
+    from pirl.algorithms.ppo import RatioCheckError
+    from pirl.distributed.learner import LearnerFailure, LearnerGroup
+
+    group = LearnerGroup.__new__(LearnerGroup)  # no ranks: only the classification is under test
+
+    def raising(e):
+        def f():
+            raise e
+        return f
+
+    with pytest.raises(LearnerFailure, match="Connection closed by peer"):
+        group._together([], raising(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer")), "x")
+    for e in (RatioCheckError("ratio 1.3"), ValueError("shape (3,) vs (4,)"), RuntimeError("mat1 and mat2 shapes")):
+        with pytest.raises(type(e)) as info:
+            group._together([], raising(e), "x")
+        assert info.value is e
+    assert group._together([], lambda: 7, "x") == 7
