@@ -10,7 +10,8 @@ wall time (issue 5's target: >= 90 % mean held-out success within an hour on 2 c
 --env-workers 2` steps the simulators in two Ray actor processes, so one run uses both cores. Methods can also run
 as separate processes side by side (`--prepare-only` first, then one `--methods NAME` per process); each merges
 its row into bench/results/learning_<root name>.{json,md} under a file lock.
-The README's MT10 run: `--demos 5 --root runs/bench_learning/mt10-5demos --runner ray --env-workers 2`.
+The README's MT10 run, one method at a time: `--demos 5 --root runs/bench_learning/mt10-5demos --methods NAME
+--runner ray --env-workers 2 --time-limit 1200 --eval-every 20`.
 Quick version: `--tasks reach-v3 push-v3 --iterations 40`.
 Run: .venv/bin/python bench/bench_learning.py [--tasks ...] [--methods ...] [--time-limit S]
 """
