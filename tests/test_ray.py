@@ -200,6 +200,9 @@ def test_killed_worker_is_replaced_and_episodes_dropped(cluster):
         assert env.restarts == 2
         assert r.metrics["rollout/crashed_groups"] == 2 and r.metrics["rollout/crashed_episodes"] == 2
         assert not r.buffers[0].valid[:, :2].any() and r.buffers[0].valid[0, 2:].all()
+        # the lost episodes are re-collected (fresh contexts), so the batch keeps its 4 groups
+        assert r.metrics["rollout/tries"] == 2 and r.metrics["rollout/groups_kept"] == 4
+        assert r.buffers[1].valid[0].tolist() == [True, True, False, False]
         c.policy.act = act
         assert c.collect().metrics["rollout/crashed_episodes"] == 0
     finally:

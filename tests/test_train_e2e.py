@@ -182,27 +182,45 @@ def test_env_crash_is_survived_and_counted(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_crashes"] == 1
 
 
-def test_sub_env_crash_drops_only_that_episode():
-    """info['crashed'] (MuJoCo instability in one sub-env) drops that episode from the batch."""
+def test_sub_env_crash_drops_only_that_episode_and_recollects_it():
+    """info['crashed'] (MuJoCo instability in one sub-env) drops that episode from the batch; a fresh context
+    replaces it, so the batch keeps its size; when every try crashes, collection stops at max_tries."""
     from pirl.envs.point_mass import PointMassConfig, PointMassEnv
     from pirl.flow import SamplerConfig
     from pirl.train.rollout import CollectorConfig, RolloutCollector
 
     env = PointMassEnv(4, PointMassConfig(max_chunk_steps=4))
-    real_step = env.step
+    real_step, real_reset, resets = env.step, env.reset, []
+
+    def reset(contexts):
+        resets.append(1)
+        return real_reset(contexts)
 
     def step(actions):
         res = real_step(actions)
-        res.info["crashed"] = np.array([False, True, False, False])
+        if always:
+            res.info["crashed"] = np.ones(4, bool)
+        elif len(resets) == 1:
+            res.info["crashed"] = np.array([False, True, False, False])
         return res
 
-    env.step = step
+    env.step, env.reset, always = step, reset, False
     torch.manual_seed(0)
     policy = make_mlp_policy(4, 2, action_horizon=4, hidden=32, depth=2, noise_head=False)
-    rollout = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=4)).collect()
-    assert rollout.metrics["rollout/crashed_episodes"] == 1
-    buf = rollout.buffers[0]
-    assert not bool(buf.valid[:, 1].any()) and bool(buf.valid[:, 0].any())
+    collector = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=4))
+    rollout = collector.collect()
+    m = rollout.metrics
+    assert m["rollout/crashed_episodes"] == 1 and m["rollout/tries"] == 2 and m["rollout/groups_kept"] == 4
+    first, second = rollout.buffers
+    assert not bool(first.valid[:, 1].any()) and bool(first.valid[:, 0].any())
+    assert first.valid[0].tolist() == [True, False, True, True]
+    assert second.valid[0].tolist() == [True, False, False, False]  # one replacement; the surplus is trimmed
+
+    always = True
+    rollout = collector.collect()
+    m = rollout.metrics
+    assert m["rollout/crashed_episodes"] == 16 and m["rollout/tries"] == 4 and m["rollout/groups_kept"] == 0
+    assert rollout.buffers == []
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "train").glob("*.yaml")))

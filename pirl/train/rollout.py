@@ -5,7 +5,7 @@ share one (task, seed) context, N = groups x G), resets, steps until every episo
 ended, stores what the algorithms need, and bootstraps truncated episodes from the value
 of their final observation. With a group filter on, it keeps rolling out fresh contexts
 until enough informative groups are collected (RIPT-VLA dynamic sampling), within a
-bounded number of tries.
+bounded number of tries; groups cut short by a crashed simulator are re-collected the same way.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class CollectorConfig:
     min_groups: Optional[int] = None
     """With a filter: keep rolling out until this many informative groups are kept; None = num_groups."""
     max_tries: int = 4
-    """With a filter: at most this many environment batches per collect() call."""
+    """At most this many environment batches per collect() call: more than one only with a filter, or when
+    crashed episodes' groups must be re-collected."""
     seed: int = 0
     """Seeds the context sampler (tasks and reset seeds) and the policy's sampling noise."""
     task_sampling: Literal["uniform", "adaptive"] = "uniform"
@@ -208,8 +209,8 @@ class RolloutCollector:
     def collect(self) -> Rollout:
         """Rollouts for one update: buffers of kept groups and ``rollout/*`` / ``perf/*`` metrics."""
         cfg, N = self.cfg, self.cfg.num_envs
-        target = cfg.min_groups or cfg.num_groups
         filtering = cfg.group_filter != "none"
+        target = (cfg.min_groups or cfg.num_groups) if filtering else cfg.num_groups
         start = time.perf_counter()
         buffers, episodes = [], []
         kept_groups = dropped = tries = crashed_groups = 0
@@ -222,7 +223,7 @@ class RolloutCollector:
             episodes.append(ep)
             self._update_task_success(contexts, ep)
             # a crashed env worker cut these episodes short: drop their whole groups (a partial group would
-            # bias group baselines)
+            # bias group baselines); like uninformative groups, they are replaced by the next try's fresh contexts
             crashed = torch.isin(buf.group, buf.group[torch.from_numpy(ep["crashed"])])
             n_crashed = len(torch.unique(buf.group[crashed]))
             crashed_groups += n_crashed
@@ -230,28 +231,26 @@ class RolloutCollector:
                 keep, n_drop = self._filter(ep, buf.group)
                 n_drop += len(torch.unique(buf.group[keep & crashed]))
                 keep &= ~crashed
-                # trim to the target so batch sizes stay steady
-                kept_ids = torch.unique(buf.group[keep])
-                surplus = kept_groups + len(kept_ids) - target
-                if surplus > 0:
-                    extra = kept_ids[len(kept_ids) - surplus:]
-                    keep &= ~torch.isin(buf.group, extra)
-                    n_drop += surplus
-                buf.drop_envs(~keep)
-                buf.groups_dropped = n_drop
-                dropped += n_drop
-                kept_groups += len(kept_ids) - max(surplus, 0)
             else:
-                buf.drop_envs(crashed)
-                buf.groups_dropped = n_crashed
-                dropped += n_crashed
-                kept_groups += cfg.num_groups - n_crashed
+                keep, n_drop = ~crashed, n_crashed
+            # trim to the target so batch sizes stay steady
+            kept_ids = torch.unique(buf.group[keep])
+            surplus = kept_groups + len(kept_ids) - target
+            if surplus > 0:
+                extra = kept_ids[len(kept_ids) - surplus:]
+                keep &= ~torch.isin(buf.group, extra)
+                n_drop += surplus
+            buf.drop_envs(~keep)
+            buf.groups_dropped = n_drop
+            dropped += n_drop
+            kept_groups += len(kept_ids) - max(surplus, 0)
             buffers.append(buf)
-            if not filtering or kept_groups >= target or tries >= cfg.max_tries:
+            if kept_groups >= target or tries >= cfg.max_tries:
                 break
-        if filtering and kept_groups < target:
-            log.warning("collector: %d of %d informative groups after %d tries (max_tries); the batch is smaller",
-                        kept_groups, target, tries)
+        if kept_groups < target:
+            what = "informative groups" if filtering else "groups (the others crashed)"
+            log.warning("collector: %d of %d %s after %d tries (max_tries); the batch is smaller",
+                        kept_groups, target, what, tries)
         elapsed = time.perf_counter() - start
         ok = np.concatenate([~e["crashed"] for e in episodes])  # crashed episodes say nothing about the policy
         cat = lambda key: np.concatenate([e[key] for e in episodes])[ok] if ok.any() else np.zeros(1)  # noqa: E731
