@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MACHINE = "2-core CPU (shared with other jobs: timings are indicative)"
+MACHINE = os.environ.get("PIRL_BENCH_MACHINE", "2-core CPU (shared with other jobs: timings are indicative)")
+"""What results files name as the machine; set PIRL_BENCH_MACHINE when benchmarking elsewhere."""
 
 
 def setup_threads(n: int = 1) -> None:

@@ -18,6 +18,7 @@ Never run in CI. ``--tiny`` runs the tiny configurations on CPU to check the scr
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -218,6 +219,9 @@ def main() -> None:
     peak = measure_peak(device, args.tiny)
     print(f"peak {'bf16' if device.type == 'cuda' else 'fp32'} matmul: {peak / 1e12:.2f} TFLOP/s", flush=True)
     out: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": os.environ.get("PIRL_BENCH_MACHINE", platform.node()),
+        "command": " ".join(["python"] + sys.argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "tiny": args.tiny, "denoise_steps": args.steps, "throughput_cameras": args.cameras,
         "peak_tflops": peak / 1e12, "dtype": "bf16 weights, fp32 norms/projections/log-probs",

@@ -321,36 +321,20 @@ def test_killed_rollout_worker_restarts_with_current_weights(cluster):
         pool.close()
 
 
-def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path):
-    """runner=ray with a rollout worker, a 2-process gloo learner and collocated placement: the first
-    iteration's rollout statistics and updated weights are the single-process trainer's."""
-    from pirl.policies.io import save_policy
-    from pirl.train.rl import Trainer, TrainConfig
+def first_iteration_matches_local(base, ray_cfg, tmp_path, check_ray) -> None:
+    """Runs one iteration of ``base`` (runner=local) and of ``ray_cfg``, calls ``check_ray(trainer, weights, metrics)``
+    (its step's metrics too) on the Ray run, then asserts equal rollout statistics and weights within 1e-5, and that the update moved."""
+    from pirl.train.rl import Trainer
 
-    torch.manual_seed(0)
-    save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
-    base = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1, eval_num_envs=2,
-                       eval_episodes_per_task=2, videos_per_task=0)
-    ray_cfg = dataclasses.replace(base, runner="ray", env_workers=2, rollout_workers=1, learner_processes=2,
-                                  placement="collocated", worker_cpus=0.25)
     metrics, weights = [], []
     for i, cfg in enumerate((base, ray_cfg)):
         trainer = Trainer(cfg, tmp_path / f"run{i}")
         try:
-            start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+            start = {k: v.detach().cpu().clone() for k, v in trainer.policy.state_dict().items()}
             metrics.append(trainer.step())
-            weights.append({k: v.clone() for k, v in trainer.policy.state_dict().items()})
+            weights.append({k: v.detach().cpu().clone() for k, v in trainer.policy.state_dict().items()})
             if cfg.runner == "ray":
-                r = trainer.ray
-                nodes = ray.get([w.node.remote() for w in r.env.workers + r.pool.workers])
-                assert len(set(nodes)) == 1  # collocated: one STRICT_PACK placement group
-                assert r.pool.version == 1 and r.pool.versions() == [0]  # published, loaded on the next request
-                trainer.collect()
-                assert r.pool.versions() == [1]
-                assert metrics[-1]["rollout/rollout_worker_restarts"] == 0
-                rank1 = ray.get(r.learners.actors[0].state_dict.remote())  # took the same all-reduced steps
-                for k, v in weights[-1].items():
-                    torch.testing.assert_close(rank1[k], v, rtol=0, atol=0, msg=k)
+                check_ray(trainer, weights[-1], metrics[-1])
         finally:
             trainer.close()
     loc, rem = metrics
@@ -360,6 +344,34 @@ def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path
     for k in weights[0]:
         torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-5, msg=k)
     assert any(not torch.equal(start[k], v) for k, v in weights[1].items()), "the update changed nothing"
+
+
+def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path):
+    """runner=ray with a rollout worker, a 2-process gloo learner and collocated placement: the first
+    iteration's rollout statistics and updated weights are the single-process trainer's."""
+    from pirl.policies.io import save_policy
+    from pirl.train.rl import TrainConfig
+
+    torch.manual_seed(0)
+    save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
+    base = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1, eval_num_envs=2,
+                       eval_episodes_per_task=2, videos_per_task=0)
+    ray_cfg = dataclasses.replace(base, runner="ray", env_workers=2, rollout_workers=1, learner_processes=2,
+                                  placement="collocated", worker_cpus=0.25)
+
+    def check_ray(trainer, weights, metrics):
+        r = trainer.ray
+        nodes = ray.get([w.node.remote() for w in r.env.workers + r.pool.workers])
+        assert len(set(nodes)) == 1  # collocated: one STRICT_PACK placement group
+        assert r.pool.version == 1 and r.pool.versions() == [0]  # published, loaded on the next request
+        trainer.collect()
+        assert r.pool.versions() == [1]
+        assert metrics["rollout/rollout_worker_restarts"] == 0
+        rank1 = ray.get(r.learners.actors[0].state_dict.remote())  # took the same all-reduced steps
+        for k, v in weights.items():
+            torch.testing.assert_close(rank1[k], v, rtol=0, atol=0, msg=k)
+
+    first_iteration_matches_local(base, ray_cfg, tmp_path, check_ray)
 
 
 def test_dead_learner_rank_resumes_from_last_checkpoint(cluster, tmp_path, monkeypatch):

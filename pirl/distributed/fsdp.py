@@ -16,6 +16,10 @@ and ``clip_grad_norm_`` on the sharded gradients clips by the global norm. Check
 tensors only: :meth:`FSDPPPOUpdater.full_state_dict` and :meth:`FSDPPPOUpdater.optimizer_state_dict`
 gather them to rank 0, and the optimiser state uses the single-process ``optimizer.state_dict()``
 layout, so a checkpoint resumes under any learner strategy.
+
+The device mesh is on the policy's device type: CPU over gloo (tested), or CUDA over nccl, one GPU
+per rank (written for, but not run on a GPU yet; gloo cannot all-gather CUDA tensors, so the
+learner group refuses fsdp on CUDA over gloo).
 """
 
 from __future__ import annotations
@@ -49,14 +53,15 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def shard_policy(policy: nn.Module, world: int, *, min_unit_params: int = MIN_UNIT_PARAMS,
                  copy: bool = True) -> nn.Module:
-    """``policy`` (or, with ``copy``, a copy of it) sharded over a 1-D CPU mesh of ``world`` ranks (the
-    default process group)."""
+    """``policy`` (or, with ``copy``, a copy of it) sharded over a 1-D mesh of ``world`` ranks (the default
+    process group) on the policy's device type: CPU (gloo) or CUDA (nccl; not run on a GPU yet)."""
     for name, p in policy.named_parameters():
         if p.dtype != torch.float32:
             raise NotImplementedError(f"learner_strategy='fsdp' shards float32 weights only; {name} is {p.dtype} "
-                                      "(mixed precision is not built for the CPU/gloo learner)")
+                                      "(mixed precision is not built)")
     replica = deepcopy(policy) if copy else policy
-    mesh = init_device_mesh("cpu", (world,))
+    # FSDP allocates its gather and reduce buffers on the mesh's device type: it must be the weights'
+    mesh = init_device_mesh(next(policy.parameters()).device.type, (world,))
     for module in list(replica.modules())[1:]:
         if not any(True for _ in module.children()) and \
                 sum(p.numel() for p in module.parameters(recurse=False)) >= min_unit_params:

@@ -1,4 +1,4 @@
-"""Data-parallel PPO update over ``torch.distributed`` (gloo on CPU, nccl on GPU).
+"""Data-parallel PPO update over ``torch.distributed`` (gloo on CPU, nccl or gloo on GPU).
 
 Every rank holds the same policy, optimiser state and full rollout batch (the Ray layer
 ships it), and the same minibatch order (same seed). Each rank re-scores its share of every
@@ -8,10 +8,17 @@ summation order. The loss math is PPOUpdater's own: this class only splits and r
 Every rank runs the same number of forward/backward passes per minibatch (a smaller or empty
 share is padded with weight-0 rows), which the sharded subclass needs
 (:mod:`pirl.distributed.fsdp`, ``learner_strategy='fsdp'``): there every forward is a collective.
+
+Every tensor a collective sees lives on the policy's device, because nccl reduces CUDA tensors
+only; gloo takes CPU tensors and (all-reduce, broadcast) CUDA ones, which is what lets several
+ranks share one GPU. nccl needs a GPU of its own per rank: :func:`shared_gpus` finds ranks that
+were handed the same one (:class:`LearnerGroup` checks before the rendezvous, where NCCL would
+otherwise hang or fail obscurely).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from datetime import timedelta
@@ -25,12 +32,76 @@ from pirl.algorithms.buffer import RolloutBatch
 from pirl.algorithms.ppo import PPOUpdater, RatioCheckError, ppo_loss
 
 
+Backend = Literal["auto", "nccl", "gloo"]
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """'nccl' or 'gloo' for learner ranks whose policy lives on ``device`` ('auto': nccl on CUDA, gloo on CPU)."""
+    device = torch.device(device)
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"learner backend must be 'auto', 'nccl' or 'gloo', got {backend!r}")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"learner backend 'nccl' reduces CUDA tensors only; the policy is on {device} "
+                         "(use 'gloo' or 'auto' for a CPU policy)")
+    return backend
+
+
+def _indexed(device: torch.device | str) -> torch.device:
+    """``device`` with its index filled in ('cuda' -> the current CUDA device)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def gpu_uuid(device: torch.device | str) -> Optional[str]:
+    """The physical identity of ``device``'s GPU (same in every process that sees it, whatever its index
+    there), or None off CUDA."""
+    device = _indexed(device)
+    return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
+
+
+def shared_gpus(uuids: list[Optional[str]]) -> dict[str, list[int]]:
+    """GPU UUID -> the ranks (list positions) that were handed that one GPU, for GPUs held by more than one
+    rank; ranks without a GPU (None) share nothing."""
+    ranks: dict[str, list[int]] = {}
+    for rank, uuid in enumerate(uuids):
+        if uuid is not None:
+            ranks.setdefault(uuid, []).append(rank)
+    return {uuid: r for uuid, r in ranks.items() if len(r) > 1}
+
+
+def check_one_gpu_per_rank(uuids: list[Optional[str]], backend: str) -> None:
+    """Raises (with the cause and the fixes) when nccl ranks would share a GPU: NCCL refuses that, by hanging
+    or failing in the rendezvous rather than with a message naming it. gloo ranks may share."""
+    shared = shared_gpus(uuids)
+    if backend != "nccl" or not shared:
+        return
+    which = "; ".join(f"ranks {r} on GPU {uuid}" for uuid, r in shared.items())
+    raise RuntimeError(
+        f"learner_backend='nccl' needs one GPU per learner rank, but {which} (rank 0 is the trainer). Ray does "
+        "not count the trainer's (driver's) GPU, so it can hand a learner rank the trainer's GPU. Fixes: give Ray "
+        "only the GPUs the trainer does not use, e.g. on a 4-GPU node `ray start --head --num-gpus=3` (Ray hands "
+        "out GPUs 0-2) and the trainer with ray_address=auto, CUDA_VISIBLE_DEVICES including one more GPU than Ray "
+        "is given (all 4) and device=cuda:3; or use learner_backend=gloo, whose ranks may share a GPU.")
+
+
 def init_process_group(rank: int, world_size: int, *, address: str = "127.0.0.1", port: int = 29511,
-                       backend: str = "gloo", timeout_s: float = 300.0) -> None:
-    """Joins the ``world_size`` learner processes (rank 0 listens on address:port)."""
+                       backend: str = "gloo", timeout_s: float = 300.0,
+                       device: Optional[torch.device | str] = None) -> None:
+    """Joins the ``world_size`` learner processes (rank 0 listens on address:port). nccl binds this process
+    to ``device`` (default: the current CUDA device)."""
+    kwargs: dict[str, Any] = {}
+    if backend == "nccl":
+        device = _indexed(device or "cuda")
+        # NCCL's communicator and every later collective use the current device, which need not be the policy's
+        torch.cuda.set_device(device)
+        kwargs["device_id"] = device
     # an explicit tcp:// address: MASTER_* left in the environment by an earlier group would win over ours
     dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_s))
+                            timeout=timedelta(seconds=timeout_s), **kwargs)
 
 
 def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
@@ -51,6 +122,8 @@ class DistributedPPOUpdater(PPOUpdater):
             raise RuntimeError("torch.distributed is not initialised: call init_process_group() first")
         self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        self.device = next(self.policy.parameters()).device
+        """Where every tensor handed to a collective lives (nccl reduces CUDA tensors only)."""
 
     # -- full state (collectives in the sharded subclass: every rank calls them together) -------------
     def full_state_dict(self) -> dict[str, Tensor]:
@@ -93,9 +166,9 @@ class DistributedPPOUpdater(PPOUpdater):
     def check_ratio(self, batch: RolloutBatch) -> float:
         shard = self._shard(batch)
         try:  # a filler row is another rank's: its deviation is that rank's too
-            worst = torch.tensor(super().check_ratio(shard if len(shard) else self._filler(batch)))
+            worst = torch.tensor(super().check_ratio(shard if len(shard) else self._filler(batch)), device=self.device)
         except RatioCheckError:
-            worst = torch.tensor(float("inf"))
+            worst = torch.tensor(float("inf"), device=self.device)
         dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=self.group)  # every rank decides alike
         if not float(worst) <= self.cfg.ratio_check_tol:
             return super().check_ratio(batch)  # raises with the full message
@@ -115,7 +188,8 @@ class DistributedPPOUpdater(PPOUpdater):
     def _accumulate(self, mb: RolloutBatch, micro: int) -> tuple[dict[str, Tensor], bool]:
         """Forward/backward of this rank's share, weighted by its fraction of the whole minibatch,
         then SUM-reduction of gradients and weighted diagnostics (MAX for ratio_max)."""
-        diag_sum: dict[str, Tensor] = {"policy/ratio_max": torch.zeros(())}
+        zero = torch.zeros((), device=self.device)
+        diag_sum: dict[str, Tensor] = {"policy/ratio_max": zero.clone()}  # reduced in place below
         finite = True
         for part, w in self._parts(mb, micro):
             out = self.policy.evaluate(part.obs, part.chain)
@@ -130,14 +204,14 @@ class DistributedPPOUpdater(PPOUpdater):
                 if k == "policy/ratio_max":
                     diag_sum[k] = torch.maximum(diag_sum[k], v) if w else diag_sum[k]
                 else:
-                    diag_sum[k] = diag_sum.get(k, torch.zeros(())) + (v * w if w else 0.0)
-        flag = torch.tensor(float(finite))
+                    diag_sum[k] = diag_sum.get(k, zero) + (v * w if w else 0.0)
+        flag = torch.tensor(float(finite), device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
         if flag.item() == 0.0:
             return diag_sum, False
         self._reduce_grads()
         keys = sorted(k for k in diag_sum if k != "policy/ratio_max")
-        vec = torch.stack([torch.as_tensor(diag_sum[k], dtype=torch.float32) for k in keys])
+        vec = torch.stack([torch.as_tensor(diag_sum[k], dtype=torch.float32, device=self.device) for k in keys])
         dist.all_reduce(vec, group=self.group)
         diag_sum.update(zip(keys, vec.unbind()))
         dist.all_reduce(diag_sum["policy/ratio_max"], op=dist.ReduceOp.MAX, group=self.group)
@@ -146,7 +220,7 @@ class DistributedPPOUpdater(PPOUpdater):
     def _reduce_grads(self) -> None:
         """Sums the ranks' gradients: one all-reduce of a flat buffer (the sharded subclass's reduce-scatter
         ran during backward)."""
-        has = torch.tensor([float(p.grad is not None) for p in self.params])
+        has = torch.tensor([float(p.grad is not None) for p in self.params], device=self.device)
         dist.all_reduce(has, op=dist.ReduceOp.MAX, group=self.group)
         params = [p for p, h in zip(self.params, has.tolist()) if h]  # a grad on any rank -> a grad on all
         for p in params:
@@ -211,34 +285,55 @@ def _is_link_error(e: BaseException) -> bool:
         s in text for s in ("gloo", "Connection closed by peer", "Connection reset", "Timed out", "timed out"))
 
 
+def _to_cpu(x: Any) -> Any:
+    """``x`` (tensors in dicts, lists, tuples) with every tensor on the CPU: what goes into the object store
+    must unpickle in any process, and a CUDA tensor unpickles only where CUDA is (on its index there)."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v) for v in x)
+    return x
+
+
 class LearnerRank:
-    """Learner rank >= 1 in a Ray actor: a policy replica (or shard) stepping in lockstep with the trainer (rank 0)."""
+    """Learner rank >= 1 in a Ray actor: a policy replica (or shard) stepping in lockstep with the trainer (rank 0).
+
+    On ``device='cuda'`` the replica lives on the GPU Ray gave the actor (Ray sets its CUDA_VISIBLE_DEVICES, so
+    it is ``cuda:0`` here); states and batches arrive as CPU tensors and move there."""
 
     def __init__(self, rank: int, world: int, skeleton: list, ppo: Any, optim: Any, seed: int,
-                 threads: int = 1, strategy: Strategy = "ddp") -> None:
+                 threads: int = 1, strategy: Strategy = "ddp", device: str = "cpu") -> None:
         import ray
 
         if threads:
             torch.set_num_threads(threads)
         self.rank, self.world, self.ppo, self.optim, self.seed = rank, world, ppo, optim, seed
         self.strategy = strategy
-        self.policy = ray.get(skeleton[0])
+        self.device = _indexed(device)
+        self.policy = ray.get(skeleton[0]).to(self.device)
 
     def pid(self) -> int:
         return os.getpid()
 
-    def join(self, address: str, port: int, timeout_s: float = 300.0) -> None:
-        init_process_group(self.rank, self.world, address=address, port=port, timeout_s=timeout_s)
+    def gpu(self) -> Optional[str]:
+        """The UUID of this rank's GPU (None on CPU)."""
+        return gpu_uuid(self.device)
+
+    def join(self, address: str, port: int, timeout_s: float = 300.0, backend: str = "gloo") -> None:
+        init_process_group(self.rank, self.world, address=address, port=port, timeout_s=timeout_s,
+                           backend=backend, device=self.device)
         # fsdp shards this process's copy in place: no full replica stays behind
         kwargs = {"copy": False} if self.strategy == "fsdp" else {}
         self.updater = make_updater(self.strategy, self.policy, self.ppo, self.optim, self.seed, **kwargs)
         self.policy = self.updater.policy
 
     def load(self, state: dict[str, Any]) -> None:
-        self.updater.load(state)
+        self.updater.load(state)  # load_state_dict copies into the parameters, on their device
 
     def update(self, batch: RolloutBatch) -> None:
-        self.updater.update(batch)  # rank 0 reports the (all-reduced) metrics
+        self.updater.update(batch.to(self.device))  # rank 0 reports the (all-reduced) metrics
         if self.updater.sharded:
             self.updater.full_state_dict()  # a collective: rank 0 keeps the gathered weights
 
@@ -246,8 +341,8 @@ class LearnerRank:
         self.updater.optimizer_state_dict()  # a collective: rank 0 keeps the gathered state
 
     def state_dict(self) -> dict[str, Tensor]:
-        """This rank's weights: a full replica (ddp) or its shards (fsdp)."""
-        return {k: (v.to_local() if hasattr(v, "to_local") else v).detach().clone()
+        """This rank's weights (CPU copies): a full replica (ddp) or its shards (fsdp)."""
+        return {k: (v.to_local() if hasattr(v, "to_local") else v).detach().cpu().clone()
                 for k, v in self.policy.state_dict().items()}
 
     def close(self) -> None:
@@ -261,7 +356,7 @@ def _free_port() -> int:
 
 
 class LearnerGroup:
-    """The PPO update over ``world`` gloo processes: this process is rank 0, Ray actors are the others.
+    """The PPO update over ``world`` processes: this process is rank 0, Ray actors are the others.
 
     Every rank gets the full batch through the object store (one ``ray.put`` per update) and
     re-scores its share; they start from rank 0's weights, optimiser and minibatch RNG
@@ -272,13 +367,25 @@ class LearnerGroup:
     rank, rank 0 included, holds a shard of a copy of the policy and of the optimiser state; after
     every update the full weights are gathered into the trainer's ``policy`` (rollouts, evaluation,
     checkpoints), and :attr:`optimizer` gathers / scatters the full optimiser state for checkpoints.
-    A rank that dies (or hangs past the gloo timeout) makes :meth:`update` raise :class:`LearnerFailure`
-    within a moment of its death (its peers' sockets close), not after the timeout; the trainer then
-    rebuilds the group and resumes from its last checkpoint.
+
+    Devices: the ranks run where the trainer's ``policy`` is. On CPU they are gloo processes. On CUDA
+    every rank actor asks Ray for ``gpus_per_rank`` GPUs (default 1) and moves its replica to its GPU;
+    ``backend='auto'`` is then nccl, which needs one GPU per rank, the trainer's included. Ray does not
+    count the driver's GPU, so it may hand a rank the trainer's: the ranks' GPU UUIDs are compared before
+    the rendezvous and a shared GPU is an error naming the fixes (:func:`check_one_gpu_per_rank`).
+    ``backend='gloo'`` with ``gpus_per_rank < 1`` lets ranks share a GPU (gloo reduces CUDA tensors
+    through host memory: for tests and one-GPU machines, not for speed); fsdp on CUDA needs nccl.
+    Everything shipped to the ranks (the policy skeleton, states, batches) is a CPU copy.
+
+    A rank that dies makes :meth:`update` raise :class:`LearnerFailure`. Under gloo that happens within a
+    moment of its death (its peers' sockets close), not after the timeout; the trainer then rebuilds the
+    group and resumes from its last checkpoint. Under nccl a dead peer is noticed only at the collective
+    timeout (``timeout_s``), and NCCL's watchdog may then abort the trainer process (not tested).
     """
 
     def __init__(self, policy: torch.nn.Module, ppo: Any, optim: Any, *, world: int, seed: int = 0,
-                 strategy: Strategy = "ddp", threads: int = 1, cpus_per_rank: float = 1.0, timeout_s: float = 300.0,
+                 strategy: Strategy = "ddp", backend: Backend = "auto", threads: int = 1,
+                 cpus_per_rank: float = 1.0, gpus_per_rank: Optional[float] = None, timeout_s: float = 300.0,
                  actor_options: Optional[Any] = None) -> None:
         import ray
 
@@ -286,20 +393,49 @@ class LearnerGroup:
             raise ValueError(f"a learner group needs world >= 2 processes, got {world}")
         if strategy not in ("ddp", "fsdp"):
             raise ValueError(f"learner strategy must be 'ddp' or 'fsdp', got {strategy!r}")
-        if next(policy.parameters()).device.type != "cpu":
-            raise NotImplementedError("the Ray learner group runs gloo on CPU only (no nccl ranks yet)")
-        self.policy = policy
+        device = _indexed(next(policy.parameters()).device)
+        if device.type not in ("cpu", "cuda"):
+            raise NotImplementedError(f"learner ranks run on CPU or CUDA, not {device.type}")
+        backend = resolve_backend(backend, device)
+        cuda = device.type == "cuda"
+        if gpus_per_rank is None:
+            gpus_per_rank = 1.0 if cuda else 0.0
+        if cuda and not gpus_per_rank > 0:
+            raise ValueError(f"a policy on {device} needs learner ranks on GPUs: gpus_per_rank > 0, "
+                             f"got {gpus_per_rank}")
+        if not cuda and gpus_per_rank:
+            raise ValueError(f"gpus_per_rank={gpus_per_rank} for a policy on {device}: GPU ranks need a CUDA policy")
+        if backend == "nccl" and gpus_per_rank < 1:
+            raise ValueError(f"learner backend 'nccl' needs one GPU per rank: gpus_per_rank >= 1, got {gpus_per_rank} "
+                             "(gloo ranks may share a GPU)")
+        if strategy == "fsdp" and cuda and backend != "nccl":
+            # FSDP all-gathers and reduce-scatters, which gloo does for CPU tensors only
+            raise NotImplementedError("learner_strategy='fsdp' on CUDA needs learner_backend='nccl'")
+        if cuda and ray.cluster_resources().get("GPU", 0.0) < gpus_per_rank * (world - 1):
+            # the actors would wait for GPUs that never come
+            raise ValueError(f"{world - 1} learner rank(s) x gpus_per_rank={gpus_per_rank} need "
+                             f"{gpus_per_rank * (world - 1):g} GPUs; the Ray cluster has "
+                             f"{ray.cluster_resources().get('GPU', 0.0):g}")
+        self.policy, self.device, self.backend = policy, device, backend
         address, port = ray.util.get_node_ip_address(), _free_port()
-        cls = ray.remote(num_cpus=cpus_per_rank, max_restarts=0, enable_task_events=False)(LearnerRank)
+        cls = ray.remote(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank, max_restarts=0,
+                         enable_task_events=False)(LearnerRank)
         options = actor_options or (lambda i: {})
-        skeleton = [ray.put(policy)]
-        self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads, strategy)
+        skeleton = [ray.put(copy.deepcopy(policy).cpu() if cuda else policy)]
+        self.actors = [cls.options(**options(r - 1)).remote(r, world, skeleton, ppo, optim, seed, threads, strategy,
+                                                              device.type)
                        for r in range(1, world)]
-        # rendezvous only once every rank's process is up: starting actors can take minutes on a busy or
-        # cold cluster, and the gloo timeout should be about the collective, not that
-        ray.get([a.pid.remote() for a in self.actors])
-        joined = [a.join.remote(address, port, timeout_s) for a in self.actors]
-        init_process_group(0, world, address=address, port=port, timeout_s=timeout_s)  # returns once all joined
+        try:
+            # rendezvous only once every rank's process is up: starting actors can take minutes on a busy or
+            # cold cluster, and the collective timeout should be about the collective, not that
+            ray.get([a.pid.remote() for a in self.actors])
+            check_one_gpu_per_rank([gpu_uuid(device)] + ray.get([a.gpu.remote() for a in self.actors]), backend)
+        except BaseException:
+            self._kill()
+            raise
+        joined = [a.join.remote(address, port, timeout_s, backend) for a in self.actors]
+        init_process_group(0, world, address=address, port=port, timeout_s=timeout_s, backend=backend,
+                           device=device)  # returns once all joined
         self.updater = make_updater(strategy, policy, ppo, optim, seed)  # fsdp: collectives the actors join
         ray.get(joined)
         self.load()
@@ -315,7 +451,7 @@ class LearnerGroup:
 
     def load(self) -> None:
         """Copies rank 0's weights, minibatch RNG and (ddp) optimiser state to every rank (start, resume)."""
-        state = {"policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+        state = {"policy": {k: v.detach().to("cpu", copy=True) for k, v in self.policy.state_dict().items()},
                  "generator": self.updater.generator.get_state()}
         if not self.updater.sharded:
             state["optimizer"] = self.updater.optimizer.state_dict()
@@ -343,7 +479,7 @@ class LearnerGroup:
     def _load(self, state: dict[str, Any]) -> None:
         import ray
 
-        ref = ray.put(state)
+        ref = ray.put(_to_cpu(state))
         pending = [a.load.remote(ref) for a in self.actors]
         # scattering into shards is a collective: rank 0 joins
         self._together(pending, lambda: self.updater.load(state) if self.updater.sharded else None, "a state load")
@@ -356,7 +492,7 @@ class LearnerGroup:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         import ray
 
-        ref = ray.put(batch)
+        ref = ray.put(batch.to("cpu"))
         pending = [a.update.remote(ref) for a in self.actors]
 
         def rank0() -> dict[str, float]:
@@ -367,6 +503,13 @@ class LearnerGroup:
 
         return self._together(pending, rank0, "the update")
 
+    def _kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
     def close(self) -> None:
         import ray
 
@@ -374,9 +517,7 @@ class LearnerGroup:
             ray.get([a.close.remote() for a in self.actors], timeout=30)
         except Exception:  # noqa: BLE001 - a dead rank has nothing to close
             pass
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
+        self._kill()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -80,6 +80,11 @@ class RolloutWorker:
     def loaded_version(self) -> int:
         return self.version
 
+    def device_name(self) -> str:
+        """Where this replica's weights live, e.g. 'cuda:0 (NVIDIA H200)' (tests, monitoring)."""
+        dev = next(self.policy.parameters()).device
+        return f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
+
     def pid(self) -> int:
         import os
 
@@ -176,6 +181,10 @@ class RolloutWorkerPool:
 
     def pids(self) -> list[int]:
         return ray.get([w.pid.remote() for w in self.workers])
+
+    def device_names(self) -> list[str]:
+        """Each worker's weight device (see RolloutWorker.device_name)."""
+        return ray.get([w.device_name.remote() for w in self.workers])
 
     def close(self) -> None:
         for w in self.workers:

@@ -2,7 +2,8 @@
 
 Roles: env workers (simulators, :class:`RayVectorEnv`), rollout workers (policy replicas,
 :class:`RolloutWorkerPool`; 0 = inference in the trainer) and learner ranks
-(:class:`LearnerGroup`, ddp or fsdp; 1 = the trainer's own single-process update). Placement:
+(:class:`LearnerGroup`, ddp or fsdp, gloo or nccl; 1 = the trainer's own single-process update; on a
+GPU each learner rank asks Ray for ``learner_gpus``). Placement:
 
 - ``disaggregated``: every role asks Ray for its own resources; env workers are SPREAD over
   nodes, rollout workers go wherever their ``num_gpus`` fit.
@@ -32,19 +33,25 @@ class RayRunner:
 
     def __init__(self, *, address: Optional[str] = None, placement: Placement = "disaggregated",
                  env_workers: int = 2, rollout_workers: int = 0, learner_processes: int = 1,
-                 learner_strategy: Literal["ddp", "fsdp"] = "ddp", worker_cpus: float = 1.0, rollout_gpus: float = 0.0,
+                 learner_strategy: Literal["ddp", "fsdp"] = "ddp",
+                 learner_backend: Literal["auto", "nccl", "gloo"] = "auto", learner_gpus: float = 0.0,
+                 worker_cpus: float = 1.0, rollout_gpus: float = 0.0,
                  threads: int = 1) -> None:
+        """``learner_gpus``: GPUs per learner rank, > 0 exactly when the policy is on CUDA (>= 1 for nccl)."""
         if placement not in ("disaggregated", "collocated"):
             raise ValueError(f"placement must be 'disaggregated' or 'collocated', got {placement!r}")
         self.placement, self.worker_cpus, self.rollout_gpus, self.threads = placement, worker_cpus, rollout_gpus, threads
-        self.learner_strategy = learner_strategy
+        self.learner_strategy, self.learner_backend = learner_strategy, learner_backend
+        self.learner_gpus = learner_gpus
         self.counts = {"env": env_workers, "rollout": rollout_workers, "learner": max(learner_processes - 1, 0)}
         self.started = init_ray(address)
         self.pg = None
         if placement == "collocated":
-            bundles = ([{"CPU": worker_cpus}] * env_workers
-                       + [{"CPU": worker_cpus, **({"GPU": rollout_gpus} if rollout_gpus else {})}] * rollout_workers
-                       + [{"CPU": worker_cpus}] * self.counts["learner"])
+            def bundle(gpus: float) -> dict[str, float]:
+                return {"CPU": worker_cpus, **({"GPU": gpus} if gpus else {})}
+
+            bundles = ([bundle(0)] * env_workers + [bundle(rollout_gpus)] * rollout_workers
+                       + [bundle(learner_gpus)] * self.counts["learner"])
             self.pg = placement_group(bundles, strategy="STRICT_PACK")
             ray.get(self.pg.ready(), timeout=300)
         self.env: Optional[RayVectorEnv] = None
@@ -76,7 +83,8 @@ class RayRunner:
         return RemotePolicy(policy, self.pool)
 
     def updater(self, policy: torch.nn.Module, ppo: Any, optim: Any, seed: int) -> Any:
-        """The PPO updater: the trainer's own, or rank 0 of a gloo learner group over Ray actors (ddp or fsdp)."""
+        """The PPO updater: the trainer's own, or rank 0 of a learner group over Ray actors (ddp or fsdp; gloo or
+        nccl)."""
         if not self.counts["learner"]:
             from pirl.algorithms import PPOUpdater
 
@@ -84,8 +92,9 @@ class RayRunner:
         from pirl.distributed.learner import LearnerGroup
 
         self.learners = LearnerGroup(policy, ppo, optim, world=self.counts["learner"] + 1, seed=seed,
-                                     strategy=self.learner_strategy, threads=self.threads,
-                                     cpus_per_rank=self.worker_cpus, actor_options=self.options("learner"))
+                                     strategy=self.learner_strategy, backend=self.learner_backend, threads=self.threads,
+                                     cpus_per_rank=self.worker_cpus, gpus_per_rank=self.learner_gpus,
+                                     actor_options=self.options("learner"))
         return self.learners
 
     def weights_changed(self, policy: torch.nn.Module) -> None:

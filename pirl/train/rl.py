@@ -113,13 +113,21 @@ class TrainConfig:
     rollout_gpus: float = 0.0
     """runner=ray: GPUs per rollout worker (a fraction shares one GPU); 0 = CPU inference."""
     learner_processes: int = 1
-    """runner=ray: PPO update data-parallel over this many gloo processes (the trainer + Ray actors; CPU only);
-    1 = the single-process update."""
+    """runner=ray: PPO update data-parallel over this many processes (the trainer + Ray actors; on CPU, or with
+    device=cuda one GPU per actor, see learner_backend); 1 = the single-process update."""
     learner_strategy: Literal["ddp", "fsdp"] = "ddp"
     """runner=ray, learner_processes >= 2: ddp (every rank holds the whole policy and optimiser; gradients
     all-reduced) or fsdp (every rank, the trainer included, holds a 1/learner_processes shard of the weights,
     gradients and optimiser state, PyTorch FSDP2; the trainer's full policy is gathered after every update).
-    CPU / gloo only."""
+    On CUDA fsdp needs learner_backend nccl (auto), and has not been run on a GPU yet."""
+    learner_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """runner=ray, learner_processes >= 2: torch.distributed backend of the learner ranks. auto = nccl when device
+    is cuda, gloo on CPU. nccl needs one GPU per rank, the trainer's included, so Ray must not be given the
+    trainer's GPU (docs/ray.md); gloo also reduces CUDA tensors (through host memory, slower) and lets ranks
+    share a GPU."""
+    learner_gpus: float = 1.0
+    """runner=ray, learner_processes >= 2, device=cuda: GPUs each learner-rank actor asks Ray for (nccl: 1, a GPU
+    of its own; gloo: a fraction lets ranks share one, e.g. 0.5 on a one-GPU machine). Unused on CPU."""
     placement: Literal["disaggregated", "collocated"] = "disaggregated"
     """runner=ray: disaggregated (each role asks Ray for its own resources; env workers spread over nodes) or
     collocated (one STRICT_PACK placement group: every worker actor on one node). See docs/ray.md."""
@@ -156,6 +164,21 @@ class TrainConfig:
             raise ValueError(f"learner_strategy='fsdp' shards the update over learner processes: it needs runner='ray' "
                              f"and learner_processes >= 2, got runner={self.runner!r}, "
                              f"learner_processes={self.learner_processes}")
+        if not self.learner_gpus > 0:
+            raise ValueError(f"learner_gpus must be > 0 (GPUs per learner rank with device=cuda), got {self.learner_gpus}")
+        if self.learner_backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"learner_backend must be 'auto', 'nccl' or 'gloo', got {self.learner_backend!r}")
+        if self.learner_backend != "auto" and (self.runner != "ray" or self.learner_processes < 2):
+            raise ValueError(f"learner_backend={self.learner_backend!r} picks the learner ranks' backend: it needs "
+                             f"runner='ray' and learner_processes >= 2, got runner={self.runner!r}, "
+                             f"learner_processes={self.learner_processes}")
+        cuda = str(self.device).startswith("cuda")
+        if self.learner_backend == "nccl" and not cuda:
+            raise ValueError(f"learner_backend='nccl' reduces CUDA tensors only: it needs device='cuda', "
+                             f"got device={self.device!r} (use 'gloo' or 'auto' on CPU)")
+        if self.learner_strategy == "fsdp" and cuda and self.learner_backend == "gloo":
+            raise ValueError("learner_strategy='fsdp' on CUDA needs learner_backend 'nccl' or 'auto' (gloo cannot "
+                             "all-gather CUDA tensors)")
         if self.pipelined and (self.runner != "ray" or self.env_workers < 2):
             raise ValueError(f"pipelined=True needs runner='ray' and env_workers >= 2, got runner={self.runner!r}, "
                              f"env_workers={self.env_workers}")
@@ -215,7 +238,9 @@ class Trainer:
 
             self.ray = RayRunner(address=cfg.ray_address, placement=cfg.placement, env_workers=cfg.env_workers,
                                  rollout_workers=cfg.rollout_workers, learner_processes=cfg.learner_processes,
-                                 learner_strategy=cfg.learner_strategy, worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
+                                 learner_strategy=cfg.learner_strategy, learner_backend=cfg.learner_backend,
+                                 learner_gpus=cfg.learner_gpus if torch.device(cfg.device).type == "cuda" else 0.0,
+                                 worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
         self.env = self.make_rollout_env()
         self.eval_env = None
         collector_cls = RolloutCollector

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one go (never run by CI): the CUDA tests (learner ranks on GPUs, GPU rollout
+# workers), then the vision-language rollout benchmark with inference on the GPU, then π0's GPU benchmark.
+# Needs torch with CUDA, ray, metaworld + mujoco (EGL rendering) and, for π0, transformers.
+#
+#   bash bench/gpu_check.sh [LOG_DIR]      # logs and result files also copied to LOG_DIR (default: none)
+#
+# Each step has a time limit so a hang cannot eat the machine; a failed step does not stop the next one.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+LOG=${1:-}
+export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+PY=${PYTHON:-python3}
+rc=0
+step() {  # step NAME SECONDS CMD...: runs CMD under a time limit, logs to LOG/NAME.log
+  local name=$1 secs=$2
+  shift 2
+  echo "=== $name ($(date -u +%H:%M:%S), limit ${secs}s): $*"
+  if [ -n "$LOG" ]; then timeout "$secs" "$@" 2>&1 | tee "$LOG/$name.log"; else timeout "$secs" "$@" 2>&1; fi
+  local r=$?
+  echo "=== $name: rc $r"
+  [ $r -eq 0 ] || rc=1
+}
+[ -n "$LOG" ] && mkdir -p "$LOG"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__)"
+
+step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
+step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 8 --episode-steps 100 --repeats 1 \
+  --threads 4 --act-batches 1 8 64 256
+step pi0_gpu 150 $PY bench/bench_pi0_gpu.py --variants pi0 --batches 8 32 --warmup 1 --iters 3
+if [ -n "$LOG" ]; then
+  cp bench/results/vla_rollout.json bench/results/vla_rollout.md bench/results/pi0_gpu.json "$LOG"/ 2>/dev/null
+fi
+exit $rc
