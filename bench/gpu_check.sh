@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go (never run by CI): the CUDA tests (learner ranks on GPUs, GPU rollout
-# workers), then the vision-language rollout benchmark with inference on the GPU, then π0's GPU benchmark.
+# workers), then the vision-language rollout benchmark with inference on the GPU, the learner-rank benchmark
+# (on the machine's CPU cores), then π0's GPU benchmark.
 # Needs torch with CUDA, ray, metaworld + mujoco (EGL rendering) and, for π0, transformers.
 #
 #   bash bench/gpu_check.sh [LOG_DIR]      # logs and result files also copied to LOG_DIR (default: none)
@@ -28,8 +29,10 @@ $PY -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.cuda.
 step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
 step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 8 --episode-steps 100 --repeats 1 \
   --threads 4 --act-batches 1 8 64 256
+step learner 150 $PY bench/bench_learner.py --worlds 2 4 8 --samples 4096 --hidden 1024 --repeats 2  # the CPU cores
 step pi0_gpu 150 $PY bench/bench_pi0_gpu.py --variants pi0 --batches 8 32 --warmup 1 --iters 3
 if [ -n "$LOG" ]; then
-  cp bench/results/vla_rollout.json bench/results/vla_rollout.md bench/results/pi0_gpu.json "$LOG"/ 2>/dev/null
+  cp bench/results/vla_rollout.json bench/results/vla_rollout.md bench/results/learner.json bench/results/learner.md \
+    bench/results/pi0_gpu.json "$LOG"/ 2>/dev/null
 fi
 exit $rc
