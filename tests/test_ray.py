@@ -28,6 +28,7 @@ from pirl.policies.mlp import make_mlp_policy  # noqa: E402
 from pirl.train.rollout import CollectorConfig, RolloutCollector  # noqa: E402
 
 PM = EnvConfig(suite="point_mass", chunk=4)
+SAMPLER = SamplerConfig(method="flow_sde", steps=4, logp_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +318,51 @@ def test_killed_rollout_worker_restarts_with_current_weights(cluster):
         # two shards draw their own noise, from generators seeded by the caller's: the local policy re-scores them
         torch.testing.assert_close(c.policy.evaluate(obs, after.chain).log_prob, after.log_prob, rtol=0, atol=1e-5)
         torch.testing.assert_close(pool.value(obs), c.policy.value(obs), rtol=0, atol=1e-6)  # other batch shapes
+    finally:
+        pool.close()
+
+
+def test_publish_ships_only_trainable_weights_once_the_base_is_out(cluster):
+    """With part of the policy frozen, publishes after the first ship the trainable part (and buffers) only;
+    workers, a restarted one too, act with base + delta; frozen weights changed otherwise need full=True."""
+    from pirl.distributed.rollout import RolloutWorkerPool
+
+    c = _collector(make_env(PM, 4))
+    policy = c.policy
+    frozen = [p for n, p in policy.named_parameters() if not n.startswith(("value_head", "noise_head"))][:2]
+    for p in frozen:
+        p.requires_grad_(False)
+    nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731
+    full = nbytes(policy.state_dict().values())
+    obs = policy.prepare(make_env(PM, 4).reset([Context(0, i) for i in range(4)]))
+
+    def same_as_local(pool):
+        out = pool.act(obs, SAMPLER, torch.Generator().manual_seed(5))
+        ref = policy.act(obs, SAMPLER, generator=torch.Generator().manual_seed(5))
+        return torch.equal(out.actions, ref.actions) and torch.equal(out.log_prob, ref.log_prob)
+
+    pool = RolloutWorkerPool(policy, 1, cpus_per_worker=0.25)
+    try:
+        assert pool.last_publish_bytes == full and same_as_local(pool)
+        with torch.no_grad():  # an update: trainable weights only
+            for p in policy.parameters():
+                if p.requires_grad:
+                    p.add_(0.05)
+        pool.publish(policy)
+        assert pool.last_publish_bytes == full - nbytes(frozen) and same_as_local(pool)
+        pid = pool.pids()[0]
+        _kill(pool.workers[0], pid)
+        assert same_as_local(pool) and pool.restarts == 1  # the new actor loads base, then delta
+        with torch.no_grad():
+            frozen[0].mul_(1.5)
+        pool.publish(policy)
+        assert not same_as_local(pool)  # the contract: frozen weights are not re-sent ...
+        pool.publish(policy, full=True)
+        assert pool.last_publish_bytes == full and same_as_local(pool)  # ... unless asked
+        for p in frozen:  # nothing frozen: every publish is a full one
+            p.requires_grad_(True)
+        pool.publish(policy)
+        assert pool.last_publish_bytes == full and same_as_local(pool) and pool.versions() == [pool.version]
     finally:
         pool.close()
 

@@ -5,10 +5,15 @@ stays local (the buffer stores the trainer's own observation tensors), ``act`` a
 ``value`` split the batch over the workers' replicas and concatenate the answers.
 
 Weights travel through the object store, never disk: :meth:`RolloutWorkerPool.publish`
-``ray.put``-s one CPU state dict per update and bumps a version; every request carries
-``(version, [ref])`` and a worker loads the weights only when its version differs. So a
-restarted worker (new actor, version -1) picks up the current weights on its first request,
-and the previous version's object is freed once the pool drops its ref.
+``ray.put``-s CPU tensors (as raw-byte numpy arrays, which Ray stores without a pickling copy)
+once per update and bumps a version; every request carries the
+:class:`WeightRefs` and a worker loads weights only when its versions differ. So a restarted
+worker (new actor, versions -1) picks up the current weights on its first request, and a
+previous version's object is freed once the pool drops its ref. When part of the policy is
+frozen (``requires_grad`` False, e.g. π0's VLM with ``set_trainable('expert')``) only the
+first publish ships the full state (the *base*); later ones ship the trainable parameters and
+the buffers (the *delta*), a tenth of π0's bytes. Frozen weights are taken to be unchanged
+between publishes: after changing them otherwise (a checkpoint load) publish with ``full=True``.
 
 Sampling noise: with one worker on the trainer's device type the trainer's generator state
 is shipped with the request and the advanced state comes back, so the rollouts are the
@@ -20,7 +25,8 @@ generator: reproducible and resumable, equal in distribution to local sampling.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -31,6 +37,35 @@ from torch import Tensor
 
 from pirl.distributed.env import respawn
 from pirl.distributed.pipeline import cat_outputs
+
+
+@dataclass(frozen=True)
+class WeightRefs:
+    """What every request carries: the full state published last (``base``) and the trainable part published
+    since (``delta``, None right after a full publish), each behind a list so Ray passes the ref, not the object."""
+
+    version: int
+    base_version: int
+    base: list
+    delta: list
+
+
+Packed = dict[str, tuple[np.ndarray, torch.dtype, tuple[int, ...]]]
+
+
+def pack_state(state: dict[str, Tensor]) -> Packed:
+    """A state dict as raw-byte numpy arrays (+ dtype, shape): Ray stores numpy arrays out of band, with no
+    pickling copy, and a reader maps them straight from shared memory: 3-4x faster than pickled tensors
+    (bench/bench_publish.py)."""
+    return {k: (v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), v.dtype, tuple(v.shape))
+            for k, v in state.items()}
+
+
+def unpack_state(packed: Packed) -> dict[str, Tensor]:
+    """The tensors of :func:`pack_state`, sharing the (read-only) arrays' memory: copy before writing to them."""
+    with warnings.catch_warnings():  # load_state_dict copies out of them; nothing writes into the store
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {k: torch.from_numpy(a).view(dtype).reshape(shape) for k, (a, dtype, shape) in packed.items()}
 
 
 def _to(out: Any, device: torch.device | str) -> Any:
@@ -48,13 +83,19 @@ class RolloutWorker:
         self.device = torch.device(device)
         # skeleton is the pickled module (nested in a list so Ray hands us the ref, not a copy per call)
         self.policy = ray.get(skeleton[0]).to(self.device).eval()
-        self.version = -1
+        self.version = self.base_version = -1
         self.generator = torch.Generator(device=self.device)
 
-    def _sync(self, version: int, weights: list) -> None:
-        if version != self.version:
-            self.policy.load_state_dict(ray.get(weights[0]))
-            self.version = version
+    def _sync(self, w: WeightRefs) -> None:
+        if w.base_version != self.base_version:
+            self.policy.load_state_dict(unpack_state(ray.get(w.base[0])))
+            self.base_version, self.version = w.base_version, -1
+        if w.version != self.version:
+            if w.delta[0] is not None:
+                unexpected = self.policy.load_state_dict(unpack_state(ray.get(w.delta[0])), strict=False).unexpected_keys
+                if unexpected:
+                    raise KeyError(f"published weights this policy does not have: {unexpected[:5]}")
+            self.version = w.version
 
     def _rng(self, rng: tuple[str, Any]) -> None:
         kind, value = rng
@@ -64,17 +105,17 @@ class RolloutWorker:
             self.generator.manual_seed(int(value))
 
     @torch.no_grad()
-    def act(self, version: int, weights: list, obs: dict[str, Tensor], sampler: Any,
+    def act(self, weights: WeightRefs, obs: dict[str, Tensor], sampler: Any,
             rng: tuple[str, Any]) -> tuple[Any, Tensor]:
         """(ActOutput on CPU, generator state after sampling)."""
-        self._sync(version, weights)
+        self._sync(weights)
         self._rng(rng)
         out = self.policy.act({k: v.to(self.device) for k, v in obs.items()}, sampler, generator=self.generator)
         return _to(out, "cpu"), self.generator.get_state()
 
     @torch.no_grad()
-    def value(self, version: int, weights: list, obs: dict[str, Tensor]) -> Tensor:
-        self._sync(version, weights)
+    def value(self, weights: WeightRefs, obs: dict[str, Tensor]) -> Tensor:
+        self._sync(weights)
         return self.policy.value({k: v.to(self.device) for k, v in obs.items()}).cpu()
 
     def loaded_version(self) -> int:
@@ -120,25 +161,43 @@ class RolloutWorkerPool:
         self.workers = [self._spawn(i) for i in range(workers)]
         self.restarts = 0
         """Rollout workers replaced after dying or hanging."""
-        self.version = -1
-        self._weights: list = [None]
+        self.version = self.base_version = -1
+        self._base: list = [None]
+        self._delta: list = [None]
+        self._frozen: Optional[frozenset[str]] = None
+        self.last_publish_bytes = 0
+        """Bytes the last :meth:`publish` put into the object store (monitoring, benchmarks)."""
         self.publish(policy)
 
     def _spawn(self, i: int):
         return self._cls.options(**self.actor_options(i)).remote([self._skeleton], self.device, self.threads)
 
-    def publish(self, policy: torch.nn.Module) -> int:
-        """Makes ``policy``'s current weights the ones every later request runs with; returns the version."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
-        self._weights = [ray.put(state)]  # the previous version's object is freed with its last ref
+    def publish(self, policy: torch.nn.Module, *, full: bool = False) -> int:
+        """Makes ``policy``'s current weights the ones every later request runs with; returns the version.
+
+        Ships the full state the first time, with ``full``, when nothing is frozen, or when the frozen set
+        changed; else only what is not frozen (trainable parameters and buffers)."""
+        frozen = frozenset(n for n, p in policy.named_parameters() if not p.requires_grad)
+        rebase = full or not frozen or frozen != self._frozen
+        # ray.put copies the arrays into the store before returning: they may alias the live weights
+        state = pack_state({k: v for k, v in policy.state_dict().items() if rebase or k not in frozen})
+        # the previous version's objects are freed with their last refs
+        if rebase:
+            self._base, self._delta, self._frozen = [ray.put(state)], [None], frozen
+            self.base_version += 1
+        else:
+            self._delta = [ray.put(state)]
+        self.last_publish_bytes = sum(a.nbytes for a, _, _ in state.values())
         self.version += 1
         return self.version
+
+    def _refs(self) -> WeightRefs:
+        return WeightRefs(self.version, self.base_version, self._base, self._delta)
 
     def _call(self, method: str, shards: list[tuple], make_args: Callable[[int], tuple]) -> list[Any]:
         """Calls ``method`` on worker i with make_args(i) for each shard; replaces dead workers and retries
         (requests are pure functions of their arguments, so a retry returns what the dead worker would have)."""
-        refs = [getattr(self.workers[i], method).remote(self.version, self._weights, *make_args(i))
-                for i in range(len(shards))]
+        refs = [getattr(self.workers[i], method).remote(self._refs(), *make_args(i)) for i in range(len(shards))]
         out = []
         for i, ref in enumerate(refs):
             while True:
@@ -147,7 +206,7 @@ class RolloutWorkerPool:
                     break
                 except (RayActorError, GetTimeoutError) as e:
                     self._replace(i, e)
-                    ref = getattr(self.workers[i], method).remote(self.version, self._weights, *make_args(i))
+                    ref = getattr(self.workers[i], method).remote(self._refs(), *make_args(i))
         return out
 
     def _replace(self, i: int, err: BaseException) -> None:
@@ -189,7 +248,7 @@ class RolloutWorkerPool:
     def close(self) -> None:
         for w in self.workers:
             ray.kill(w, no_restart=True)
-        self.workers, self._weights = [], [None]
+        self.workers, self._base, self._delta = [], [None], [None]
 
 
 class RemotePolicy:

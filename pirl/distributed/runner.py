@@ -105,7 +105,8 @@ class RayRunner:
             self.pool.publish(policy)
 
     def resumed(self, policy: torch.nn.Module) -> None:
-        self.weights_changed(policy)
+        if self.pool is not None:  # a checkpoint load changes frozen weights too
+            self.pool.publish(policy, full=True)
         if self.learners is not None:
             self.learners.load()
 
