@@ -29,7 +29,8 @@ def main() -> None:
     from torch import nn
 
     from pirl.distributed.env import init_ray
-    from pirl.distributed.rollout import RolloutWorkerPool, pack_state, unpack_state
+    from pirl.distributed.rollout import RolloutWorkerPool
+    from pirl.distributed.store import from_store, to_store
 
     class Stack(nn.Module):
         """Weights only: value() touches none of them, so a request costs the sync plus nothing."""
@@ -58,12 +59,12 @@ def main() -> None:
         @ray.remote(num_cpus=0.5)
         def fetch(refs: list, packed: bool) -> int:
             state = ray.get(refs[0])
-            return len(unpack_state(state) if packed else state)
+            return len(from_store(state, copy=False) if packed else state)
 
         # the object-store round trip alone, full state: pickled tensors (the earlier publish) vs packed arrays
         for kind, make in (("full state, pickled tensors (before)",
                             lambda: {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}),
-                           ("full state, packed arrays", lambda: pack_state(policy.state_dict()))):
+                           ("full state, packed arrays", lambda: to_store(policy.state_dict()))):
             put, get = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()

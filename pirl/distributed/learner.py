@@ -30,6 +30,7 @@ from torch import Tensor
 
 from pirl.algorithms.buffer import RolloutBatch
 from pirl.algorithms.ppo import PPOUpdater, RatioCheckError, ppo_loss
+from pirl.distributed.store import from_store, to_store
 
 
 Backend = Literal["auto", "nccl", "gloo"]
@@ -285,18 +286,6 @@ def _is_link_error(e: BaseException) -> bool:
         s in text for s in ("gloo", "Connection closed by peer", "Connection reset", "Timed out", "timed out"))
 
 
-def _to_cpu(x: Any) -> Any:
-    """``x`` (tensors in dicts, lists, tuples) with every tensor on the CPU: what goes into the object store
-    must unpickle in any process, and a CUDA tensor unpickles only where CUDA is (on its index there)."""
-    if isinstance(x, Tensor):
-        return x.detach().cpu()
-    if isinstance(x, dict):
-        return {k: _to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_cpu(v) for v in x)
-    return x
-
-
 class LearnerRank:
     """Learner rank >= 1 in a Ray actor: a policy replica (or shard) stepping in lockstep with the trainer (rank 0).
 
@@ -330,10 +319,10 @@ class LearnerRank:
         self.policy = self.updater.policy
 
     def load(self, state: dict[str, Any]) -> None:
-        self.updater.load(state)  # load_state_dict copies into the parameters, on their device
+        self.updater.load(from_store(state))  # copies: the optimiser state is written in place later
 
     def update(self, batch: RolloutBatch) -> None:
-        self.updater.update(batch.to(self.device))  # rank 0 reports the (all-reduced) metrics
+        self.updater.update(from_store(batch).to(self.device))  # rank 0 reports the (all-reduced) metrics
         if self.updater.sharded:
             self.updater.full_state_dict()  # a collective: rank 0 keeps the gathered weights
 
@@ -479,7 +468,7 @@ class LearnerGroup:
     def _load(self, state: dict[str, Any]) -> None:
         import ray
 
-        ref = ray.put(_to_cpu(state))
+        ref = ray.put(to_store(state))
         pending = [a.load.remote(ref) for a in self.actors]
         # scattering into shards is a collective: rank 0 joins
         self._together(pending, lambda: self.updater.load(state) if self.updater.sharded else None, "a state load")
@@ -492,7 +481,7 @@ class LearnerGroup:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         import ray
 
-        ref = ray.put(batch.to("cpu"))
+        ref = ray.put(to_store(batch))
         pending = [a.update.remote(ref) for a in self.actors]
 
         def rank0() -> dict[str, float]:

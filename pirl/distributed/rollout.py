@@ -5,8 +5,8 @@ stays local (the buffer stores the trainer's own observation tensors), ``act`` a
 ``value`` split the batch over the workers' replicas and concatenate the answers.
 
 Weights travel through the object store, never disk: :meth:`RolloutWorkerPool.publish`
-``ray.put``-s CPU tensors (as raw-byte numpy arrays, which Ray stores without a pickling copy)
-once per update and bumps a version; every request carries the
+``ray.put``-s CPU tensors (as raw-byte numpy arrays, :mod:`pirl.distributed.store`) once per
+update and bumps a version; every request carries the
 :class:`WeightRefs` and a worker loads weights only when its versions differ. So a restarted
 worker (new actor, versions -1) picks up the current weights on its first request, and a
 previous version's object is freed once the pool drops its ref. When part of the policy is
@@ -25,7 +25,6 @@ generator: reproducible and resumable, equal in distribution to local sampling.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
@@ -37,6 +36,7 @@ from torch import Tensor
 
 from pirl.distributed.env import respawn
 from pirl.distributed.pipeline import cat_outputs
+from pirl.distributed.store import from_store, stored_bytes, to_store
 
 
 @dataclass(frozen=True)
@@ -48,24 +48,6 @@ class WeightRefs:
     base_version: int
     base: list
     delta: list
-
-
-Packed = dict[str, tuple[np.ndarray, torch.dtype, tuple[int, ...]]]
-
-
-def pack_state(state: dict[str, Tensor]) -> Packed:
-    """A state dict as raw-byte numpy arrays (+ dtype, shape): Ray stores numpy arrays out of band, with no
-    pickling copy, and a reader maps them straight from shared memory: 3-4x faster than pickled tensors
-    (bench/bench_publish.py)."""
-    return {k: (v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), v.dtype, tuple(v.shape))
-            for k, v in state.items()}
-
-
-def unpack_state(packed: Packed) -> dict[str, Tensor]:
-    """The tensors of :func:`pack_state`, sharing the (read-only) arrays' memory: copy before writing to them."""
-    with warnings.catch_warnings():  # load_state_dict copies out of them; nothing writes into the store
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return {k: torch.from_numpy(a).view(dtype).reshape(shape) for k, (a, dtype, shape) in packed.items()}
 
 
 def _to(out: Any, device: torch.device | str) -> Any:
@@ -88,11 +70,11 @@ class RolloutWorker:
 
     def _sync(self, w: WeightRefs) -> None:
         if w.base_version != self.base_version:
-            self.policy.load_state_dict(unpack_state(ray.get(w.base[0])))
+            self.policy.load_state_dict(from_store(ray.get(w.base[0]), copy=False))
             self.base_version, self.version = w.base_version, -1
         if w.version != self.version:
             if w.delta[0] is not None:
-                unexpected = self.policy.load_state_dict(unpack_state(ray.get(w.delta[0])), strict=False).unexpected_keys
+                unexpected = self.policy.load_state_dict(from_store(ray.get(w.delta[0]), copy=False), strict=False).unexpected_keys
                 if unexpected:
                     raise KeyError(f"published weights this policy does not have: {unexpected[:5]}")
             self.version = w.version
@@ -180,14 +162,14 @@ class RolloutWorkerPool:
         frozen = frozenset(n for n, p in policy.named_parameters() if not p.requires_grad)
         rebase = full or not frozen or frozen != self._frozen
         # ray.put copies the arrays into the store before returning: they may alias the live weights
-        state = pack_state({k: v for k, v in policy.state_dict().items() if rebase or k not in frozen})
+        state = to_store({k: v for k, v in policy.state_dict().items() if rebase or k not in frozen})
         # the previous version's objects are freed with their last refs
         if rebase:
             self._base, self._delta, self._frozen = [ray.put(state)], [None], frozen
             self.base_version += 1
         else:
             self._delta = [ray.put(state)]
-        self.last_publish_bytes = sum(a.nbytes for a, _, _ in state.values())
+        self.last_publish_bytes = stored_bytes(state)
         self.version += 1
         return self.version
 
