@@ -120,6 +120,9 @@ def main() -> None:
                     help="ray: the environments step in --env-workers Ray actor processes (uses more than one core)")
     ap.add_argument("--env-workers", type=int, default=2)
     ap.add_argument("--sft-hidden", type=int, default=256, help="width of the state MLP")
+    ap.add_argument("--seed", type=int, default=0, help="RL seed (contexts, sampling noise); SFT is shared")
+    ap.add_argument("--std-range", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                    help="Flow-Noise: [std_min, std_max] of the noise head (default TrainConfig's 0.08 0.16)")
     ap.add_argument("--label", default="", help="suffix of the run directory and the results row (keeps other rows)")
     ap.add_argument("--compare-at", type=float, default=None,
                     help="also tabulate each method's held-out success at this wall time (seconds)")
@@ -155,7 +158,8 @@ def main() -> None:
             time_limit_s=args.time_limit, task_sampling=args.task_sampling,
             eval_every=args.eval_every or max(1, args.iterations // 4), eval_episodes_per_task=args.eval_episodes,
             eval_num_envs=10, videos_per_task=0, checkpoint_every=args.eval_every or max(1, args.iterations // 4),
-            runner=args.runner, env_workers=args.env_workers, **spec,
+            runner=args.runner, env_workers=args.env_workers, seed=args.seed,
+            **({"std_range": tuple(args.std_range)} if args.std_range else {}), **spec,
         )
         name = name + args.label
         run = root / name

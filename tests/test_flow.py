@@ -225,6 +225,13 @@ def test_noise_head_bounds():
     assert std.min() >= 0.08 - 1e-6 and std.max() <= 0.16 + 1e-6
     with pytest.raises(ValueError, match="std_min"):
         NoiseHead(8, (2,), std_min=0.2, std_max=0.1)
+    x, t = torch.randn(50, 8), torch.rand(50)
+    before = head(x, t)
+    head.set_range(0.2, 0.4)  # the squashed output keeps its place: std scales by 2.5 everywhere
+    assert head.std_range == pytest.approx((0.2, 0.4))
+    torch.testing.assert_close(head(x, t), before * 2.5, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="std_min"):
+        head.set_range(0.3, 0.3)
 
 
 def test_chain_index_and_cat():

@@ -227,3 +227,24 @@ def test_sub_env_crash_drops_only_that_episode_and_recollects_it():
 def test_train_presets_load(preset, capsys):
     assert pirl(["train", "--config", preset, "--print-config"]) == 0
     assert "algorithm:" in capsys.readouterr().out
+
+
+def test_std_range_reaches_a_checkpoints_noise_head(tmp_path):
+    """A checkpoint saved with a Flow-Noise head: std_range=None keeps its range, a given std_range re-ranges it
+    (before, a head in the checkpoint made std_range a silent no-op), and std_range without flow_noise is refused."""
+    from pirl.algorithms import preset
+    from pirl.flow import SamplerConfig
+    from pirl.policies.io import load_policy, save_policy
+    from pirl.train.rl import TrainConfig, prepare_policy
+
+    save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1, std_range=(0.05, 0.1)),
+                tmp_path / "p.safetensors")
+    noise = SamplerConfig(method="flow_noise", steps=4)
+    for std_range, expected in ((None, (0.05, 0.1)), ((0.2, 0.4), (0.2, 0.4))):
+        policy, _ = load_policy(tmp_path / "p.safetensors")
+        cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), sampler=noise, std_range=std_range)
+        assert prepare_policy(policy, cfg, preset("ppo")).noise_head.std_range == pytest.approx(expected)
+    with pytest.raises(ValueError, match="std_range bounds Flow-Noise's learned std"):
+        TrainConfig(std_range=(0.2, 0.4))
+    with pytest.raises(ValueError, match="0 < std_min < std_max"):
+        TrainConfig(sampler=noise, std_range=(0.4, 0.2))

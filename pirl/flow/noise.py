@@ -27,15 +27,23 @@ class NoiseHead(nn.Module):
         std_max: float = 0.16,
     ) -> None:
         super().__init__()
-        if not (0 < std_min < std_max):
-            raise ValueError(f"need 0 < std_min < std_max, got std_min={std_min}, std_max={std_max}")
         self.out_shape = tuple(out_shape)
-        self.log_var_min = 2.0 * math.log(std_min)
-        self.log_var_max = 2.0 * math.log(std_max)
+        self.set_range(std_min, std_max)
         out = math.prod(self.out_shape)
         self.net = nn.Sequential(nn.Linear(in_features + 1, hidden), nn.SiLU(), nn.Linear(hidden, out))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+
+    def set_range(self, std_min: float, std_max: float) -> None:
+        """Bounds of the std; the network's squashed output keeps its place between them."""
+        if not (0 < std_min < std_max):
+            raise ValueError(f"need 0 < std_min < std_max, got std_min={std_min}, std_max={std_max}")
+        self.log_var_min = 2.0 * math.log(std_min)
+        self.log_var_max = 2.0 * math.log(std_max)
+
+    @property
+    def std_range(self) -> tuple[float, float]:
+        return math.exp(0.5 * self.log_var_min), math.exp(0.5 * self.log_var_max)
 
     def forward(self, features: Tensor, t: Tensor) -> Tensor:
         """std of shape [B, *out_shape] (float32) for features [B, F] at times t [B]."""

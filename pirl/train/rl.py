@@ -86,8 +86,9 @@ class TrainConfig:
     """Evaluation episodes recorded to mp4 per task at the end (0 = none)."""
     checkpoint_every: int = 5
     """Save a resumable checkpoint every this many iterations (and at the end or on Ctrl-C)."""
-    std_range: tuple[float, float] = (0.08, 0.16)
-    """Flow-Noise: [std_min, std_max] of the noise head attached when the checkpoint has none."""
+    std_range: Optional[tuple[float, float]] = None
+    """Flow-Noise: [std_min, std_max] of the noise head. None: the checkpoint's head keeps its range (a new head
+    gets 0.08-0.16, πRL's). Given: a new head gets it, and a checkpoint's head is re-ranged to it."""
     max_env_restarts: int = 5
     """Give up after this many simulator crashes in one iteration."""
     max_learner_restarts: int = 3
@@ -143,6 +144,12 @@ class TrainConfig:
             raise ValueError(f"algorithm {self.algorithm!r} compares rollouts of one context: set group_size >= 2")
         if self.sampler.method == "ode":
             raise ValueError("sampler.method 'ode' has no log-probabilities to train; use flow_sde or flow_noise")
+        if self.std_range is not None:
+            if self.sampler.method != "flow_noise":
+                raise ValueError(f"std_range bounds Flow-Noise's learned std; sampler.method is "
+                                 f"{self.sampler.method!r} (set sampler.method=flow_noise or drop std_range)")
+            if not 0 < self.std_range[0] < self.std_range[1]:
+                raise ValueError(f"std_range must satisfy 0 < std_min < std_max, got {self.std_range}")
         if self.runner not in ("local", "ray"):
             raise ValueError(f"runner must be 'local' or 'ray', got {self.runner!r}")
         if self.runner == "ray" and not 1 <= self.env_workers <= self.num_groups * self.group_size:
@@ -201,6 +208,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEFAULT_STD_RANGE = (0.08, 0.16)
+"""Flow-Noise std bounds of a newly attached noise head (πRL's π0 reference)."""
+
+
 def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) -> FlowPolicy:
     """Attaches the heads RL needs (critic for GAE, noise head for Flow-Noise) when the checkpoint lacks them."""
     feature_dim = getattr(policy, "feature_dim", None)
@@ -208,8 +219,11 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
         if feature_dim is None:
             raise ValueError(f"{type(policy).__name__} has no feature_dim to attach a value head to")
         policy.attach_value_head(policy.value_feature_dim if hasattr(policy, "value_feature_dim") else feature_dim)
-    if cfg.sampler.method == "flow_noise" and policy.noise_head is None:
-        policy.attach_noise_head(feature_dim, *cfg.std_range)
+    if cfg.sampler.method == "flow_noise":
+        if policy.noise_head is None:
+            policy.attach_noise_head(feature_dim, *(cfg.std_range or DEFAULT_STD_RANGE))
+        elif cfg.std_range is not None:
+            policy.noise_head.set_range(*cfg.std_range)
     return policy.to(cfg.device)
 
 
