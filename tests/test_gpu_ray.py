@@ -23,7 +23,7 @@ from pirl.envs.registry import EnvConfig, make_env  # noqa: E402
 from pirl.flow import SamplerConfig  # noqa: E402
 from pirl.policies.mlp import make_mlp_policy  # noqa: E402
 from pirl.train.rollout import CollectorConfig, RolloutCollector  # noqa: E402
-from test_ray import _kill, first_iteration_matches_local  # noqa: E402
+from test_ray import _kill, first_iteration_matches_local, remote_follows_local  # noqa: E402
 
 ON_CPU = os.environ.get("PIRL_GPU_TESTS_ON_CPU") == "1"
 DEV = "cpu" if ON_CPU else "cuda"
@@ -58,21 +58,7 @@ def test_gpu_rollout_worker_equals_trainer_inference_and_follows_weights(local_r
     remote.policy = RemotePolicy(remote.policy, pool)
     try:
         assert pool.device_names()[0].startswith(DEV)
-        for version in range(2):
-            r_loc, r_ray = local.collect(), remote.collect()
-            for k, v in r_loc.metrics.items():
-                if not k.startswith("perf/"):
-                    assert r_ray.metrics[k] == v, k
-            b1, b2 = r_ray.buffers[0], r_loc.buffers[0]
-            assert b1.log_probs.device.type == DEV  # answers come back on the trainer's device
-            for f in ("log_probs", "values", "rewards"):
-                torch.testing.assert_close(getattr(b1, f), getattr(b2, f), rtol=0, atol=1e-6, msg=f)
-            assert pool.versions() == [version]
-            with torch.no_grad():  # an "update": only the pool's workers must be told
-                for p1, p2 in zip(local.policy.parameters(), remote.policy.local.parameters()):
-                    p1.add_(0.05)
-                    p2.add_(0.05)
-            pool.publish(remote.policy.local)
+        remote_follows_local(local, remote, pool, atol=1e-6, device=DEV)
     finally:
         pool.close()
 

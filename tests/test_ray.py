@@ -270,6 +270,26 @@ def test_trainer_fsdp_learner_matches_ddp_and_resumes(cluster, tmp_path):
     assert any(not torch.equal(ref[2][k], ref[1][k]) for k in ref[1]), "the third update changed nothing"
 
 
+def remote_follows_local(local, remote, pool, atol: float, device: str = "cpu") -> None:
+    """Two collects (weights changed in between): the remote collector (a RemotePolicy over ``pool``'s one worker)
+    gives the local one's rollouts, answers on the trainer's device, and its worker loads each published version."""
+    for version in range(2):
+        r_loc, r_ray = local.collect(), remote.collect()
+        for k, v in r_loc.metrics.items():
+            if not k.startswith("perf/"):
+                assert r_ray.metrics[k] == v, k
+        b1, b2 = r_ray.buffers[0], r_loc.buffers[0]
+        assert b1.log_probs.device.type == device
+        for f in ("log_probs", "values", "rewards"):
+            torch.testing.assert_close(getattr(b1, f), getattr(b2, f), rtol=0, atol=atol, msg=f)
+        assert pool.versions() == [version]
+        with torch.no_grad():  # an "update": both sides change weights, only the pool's workers must be told
+            for p1, p2 in zip(local.policy.parameters(), remote.policy.local.parameters()):
+                p1.add_(0.05)
+                p2.add_(0.05)
+        pool.publish(remote.policy.local)
+
+
 def test_rollout_workers_equal_local_and_follow_published_weights(cluster):
     from pirl.distributed.rollout import RemotePolicy, RolloutWorkerPool
 
@@ -278,20 +298,7 @@ def test_rollout_workers_equal_local_and_follow_published_weights(cluster):
     pool = RolloutWorkerPool(remote.policy, 1, cpus_per_worker=0.25)
     remote.policy = RemotePolicy(remote.policy, pool)
     try:
-        for version in range(2):
-            r_loc, r_ray = local.collect(), remote.collect()
-            for k, v in r_loc.metrics.items():
-                if not k.startswith("perf/"):
-                    assert r_ray.metrics[k] == v, k
-            b1, b2 = r_ray.buffers[0], r_loc.buffers[0]
-            for f in ("log_probs", "values", "rewards"):
-                torch.testing.assert_close(getattr(b1, f), getattr(b2, f), rtol=0, atol=0, msg=f)
-            assert pool.versions() == [version]
-            with torch.no_grad():  # an "update": both sides change weights, only the pool's workers must be told
-                for p1, p2 in zip(local.policy.parameters(), remote.policy.local.parameters()):
-                    p1.add_(0.05)
-                    p2.add_(0.05)
-            pool.publish(remote.policy.local)
+        remote_follows_local(local, remote, pool, atol=0)
     finally:
         pool.close()
 
