@@ -13,6 +13,7 @@ from pirl.envs.base import ChunkVectorEnv, Context
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
+from pirl.policies.options import Pi0Options
 
 
 @dataclass
@@ -131,7 +132,7 @@ class EvalConfig:
     """Deterministic (ODE) evaluation of a policy file on held-out seeds."""
 
     policy: str = ""
-    """Policy file (.safetensors from `pirl sft` or `pirl train`)."""
+    """Policy file (.safetensors from `pirl sft` or `pirl train`), a LeRobot / openpi π0 directory or a hub id."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Simulator and tasks (task order must match the policy's training)."""
     episodes_per_task: int = 20
@@ -144,6 +145,10 @@ class EvalConfig:
     """Episodes recorded to mp4 per task."""
     seed: int = 0
     """Seed of the initial noise."""
+    device: str = "cpu"
+    """Torch device of the policy."""
+    pi0: Pi0Options = field(default_factory=Pi0Options)
+    """π0 / π0.5: tokenizer, camera mapping, horizon, dtype (checkpoints of other kinds ignore it)."""
 
 
 def eval_main(cfg: EvalConfig, args) -> int:
@@ -158,7 +163,7 @@ def eval_main(cfg: EvalConfig, args) -> int:
     path = cfg.policy or (str(args.checkpoint) if getattr(args, "checkpoint", None) else "")
     if not path:
         raise SystemExit("pirl eval: set policy=FILE (a .safetensors policy file)")
-    policy, _ = load_policy(path)
+    policy, _ = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
     run = RunDir.create(getattr(args, "run_dir", None), name="eval")
     env = make_env(cfg.env, cfg.num_envs)
     sampler = SamplerConfig(method="ode", steps=cfg.steps)

@@ -26,7 +26,8 @@ from pirl.envs.base import eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
-from pirl.policies.io import load_policy, save_policy
+from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
+from pirl.policies.options import Pi0Options
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
 from pirl.train.evaluate import evaluate_policy, record_videos
 from pirl.train.logging import MetricsLogger, Progress, read_summary, write_summary
@@ -44,7 +45,11 @@ class TrainConfig:
     """Online RL fine-tuning of a flow policy checkpoint."""
 
     policy: str = ""
-    """Path of the SFT policy checkpoint (.safetensors written by `pirl sft`)."""
+    """The policy to fine-tune: a pirl file (.safetensors from `pirl sft` / `pirl train`), a LeRobot or openpi π0 /
+    π0.5 checkpoint directory, or a Hugging Face hub id (e.g. lerobot/pi0_libero; fetched when online)."""
+    pi0: Pi0Options = field(default_factory=Pi0Options)
+    """π0 / π0.5: tokenizer, dtype, what trains, checkpointing, horizon, cameras, state in the prompt, delta actions
+    (checkpoints of other kinds ignore it)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Simulator, tasks and chunking (chunk should match the SFT policy's)."""
     algorithm: Literal["ppo", "grpo", "loop"] = "ppo"
@@ -238,8 +243,13 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.algo = cfg.algorithm_config()
         seed_everything(cfg.seed)
-        policy, self.policy_meta = load_policy(cfg.policy, device=cfg.device)
+        policy, self.policy_meta = load_policy(cfg.policy, device=cfg.device, pi0=cfg.pi0,
+                                               log=None if resume else print)
         self.policy = prepare_policy(policy, cfg, self.algo)
+        if policy_kind(self.policy) == "pi0" and not resume:
+            from pirl.policies.pi0.memory import check_fits
+
+            check_fits(self.policy, cfg, log=print)
         self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)
         self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
         self.collector_cfg = CollectorConfig(
@@ -407,6 +417,7 @@ class Trainer:
                     self.best_success = metric
                     save_policy(self.policy, self.run_dir / "policy_best.safetensors",
                                 extra={"iteration": self.iteration, "eval/success": metric})
+                    export_policy(self.policy, self.run_dir / "policy_best_lerobot")
                 if self.iteration % cfg.checkpoint_every == 0 or done or stop.requested:
                     self.save(metric)
             interrupted = stop.requested and not done
@@ -426,6 +437,7 @@ class Trainer:
             method=cfg.sampler.method, tasks=self.task_names,
         )
         write_summary(self.run_dir, summary)
+        export_policy(self.policy, self.run_dir / "policy_latest_lerobot")
         if cfg.videos_per_task > 0:
             record_videos(self.policy, cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
                           per_task=cfg.videos_per_task, seed=cfg.seed)

@@ -28,13 +28,16 @@ from pirl.policies.regression import RegressionPolicy, fit_scale_head, make_regr
 from pirl.policies.tokenized import make_tokenized_policy
 from pirl.policies.vla import make_vla_policy
 from pirl.policies.io import save_policy
+from pirl.policies.options import Pi0Options
 from pirl.train.evaluate import evaluate_policy
 
 STATE_STD_FLOOR = 0.02
 """State dims nearly constant in a few demos (an unused second object) must not blow up when they vary at test time."""
 
 
-POLICY_KINDS = ("mlp", "vla", "regression", "tokenized")
+POLICY_KINDS = ("mlp", "vla", "regression", "tokenized", "pi0", "pi05")
+IMAGE_POLICIES = ("vla", "pi0", "pi05")
+"""Kinds that read a camera (the dataset must have a video)."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,13 @@ class SFTConfig:
 
     dataset: str = ""
     """Root of a LeRobot v3.0 dataset (e.g. from pirl.data.collect.collect)."""
-    policy: Literal["mlp", "vla", "regression", "tokenized"] = "mlp"
+    policy: Literal["mlp", "vla", "regression", "tokenized", "pi0", "pi05"] = "mlp"
     """mlp: state MLP flow policy with task embedding; vla: VLA-mini (image + instruction + state);
     regression / tokenized: the same state MLP with a Laplace regression head (L1 SFT, then an NLL-fitted
-    scale) or a 256-bin softmax head instead of the flow."""
+    scale) or a 256-bin softmax head instead of the flow; pi0 / pi05: π0 / π0.5 of size pi0.size (camera +
+    instruction + state), trained from scratch."""
+    pi0: Pi0Options = field(default_factory=Pi0Options)
+    """π0 / π0.5: size, tokenizer, dtype, what trains (policy=pi0|pi05)."""
     out_dir: Optional[str] = None
     """Where checkpoints go (step_<n>.safetensors, final.safetensors); None = no checkpoints."""
     action_horizon: int = 4
@@ -119,7 +125,7 @@ class SFTResult:
 def _video_key(ds: LeRobotDataset) -> str:
     keys = sorted(ds.videos)
     if not keys:
-        raise ValueError(f"the VLA policy needs images but {ds.root} has no video; collect it with a camera")
+        raise ValueError(f"image policies (vla, pi0, pi05) need a camera but {ds.root} has no video; collect it with camera=NAME")
     return keys[0]
 
 
@@ -135,6 +141,8 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
         policy = make_regression_policy(state_dim, action_dim, loss="l1", **mlp)
     elif cfg.policy == "tokenized":
         policy = make_tokenized_policy(state_dim, action_dim, **mlp)
+    elif cfg.policy in ("pi0", "pi05"):
+        return _new_pi0(cfg, ds, data, state_dim, action_dim)
     else:
         size = ds.info["features"][_video_key(ds)]["shape"][0]
         policy = make_vla_policy(
@@ -152,6 +160,40 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
     return policy
 
 
+def _new_pi0(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset], state_dim: int, action_dim: int) -> Policy:
+    """A π0 / π0.5 of size ``cfg.pi0.size`` reading the dataset's camera as ``base_0_rgb`` (obs 'image'), its
+    normalisers (z-score; π0.5 quantiles) from the dataset's frames."""
+    from pirl.policies.pi0 import Pi0Policy
+    from pirl.policies.pi0.configuration import new_config
+
+    opts = cfg.pi0
+    pi0_cfg = new_config(cfg.policy, opts.size or "small", state_dim=state_dim, action_dim=action_dim,
+                         action_horizon=opts.action_horizon or cfg.action_horizon, cameras=("base_0_rgb",),
+                         camera_keys=("image",), tokenizer=opts.tokenizer or "hash",
+                         delta_action_dims=opts.delta_action_dims or 0)
+    if opts.state_in_prompt is not None:
+        pi0_cfg = pi0_cfg.replace(discrete_state=opts.state_in_prompt)
+    policy = Pi0Policy(pi0_cfg)
+    if data is not None and len(data.episodes) < len(ds.episodes):
+        s, a = data.state[data.frames], data.actions[data.frames]
+        s_stats = {"mean": s.mean(0), "std": s.std(0), "q01": np.quantile(s, 0.01, 0), "q99": np.quantile(s, 0.99, 0)}
+        a_stats = {"mean": a.mean(0), "std": a.std(0), "q01": np.quantile(a, 0.01, 0), "q99": np.quantile(a, 0.99, 0)}
+    else:
+        s_stats = {k: ds.stat("observation.state", k) for k in ("mean", "std", "q01", "q99")}
+        a_stats = {k: ds.stat("action", k) for k in ("mean", "std", "q01", "q99")}
+    s_stats["std"] = np.maximum(s_stats["std"], STATE_STD_FLOOR)
+    # a state dim constant in the demos must not map to +-1/eps under quantile normalisation
+    s_stats["q99"] = np.maximum(s_stats["q99"], s_stats["q01"] + 2 * STATE_STD_FLOOR)
+    policy.state_norm.set_stats(s_stats)
+    policy.action_norm.set_stats(a_stats)
+    if opts.dtype == "bfloat16":
+        policy.to_bf16()
+    policy.set_trainable(opts.train_scope)
+    if opts.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    return policy
+
+
 def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
     """``cfg.eval_env``, else a MetaWorld env with the dataset's tasks (same task indices) and, for the VLA, its camera."""
     from dataclasses import replace
@@ -161,7 +203,7 @@ def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
     if cfg.eval_env is not None:
         return make_env(replace(cfg.eval_env, chunk=cfg.chunk or cfg.action_horizon), cfg.eval_num_envs)
     camera, size = None, 64
-    if cfg.policy == "vla":
+    if cfg.policy in IMAGE_POLICIES:
         vk = _video_key(ds)
         camera, size = vk.split(".")[-1], ds.info["features"][vk]["shape"][0]
     return make_metaworld(
@@ -185,14 +227,15 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     from pirl.envs.metaworld import eval_contexts
 
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, load_videos=cfg.policy == "vla")
-    image_key = _video_key(ds) if cfg.policy == "vla" else None
+    ds = load_dataset(cfg.dataset, load_videos=cfg.policy in IMAGE_POLICIES)
+    image_key = _video_key(ds) if cfg.policy in IMAGE_POLICIES else None
     data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key)
     if cfg.episodes_per_task > 0:
         data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key, episodes=data.first_episodes(cfg.episodes_per_task))
     policy = build_policy(cfg, ds, data)
     # Flow-Noise and value heads are RL's: SFT trains the velocity field (or the action head) only
-    params = [p for n, p in policy.named_parameters() if not n.startswith(("noise_head.", "value_head."))]
+    params = [p for n, p in policy.named_parameters()
+              if p.requires_grad and not n.startswith(("noise_head.", "value_head."))]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -93,6 +93,16 @@ class Pi0Config:
     """Periods of the sin-cos time embedding."""
     rms_eps: float = 1e-6
     rope_theta: float = 10000.0
+    camera_keys: tuple[str, ...] = ()
+    """Environment observation key feeding each camera of ``cameras`` (same order); "" marks a padding camera
+    (a masked black image, as openpi feeds LIBERO's missing right wrist). Empty: cameras are read by their
+    own names and a missing one is masked (the model-level API)."""
+    delta_action_dims: int = 0
+    """The model predicts the first this many action dims relative to the state's (openpi's ``pi0_libero``:
+    6); ``act`` adds ``state[:n]`` back after unnormalising, SFT subtracts it from the targets."""
+    tokenizer: str = ""
+    """Prompt tokenizer: a PaliGemma ``tokenizer.json`` / SentencePiece ``.model`` path, or ``hash`` (pirl's
+    word-hash tokenizer, for models trained from scratch); "" = none given."""
 
     def __post_init__(self) -> None:
         if self.variant not in ("pi0", "pi05"):
@@ -118,6 +128,13 @@ class Pi0Config:
             raise ValueError(f"image_size={self.vision.image_size} is not a multiple of patch_size={self.vision.patch_size}")
         if not self.cameras:
             raise ValueError("at least one camera is needed")
+        if self.camera_keys and len(self.camera_keys) != len(self.cameras):
+            raise ValueError(f"camera_keys {self.camera_keys} must name one observation key (or '') per camera of "
+                             f"{self.cameras}")
+        if self.camera_keys and not any(self.camera_keys):
+            raise ValueError(f"camera_keys {self.camera_keys} feed no camera: map at least one")
+        if not 0 <= self.delta_action_dims <= min(self.action_dim, self.state_dim):
+            raise ValueError(f"delta_action_dims={self.delta_action_dims} must lie in [0, min(action_dim, state_dim)]")
         if self.norm_mode is not None and self.norm_mode not in ("mean_std", "quantile"):
             raise ValueError(f"norm_mode must be 'mean_std' or 'quantile', got {self.norm_mode!r}")
 
@@ -153,6 +170,7 @@ class Pi0Config:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cameras"] = list(self.cameras)
+        d["camera_keys"] = list(self.camera_keys)
         return d
 
     @staticmethod
@@ -162,6 +180,7 @@ class Pi0Config:
         d["expert"] = GemmaSpec(**d["expert"])
         d["vision"] = VisionSpec(**d["vision"])
         d["cameras"] = tuple(d["cameras"])
+        d["camera_keys"] = tuple(d.get("camera_keys", ()))
         return Pi0Config(**d)
 
 
@@ -190,8 +209,52 @@ def tiny_config(variant: Variant = "pi0", **overrides: Any) -> Pi0Config:
     return Pi0Config(**base)
 
 
+def small_config(variant: Variant = "pi0", **overrides: Any) -> Pi0Config:
+    """The real structure (SigLIP-style vision tower, Gemma VLM and action expert with multi-query joint
+    attention) at a size that learns on a CPU in minutes: 64 px images in 8 px patches, 3 layers, ~2.4M
+    parameters with a 1024-word hashed vocabulary."""
+    base: dict[str, Any] = dict(
+        variant=variant,
+        vlm=GemmaSpec(width=128, depth=3, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32),
+        expert=GemmaSpec(width=64, depth=3, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32),
+        vision=VisionSpec(width=64, depth=2, mlp_dim=128, num_heads=4, patch_size=8, image_size=64),
+        vocab_size=1024,
+        max_token_len=16 if variant == "pi0" else 64,
+        tokenizer="hash",
+    )
+    base.update(overrides)
+    return Pi0Config(**base)
+
+
+SIZES = ("tiny", "small", "full")
+
+
+def new_config(variant: Variant, size: str, *, state_dim: int, action_dim: int, action_horizon: int,
+               cameras: tuple[str, ...], camera_keys: tuple[str, ...] = (), **overrides: Any) -> Pi0Config:
+    """The configuration of a model trained from scratch on a dataset (``pirl sft policy=pi0``).
+
+    tiny / small models pad state and actions only to the data's own widths and tokenise with the word-hash
+    tokenizer; ``full`` is the released architecture (32-dim padding, unless the data is wider)."""
+    if size not in SIZES:
+        import difflib
+
+        close = difflib.get_close_matches(size, SIZES, n=1)
+        raise ValueError(f"unknown π0 size {size!r}{f'; did you mean {close[0]!r}?' if close else ''} (choose from {SIZES})")
+    io: dict[str, Any] = dict(state_dim=state_dim, action_dim=action_dim, action_horizon=action_horizon,
+                              cameras=cameras, camera_keys=camera_keys)
+    if size == "full":
+        io.update(max_state_dim=max(32, state_dim), max_action_dim=max(32, action_dim))
+        return full_config(variant, **io, **overrides)
+    io.update(max_state_dim=state_dim, max_action_dim=action_dim)
+    if variant == "pi05":  # the discretised state goes into the prompt: room for one token per state dim
+        io["max_token_len"] = 24 + state_dim
+    builder = tiny_config if size == "tiny" else small_config
+    return builder(variant, **{**dict(tokenizer="hash"), **io, **overrides})
+
+
 PRESETS = {"pi0": lambda **kw: full_config("pi0", **kw), "pi05": lambda **kw: full_config("pi05", **kw),
-           "pi0_tiny": lambda **kw: tiny_config("pi0", **kw), "pi05_tiny": lambda **kw: tiny_config("pi05", **kw)}
+           "pi0_tiny": lambda **kw: tiny_config("pi0", **kw), "pi05_tiny": lambda **kw: tiny_config("pi05", **kw),
+           "pi0_small": lambda **kw: small_config("pi0", **kw), "pi05_small": lambda **kw: small_config("pi05", **kw)}
 
 
 def preset(name: str, **overrides: Any) -> Pi0Config:
@@ -256,6 +319,10 @@ def to_lerobot_dict(cfg: Pi0Config) -> dict[str, Any]:
                                   "vocab_size": cfg.vocab_size}
     if cfg.variant == "pi05" and cfg.discrete_state is False:
         d["pirl_discrete_state"] = False
+    # pirl's processing choices, read back by pirl (LeRobot ignores unknown keys of its own configs' JSON)
+    for key in ("camera_keys", "delta_action_dims", "tokenizer"):
+        if getattr(cfg, key):
+            d[f"pirl_{key}"] = list(cfg.camera_keys) if key == "camera_keys" else getattr(cfg, key)
     return d
 
 
@@ -295,6 +362,11 @@ def from_lerobot_dict(d: dict[str, Any], **overrides: Any) -> Pi0Config:
     )
     if d.get("pirl_discrete_state") is False:
         kwargs["discrete_state"] = False
+    if "pirl_camera_keys" in d:
+        kwargs["camera_keys"] = tuple(d["pirl_camera_keys"])
+    for key in ("delta_action_dims", "tokenizer"):
+        if f"pirl_{key}" in d:
+            kwargs[key] = d[f"pirl_{key}"]
     kwargs.update(overrides)
     cfg = Pi0Config(**kwargs)
     # values equal to the variant's defaults stay implicit, so configs round-trip exactly
@@ -307,5 +379,5 @@ def from_lerobot_dict(d: dict[str, Any], **overrides: Any) -> Pi0Config:
 
 __all__ = [
     "DEFAULT_CAMERAS", "GEMMA_VARIANTS", "GemmaSpec", "Pi0Config", "VisionSpec", "from_lerobot_dict", "full_config",
-    "preset", "tiny_config", "to_lerobot_dict",
+    "new_config", "preset", "small_config", "tiny_config", "to_lerobot_dict",
 ]

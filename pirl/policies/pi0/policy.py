@@ -26,9 +26,13 @@ from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy, Obs
 from pirl.policies.pi0.configuration import Pi0Config
 from pirl.policies.pi0.modeling import Pi0Model, PrefixCache
-from pirl.policies.pi0.processing import PaligemmaTokenizer, Pi0Normalizer, stack_images
+from pirl.policies.pi0.processing import HashTokenizer, PaligemmaTokenizer, Pi0Normalizer, make_tokenizer, stack_images
 
 TrainMode = Literal["all", "expert"]
+
+TOKENIZER_HELP = ("π0 needs a prompt tokenizer and none was given: set pi0.tokenizer=PATH (PaliGemma's tokenizer.json "
+                  "or openpi's paligemma_tokenizer.model, e.g. from google/paligemma-3b-pt-224) or pi0.tokenizer=hash "
+                  "for a model pirl trained from scratch")
 
 
 @dataclass
@@ -41,20 +45,24 @@ class Pi0Context:
 
 
 class Pi0Policy(FlowPolicy):
-    """π0 / π0.5 flow policy. ``tokenizer`` is needed only to tokenise text in :meth:`prepare`."""
+    """π0 / π0.5 flow policy. ``tokenizer`` is needed only to tokenise text in :meth:`prepare`.
+
+    The critic reads detached features by default (as every pirl policy; πRL's ``detach_critic_input``)."""
 
     def __init__(
         self,
         cfg: Pi0Config,
-        tokenizer: Optional[PaligemmaTokenizer] = None,
+        tokenizer: Optional[PaligemmaTokenizer | HashTokenizer] = None,
         *,
         noise_features: Literal["flatten", "mean"] = "flatten",
         value_source: Optional[Literal["expert", "vlm"]] = None,
-        detach_value_features: bool = False,
+        detach_value_features: bool = True,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.model = Pi0Model(cfg)
+        if tokenizer is None and cfg.tokenizer:
+            tokenizer = make_tokenizer(cfg.tokenizer, cfg.token_len, cfg.vocab_size)
         self.tokenizer = tokenizer
         self.action_horizon, self.action_dim = cfg.action_horizon, cfg.max_action_dim
         self.state_norm = Pi0Normalizer(cfg.state_dim, cfg.max_state_dim, cfg.normalization)
@@ -114,13 +122,13 @@ class Pi0Policy(FlowPolicy):
             state = state[None]
         B = state.shape[0]
         norm_state = self.state_norm(state.to(self.state_norm.mean.device))
-        images, masks = stack_images(obs, self.cfg.cameras, self.cfg.vision.image_size, B)
+        images, masks = stack_images(self._camera_view(obs), self.cfg.cameras, self.cfg.vision.image_size, B)
         if "tokens" in obs:
             tokens = torch.as_tensor(np.asarray(obs["tokens"])).long()
             token_mask = torch.as_tensor(np.asarray(obs["token_mask"])).bool()
         else:
             if self.tokenizer is None:
-                raise ValueError("no tokenizer: pass one to Pi0Policy (or give obs['tokens'] / obs['token_mask'])")
+                raise ValueError(TOKENIZER_HELP)
             text = obs.get("instruction", obs.get("task"))
             if text is None:
                 raise ValueError("π0 needs the instruction: obs['instruction'] (or obs['task'])")
@@ -129,10 +137,32 @@ class Pi0Policy(FlowPolicy):
             pairs = [self.tokenizer.tokenize(p, None if disc is None else disc[i]) for i, p in enumerate(prompts)]
             tokens = torch.from_numpy(np.stack([p[0] for p in pairs]))
             token_mask = torch.from_numpy(np.stack([p[1] for p in pairs]))
-        return {
+        out = {
             "images": images.to(device), "image_masks": masks.to(device), "tokens": tokens.to(device),
             "token_mask": token_mask.to(device), "state": norm_state.to(device),
         }
+        if self.cfg.delta_action_dims:
+            out["raw_state"] = state[:, : self.cfg.delta_action_dims].to(device)
+        return out
+
+    def _camera_view(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """The observation's images under the checkpoint's camera names (``cfg.camera_keys``); a camera mapped
+        to a key the observation lacks is an error naming both, a padding camera ("") stays masked."""
+        if not self.cfg.camera_keys:
+            return obs
+        source = obs.get("images", obs)
+        view = {}
+        for cam, key in zip(self.cfg.cameras, self.cfg.camera_keys):
+            if not key:
+                continue
+            if key not in source:
+                have = sorted(k for k, v in source.items() if getattr(v, "ndim", 0) >= 3)
+                raise ValueError(
+                    f"the policy's camera {cam!r} reads observation key {key!r}, which the environment does not "
+                    f"provide (its images: {have}); feed it from another key with pi0.cameras={{{cam}: KEY}}, or a "
+                    f"masked black image with pi0.cameras={{{cam}: ''}}")
+            view[cam] = source[key]
+        return {"images": view, **({"image_masks": obs["image_masks"]} if "image_masks" in obs else {})}
 
     def encode(self, obs: Obs) -> Pi0Context:
         m = self.model
@@ -176,6 +206,32 @@ class Pi0Policy(FlowPolicy):
         mask[:steps, : self.cfg.action_dim] = True
         return mask
 
+    @torch.no_grad()
+    def act(self, obs: Obs, cfg: SamplerConfig, *, generator: Optional[torch.Generator] = None):
+        """:meth:`FlowPolicy.act`, with openpi's ``AbsoluteActions``: the first ``delta_action_dims`` action dims
+        are predicted relative to the raw state and made absolute after unnormalising."""
+        out = super().act(obs, cfg, generator=generator)
+        out.actions = self.absolute_actions(out.actions, obs)
+        return out
+
+    def absolute_actions(self, actions: Tensor, obs: Obs) -> Tensor:
+        """Env actions [B, H, D] with ``raw_state[:, :n]`` added to dims ``:n`` (n = ``delta_action_dims``)."""
+        n = self.cfg.delta_action_dims
+        if not n:
+            return actions
+        actions = actions.clone()
+        actions[..., :n] += obs["raw_state"][:, None, :n].to(actions.dtype)
+        return actions
+
+    def delta_actions(self, actions: Tensor, obs: Obs) -> Tensor:
+        """The inverse of :meth:`absolute_actions` (SFT targets)."""
+        n = self.cfg.delta_action_dims
+        if not n:
+            return actions
+        actions = actions.clone()
+        actions[..., :n] -= obs["raw_state"][:, None, :n].to(actions.device, actions.dtype)
+        return actions
+
     def normalize_actions(self, actions: Tensor) -> Tensor:
         """Env actions [..., D] -> normalised, padded [..., 32]."""
         return self.action_norm(actions)
@@ -190,7 +246,7 @@ class Pi0Policy(FlowPolicy):
         """SFT loss on env actions [B, H, D] (MATH.md), over the D real dims only (as LeRobot)."""
         if actions.shape[1:] != (self.action_horizon, self.cfg.action_dim):
             raise ValueError(f"actions of shape {tuple(actions.shape)}; expected [B, {self.action_horizon}, {self.cfg.action_dim}]")
-        a = self.normalize_actions(actions.to(self.device()))
+        a = self.normalize_actions(self.delta_actions(actions.to(self.device()), obs))
         B = a.shape[0]
         eps = torch.randn(a.shape, generator=generator, device=a.device)
         t = torch.rand(B, generator=generator, device=a.device).pow(1.0 / 1.5) * 0.999 + 0.001

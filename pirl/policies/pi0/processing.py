@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import zlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -66,6 +68,42 @@ class PaligemmaTokenizer:
         tokens[: len(ids)] = ids
         mask[: len(ids)] = True
         return tokens, mask
+
+
+class HashTokenizer:
+    """pirl's word-hash tokenizer for models trained from scratch: lower-cased words hashed (CRC32) into
+    ``3 .. vocab_size - 1``, ``<bos>`` = 1, the "start of answer" newline = 2, padding 0. Needs no file, gives
+    the same ids on every machine; π0.5's discretised state becomes one token per state dim."""
+
+    BOS, NEWLINE = 1, 2
+
+    def __init__(self, vocab_size: int, max_len: int) -> None:
+        if vocab_size < 16:
+            raise ValueError(f"the hash tokenizer needs vocab_size >= 16, got {vocab_size}")
+        self.vocab_size, self.max_len = vocab_size, max_len
+
+    def _ids(self, text: str) -> list[int]:
+        return [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in re.findall(r"[a-z0-9]+", text.lower())]
+
+    def tokenize(self, prompt: str, state: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [L] int64, mask [L] bool), as :meth:`PaligemmaTokenizer.tokenize`."""
+        ids = [self.BOS] + self._ids(prompt.replace("_", " "))
+        if state is not None:
+            bins = np.digitize(state, bins=np.linspace(-1, 1, 256 + 1)[:-1]) - 1
+            ids += [3 + int(b) % (self.vocab_size - 3) for b in bins]
+        ids = (ids + [self.NEWLINE])[: self.max_len]
+        tokens = np.zeros(self.max_len, dtype=np.int64)
+        tokens[: len(ids)] = ids
+        return tokens, tokens > 0
+
+
+def make_tokenizer(spec: str, max_len: int, vocab_size: int) -> "PaligemmaTokenizer | HashTokenizer":
+    """``hash`` -> :class:`HashTokenizer`; a path -> :class:`PaligemmaTokenizer` (file checked here)."""
+    if spec == "hash":
+        return HashTokenizer(vocab_size, max_len)
+    if not spec:
+        raise ValueError("no tokenizer given")
+    return PaligemmaTokenizer(spec, max_len)
 
 
 def resize_with_pad(images: Tensor, size: int) -> Tensor:
@@ -166,4 +204,4 @@ def stack_images(obs: dict[str, Any], cameras: Sequence[str], size: int, batch: 
     return torch.stack(imgs, 1), torch.stack(masks, 1)
 
 
-__all__ = ["PaligemmaTokenizer", "Pi0Normalizer", "load_openpi_norm_stats", "resize_with_pad", "stack_images", "to_model_image"]
+__all__ = ["HashTokenizer", "PaligemmaTokenizer", "make_tokenizer", "Pi0Normalizer", "load_openpi_norm_stats", "resize_with_pad", "stack_images", "to_model_image"]

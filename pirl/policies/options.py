@@ -1,0 +1,84 @@
+"""The ``pi0`` block of `pirl sft / train / eval`: how a π0 / π0.5 is built, loaded and trained.
+
+Kept free of heavy imports (transformers) so that every command's config parses without the ``pi0`` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass(frozen=True)
+class Pi0Options:
+    """π0 / π0.5 settings (ignored by the other policy kinds). A checkpoint's own config wins where these are unset."""
+
+    size: Optional[Literal["tiny", "small", "full"]] = None
+    """Architecture of a new model (sft; None = small) or of an openpi directory (None = full). tiny: tests; small:
+    the real structure at ~2.4M parameters, learns on a CPU in minutes; full: the released 3.3B (PaliGemma-3B +
+    Gemma-300M expert)."""
+    tokenizer: str = ""
+    """Prompt tokenizer: PaliGemma's tokenizer.json or openpi's paligemma_tokenizer.model (a path), or 'hash'
+    (pirl's word-hash tokenizer for models trained from scratch). "" = the checkpoint's own; a new model: hash."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Transformer weights' dtype (norms, projections, heads and log-probabilities stay float32)."""
+    train_scope: Literal["all", "expert"] = "all"
+    """What RL / SFT trains: every weight, or the action expert only (the VLM frozen, its prefix computed without
+    gradients; the value and noise heads train in both)."""
+    gradient_checkpointing: bool = False
+    """Recompute every transformer layer in the backward pass (less activation memory, ~1/3 more compute)."""
+    action_horizon: Optional[int] = None
+    """H, actions per predicted chunk; None = the checkpoint's (openpi's pi05_libero was trained with 10)."""
+    cameras: dict[str, str] = field(default_factory=dict)
+    """Checkpoint camera -> environment observation key, e.g. {base_0_rgb: image, left_wrist_0_rgb: wrist_image,
+    right_wrist_0_rgb: ''}; '' feeds a masked black image (a padding camera). Unlisted cameras keep the
+    checkpoint's mapping, else openpi's LIBERO convention (base <- image, left wrist <- wrist_image, right wrist
+    padding), else their own name."""
+    state_in_prompt: Optional[bool] = None
+    """π0.5: the discretised state in the prompt; None = the checkpoint's (openpi's pi05_libero: false)."""
+    delta_action_dims: Optional[int] = None
+    """The first this many action dims are predicted relative to the state (openpi's pi0_libero: 6); None = the
+    checkpoint's."""
+    variant: Optional[Literal["pi0", "pi05"]] = None
+    """An openpi checkpoint directory holds no architecture config: say which model it is."""
+
+    def __post_init__(self) -> None:
+        if self.action_horizon is not None and self.action_horizon < 1:
+            raise ValueError(f"action_horizon must be >= 1 or None, got {self.action_horizon}")
+        if self.delta_action_dims is not None and self.delta_action_dims < 0:
+            raise ValueError(f"delta_action_dims must be >= 0 or None, got {self.delta_action_dims}")
+
+    def config_overrides(self, cameras: tuple[str, ...], camera_keys: tuple[str, ...]) -> dict[str, Any]:
+        """The Pi0Config fields these options change, for a checkpoint with ``cameras`` fed by ``camera_keys``."""
+        out: dict[str, Any] = {}
+        unknown = sorted(set(self.cameras) - set(cameras))
+        if unknown:
+            raise ValueError(f"pi0.cameras names {unknown}, which the checkpoint does not have (its cameras: "
+                             f"{list(cameras)})")
+        keys = tuple(self.cameras.get(c, camera_keys[i] if camera_keys else default_camera_key(c))
+                     for i, c in enumerate(cameras))
+        if keys != camera_keys:
+            out["camera_keys"] = keys
+        if self.tokenizer:
+            out["tokenizer"] = self.tokenizer
+        if self.action_horizon is not None:
+            out["action_horizon"] = self.action_horizon
+        if self.state_in_prompt is not None:
+            out["discrete_state"] = self.state_in_prompt
+        if self.delta_action_dims is not None:
+            out["delta_action_dims"] = self.delta_action_dims
+        return out
+
+
+OPENPI_LIBERO_CAMERAS = {"base_0_rgb": "image", "left_wrist_0_rgb": "wrist_image", "right_wrist_0_rgb": ""}
+"""openpi's LIBERO inputs: agentview -> base, wrist -> left wrist, the right wrist a masked zero image."""
+
+
+def default_camera_key(camera: str) -> str:
+    """The env observation key that feeds a checkpoint camera when nothing says otherwise."""
+    if camera.startswith("empty_camera_"):  # LeRobot's padding cameras
+        return ""
+    return OPENPI_LIBERO_CAMERAS.get(camera, camera)
+
+
+__all__ = ["OPENPI_LIBERO_CAMERAS", "Pi0Options", "default_camera_key"]

@@ -1,0 +1,109 @@
+"""What a π0 / π0.5 training run needs in GPU memory, printed at start; a run that cannot fit is refused.
+
+Counted from the model itself (parameters by dtype and by what trains), so it holds for every size and scope:
+weights, gradients and AdamW's two moments (in each trained parameter's dtype: pirl trains bf16 weights in
+place, without fp32 master copies), the rollout's prefix KV cache, and the activations one micro-batch keeps
+for the backward pass, with and without gradient checkpointing. Activations are an estimate (the saved
+tensors of a pre-norm transformer layer: ~12 widths + 3 MLP widths per token, plus eager attention's
+probabilities); the GPU check (`bench/gpu_check.sh`) compares it with the measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes by item for one training scope."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    kv_cache: int
+    activations: int
+    activations_checkpointed: int
+    checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        act = self.activations_checkpointed if self.checkpointing else self.activations
+        return self.weights + self.gradients + self.optimizer + self.kv_cache + act
+
+    def line(self) -> str:
+        """One line for the run's log, in GiB."""
+        act = self.activations_checkpointed if self.checkpointing else self.activations
+        return (f"weights {self.weights / GB:.2f} + gradients {self.gradients / GB:.2f} + AdamW {self.optimizer / GB:.2f} "
+                f"+ rollout KV cache {self.kv_cache / GB:.2f} + activations {act / GB:.2f} "
+                f"({'with' if self.checkpointing else 'without'} checkpointing; "
+                f"{(self.activations_checkpointed if not self.checkpointing else self.activations) / GB:.2f} "
+                f"{'with' if not self.checkpointing else 'without'}) = {self.total / GB:.2f} GiB")
+
+
+def _layer_act(tokens: int, width: int, mlp: int, heads: int, attended: int, nbytes: int) -> int:
+    return tokens * (12 * width + 3 * mlp) * nbytes + heads * tokens * attended * nbytes
+
+
+def estimate(policy: Any, *, micro_batch: int, rollout_batch: int, checkpointing: Optional[bool] = None) -> MemoryEstimate:
+    """Memory of training ``policy`` (its current dtypes and trainable parameters) with micro-batches of
+    ``micro_batch`` samples and rollouts of ``rollout_batch`` observations."""
+    cfg = policy.cfg
+    params = list(policy.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trained = [p for p in params if p.requires_grad]
+    gradients = sum(p.numel() * p.element_size() for p in trained)
+    optimizer = 2 * gradients
+    act_bytes = 2 if any(p.dtype == torch.bfloat16 for p in params) else 4
+    vlm, ex, vis = cfg.vlm, cfg.expert, cfg.vision
+    prefix, suffix = cfg.prefix_len, cfg.suffix_len
+    kv_per_token = 2 * vlm.depth * vlm.num_kv_heads * vlm.head_dim * act_bytes
+    kv_cache = rollout_batch * prefix * kv_per_token
+    scope_all = any(p.requires_grad for p in policy.model.paligemma_with_expert.paligemma.parameters())
+    per_sample = vlm.depth * _layer_act(suffix, ex.width, ex.mlp_dim, ex.num_heads, prefix + suffix, act_bytes)
+    per_sample_ckpt = vlm.depth * suffix * ex.width * act_bytes
+    if scope_all:  # the prefix (vision tower and VLM) keeps its activations for the backward pass too
+        n_img = vis.tokens_per_image * len(cfg.cameras)
+        per_sample += vlm.depth * _layer_act(prefix, vlm.width, vlm.mlp_dim, vlm.num_heads, prefix, act_bytes)
+        per_sample += vis.depth * _layer_act(n_img, vis.width, vis.mlp_dim, vis.num_heads, vis.tokens_per_image, act_bytes)
+        per_sample_ckpt += vlm.depth * prefix * vlm.width * act_bytes + vis.depth * n_img * vis.width * act_bytes
+    else:  # frozen prefix: only its KV cache stays, for the expert's attention
+        per_sample += prefix * kv_per_token
+        per_sample_ckpt += prefix * kv_per_token
+    ckpt = bool(policy.model.gradient_checkpointing) if checkpointing is None else checkpointing
+    return MemoryEstimate(weights, gradients, optimizer, kv_cache, micro_batch * per_sample, micro_batch * per_sample_ckpt,
+                          ckpt)
+
+
+def check_fits(policy: Any, cfg: Any, log: Optional[Callable[[str], None]] = print) -> MemoryEstimate:
+    """Prints the estimate of a `pirl train` config; on CUDA, refuses a run that cannot fit the free memory."""
+    micro = cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size
+    est = estimate(policy, micro_batch=micro, rollout_batch=cfg.num_groups * cfg.group_size)
+    scope = cfg.pi0.train_scope
+    if log:
+        log(f"π0 memory ({scope} trains, micro-batch {micro}): {est.line()}")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(device)
+        # the weights are on the GPU already: compare what is still to come with what is free
+        needed = est.total - est.weights
+        if needed > free:
+            hints = []
+            if not est.checkpointing:
+                hints.append("pi0.gradient_checkpointing=true")
+            if scope == "all":
+                hints.append("pi0.train_scope=expert")
+            if micro > 1:
+                hints.append(f"ppo.micro_batch_size={max(1, micro // 4)}")
+            if not any(p.dtype == torch.bfloat16 for p in policy.parameters()):
+                hints.append("pi0.dtype=bfloat16")
+            raise MemoryError(f"this run needs ~{needed / GB:.1f} GiB more GPU memory and {free / GB:.1f} of "
+                              f"{total / GB:.1f} GiB are free on {device}; try {', '.join(hints) or 'a larger GPU'}")
+    return est
+
+
+__all__ = ["MemoryEstimate", "check_fits", "estimate"]
