@@ -32,6 +32,7 @@ import torch
 from pirl.data.collect import CollectConfig, collect
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
+from pirl.policies.options import Pi0Options
 from pirl.train.logging import read_metrics
 from pirl.train.rl import TrainConfig, train
 from pirl.train.sft import SFTConfig, sft
@@ -103,7 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["MT10"])
     ap.add_argument("--demos", type=int, default=10)
-    ap.add_argument("--policy", choices=["mlp", "vla"], default="mlp",
+    ap.add_argument("--policy", choices=["mlp", "vla", "pi0", "pi05"], default="mlp",
                     help="mlp: state MLP; vla: VLA-mini on 64x64 corner2 images + instruction + state")
     ap.add_argument("--sft-steps", type=int, default=None, help="default 30000 (mlp) / 600 (vla)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("--runner", choices=["local", "ray"], default="local",
                     help="ray: the environments step in --env-workers Ray actor processes (uses more than one core)")
     ap.add_argument("--env-workers", type=int, default=2)
+    ap.add_argument("--pi0-size", choices=["tiny", "small", "full"], default="small", help="--policy pi0 / pi05")
     ap.add_argument("--sft-hidden", type=int, default=256, help="width of the state MLP")
     ap.add_argument("--seed", type=int, default=0, help="RL seed (contexts, sampling noise); SFT is shared")
     ap.add_argument("--std-range", nargs=2, type=float, default=None, metavar=("LO", "HI"),
@@ -131,8 +133,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     tasks = args.tasks[0] if len(args.tasks) == 1 else tuple(args.tasks)
-    vla = args.policy == "vla"
-    tag = _tag(args.tasks) + ("-vla" if vla else "")
+    vla = args.policy != "mlp"  # every other kind reads the camera
+    tag = _tag(args.tasks) + (f"-{args.policy}" if vla else "")
     camera = "corner2" if vla else None
     root = Path(args.root or f"runs/bench_learning/{tag}")
     data = root / "data"
@@ -143,7 +145,8 @@ def main() -> None:
     if not policy.exists():
         steps = args.sft_steps or (600 if vla else 30000)
         sft(SFTConfig(dataset=str(data), out_dir=str(root / "sft"), policy=args.policy, action_horizon=8, chunk=4,
-                      steps=steps, batch_size=32 if vla else 128, hidden=args.sft_hidden, eval_every=-1), log=None)
+                      steps=steps, batch_size=32 if vla else 128, hidden=args.sft_hidden, eval_every=-1,
+                      pi0=Pi0Options(size=args.pi0_size)), log=None)
     if args.prepare_only:
         return
     command = "python bench/bench_learning.py " + " ".join(sys.argv[1:])

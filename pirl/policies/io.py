@@ -160,7 +160,9 @@ def fetch_from_hub(repo_id: str) -> Path:
 def resolve_source(spec: str | Path) -> tuple[str, Path]:
     """(format, local path) of a policy source: a file, a directory, or a hub id fetched when online."""
     path = Path(spec)
-    if not path.exists() and isinstance(spec, str) and HUB_ID.match(spec) and not spec.endswith(".safetensors"):
+    # "org/name" is a hub id unless it names a local path (or a path under a local folder)
+    if (not path.exists() and isinstance(spec, str) and HUB_ID.match(spec) and not spec.endswith(".safetensors")
+            and not path.parent.exists()):
         path = fetch_from_hub(spec)
     return detect_format(path), path
 

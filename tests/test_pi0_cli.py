@@ -1,0 +1,205 @@
+"""π0 / π0.5 through the whole product: collect (images) -> sft policy=pi0 -> train (Flow-SDE, Flow-Noise) -> eval ->
+resume; LeRobot / openpi directories as policy=DIR; the LeRobot export; the LIBERO recipe's transforms; refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("transformers")
+pytest.importorskip("metaworld")
+
+import pirl.train.rl as rl  # noqa: E402
+from pirl.cli.main import main as pirl  # noqa: E402
+from pirl.flow import SamplerConfig  # noqa: E402
+from pirl.policies.io import PolicyLoadError, load_policy  # noqa: E402
+from pirl.policies.options import Pi0Options  # noqa: E402
+from pirl.policies.pi0 import Pi0Policy  # noqa: E402
+from pirl.policies.pi0.checkpoint import save_lerobot, save_openpi  # noqa: E402
+from pirl.policies.pi0.configuration import DEFAULT_CAMERAS, new_config  # noqa: E402
+
+ENV = ["env.tasks=reach-v3", "env.camera=corner2", "env.image_size=32", "env.chunk=4", "env.max_episode_steps=40"]
+TRAIN = ["num_groups=2", "eval_every=2", "checkpoint_every=1", "eval_episodes_per_task=2", "eval_num_envs=2",
+         "videos_per_task=0"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sft_policies(tmp_path_factory) -> dict[str, Path]:
+    """A camera dataset of reach-v3 and one tiny π0 and π0.5 trained on it through the CLI."""
+    root = tmp_path_factory.mktemp("pi0")
+    data = root / "data"
+    assert pirl(["collect", "--run-dir", str(data), "tasks=reach-v3", "episodes_per_task=2", "num_envs=1",
+                 "max_episode_steps=60", "camera=corner2", "image_size=32"]) == 0
+    out = {}
+    for variant in ("pi0", "pi05"):
+        assert pirl(["sft", "--run-dir", str(root / variant), f"dataset={data}", f"policy={variant}", "pi0.size=tiny",
+                     "steps=20", "batch_size=16", "eval_every=-1", "action_horizon=4", "chunk=4"]) == 0
+        out[variant] = root / variant / "final.safetensors"
+    return out
+
+
+def _obs(state_dim: int = 39, batch: int = 2, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+            "state": rng.normal(size=(batch, state_dim)).astype(np.float32),
+            "instruction": np.array(["reach the goal", "push the puck"][:batch], dtype=object)}
+
+
+def _actions(policy, obs: dict, method: str = "ode") -> torch.Tensor:
+    return policy.act(policy.prepare(obs), SamplerConfig(method=method, steps=3),
+                      generator=torch.Generator().manual_seed(0)).actions
+
+
+@pytest.mark.parametrize("method", ["flow_sde", "flow_noise"])
+def test_sft_train_eval_and_lerobot_export(sft_policies, tmp_path, method, capsys):
+    run = tmp_path / "rl"
+    assert pirl(["train", "--run-dir", str(run), f"policy={sft_policies['pi0']}", *ENV, *TRAIN, "iterations=2",
+                 f"sampler.method={method}"]) == 0
+    out = capsys.readouterr().out
+    assert "pirl pi0 policy file" in out and "π0 memory" in out  # the detected format and the memory estimate
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["method"] == method
+    # the export after RL is a LeRobot directory that loads back to the same actions
+    export = run / "policy_latest_lerobot"
+    assert {"config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"} <= {
+        p.name for p in export.iterdir()}
+    ours, _ = load_policy(run / "policy_latest.safetensors")
+    theirs, _ = load_policy(export)
+    assert torch.equal(_actions(ours, _obs()), _actions(theirs, _obs()))
+    for source in (run / "policy_latest.safetensors", export):
+        ev = tmp_path / f"eval-{source.name}"
+        assert pirl(["eval", "--run-dir", str(ev), f"policy={source}", *ENV, "episodes_per_task=2", "num_envs=2"]) == 0
+    a, b = (json.loads((tmp_path / f"eval-{s}" / "eval.json").read_text()) for s in
+            ("policy_latest.safetensors", "policy_latest_lerobot"))
+    assert a["per_task"] == b["per_task"]
+
+
+def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(sft_policies, tmp_path, monkeypatch):
+    args = [f"policy={sft_policies['pi0']}", *ENV, *TRAIN, "iterations=3", "sampler.method=flow_noise"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert pirl(["train", "--run-dir", str(ref), *args]) == 0
+
+    stop = {"now": False}
+
+    class StopAfterTwo:  # what Ctrl-C does, at a known iteration
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        @property
+        def requested(self):
+            return stop["now"]
+
+    real_step = rl.Trainer.step
+
+    def step(self):
+        metrics = real_step(self)
+        stop["now"] = self.iteration >= 2
+        return metrics
+
+    monkeypatch.setattr(rl, "GracefulStop", StopAfterTwo)
+    monkeypatch.setattr(rl.Trainer, "step", step)
+    assert pirl(["train", "--run-dir", str(run), *args]) == 130
+    monkeypatch.undo()
+    assert pirl(["train", "--resume", str(run)]) == 0
+    a, b = load_file(str(ref / "policy_latest.safetensors")), load_file(str(run / "policy_latest.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def metrics(path):
+        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "wall_time"} for r in rows]
+
+    assert metrics(ref) == metrics(run)
+
+
+def test_pi05_through_the_chain(sft_policies, tmp_path):
+    run = tmp_path / "rl"
+    assert pirl(["train", "--run-dir", str(run), f"policy={sft_policies['pi05']}", *ENV, *TRAIN, "iterations=1"]) == 0
+    policy, _ = load_policy(run / "policy_latest_lerobot")
+    assert policy.cfg.variant == "pi05" and policy.cfg.state_in_prompt
+    assert pirl(["eval", "--run-dir", str(tmp_path / "ev"), f"policy={run / 'policy_latest_lerobot'}", *ENV,
+                 "episodes_per_task=1", "num_envs=1"]) == 0
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_lerobot_and_openpi_directories_load_through_policy_dir(tmp_path, variant):
+    torch.manual_seed(0)
+    cfg = new_config(variant, "tiny", state_dim=39, action_dim=4, action_horizon=4, cameras=DEFAULT_CAMERAS,
+                     camera_keys=("image", "", ""))
+    reference = Pi0Policy(cfg)
+    for norm in (reference.state_norm, reference.action_norm):
+        norm.set_stats({"mean": torch.randn(norm.dim), "std": torch.rand(norm.dim) + 0.5,
+                        "q01": -1 - torch.rand(norm.dim), "q99": 1 + torch.rand(norm.dim)})
+    save_lerobot(reference, tmp_path / "lerobot")
+    save_openpi(reference, tmp_path / "openpi")
+    want = _actions(reference, _obs())
+    lerobot, _ = load_policy(tmp_path / "lerobot")
+    opts = Pi0Options(variant=variant, size="tiny", action_horizon=4, tokenizer="hash",
+                      cameras={"base_0_rgb": "image", "left_wrist_0_rgb": ""})
+    openpi, _ = load_policy(str(tmp_path / "openpi"), pi0=opts)
+    assert torch.equal(_actions(lerobot, _obs()), want) and torch.equal(_actions(openpi, _obs()), want)
+    # and through the command line, which prints the detected format
+    for name, extra in (("lerobot", []), ("openpi", [f"pi0.variant={variant}", "pi0.size=tiny", "pi0.action_horizon=4",
+                                                    "pi0.tokenizer=hash", "pi0.cameras={left_wrist_0_rgb: ''}"])):
+        assert pirl(["eval", "--run-dir", str(tmp_path / f"ev-{name}"), f"policy={tmp_path / name}", *ENV, *extra,
+                     "episodes_per_task=1", "num_envs=1"]) == 0
+
+
+def test_delta_actions_and_camera_mapping_by_hand():
+    torch.manual_seed(0)
+    cfg = new_config("pi0", "tiny", state_dim=8, action_dim=7, action_horizon=4, cameras=DEFAULT_CAMERAS,
+                     camera_keys=("image", "wrist_image", ""), delta_action_dims=6)
+    policy = Pi0Policy(cfg)
+    rng = np.random.default_rng(0)
+    obs = {"image": rng.integers(0, 256, (2, 28, 28, 3), dtype=np.uint8),
+           "wrist_image": rng.integers(0, 256, (2, 28, 28, 3), dtype=np.uint8),
+           "state": np.arange(16, dtype=np.float32).reshape(2, 8), "instruction": np.array(["a", "b"], dtype=object)}
+    prepared = policy.prepare(obs)
+    # base <- image, left wrist <- wrist_image, right wrist: a masked black image; pixels to [-1, 1]
+    torch.testing.assert_close(prepared["images"][0, 0, :, 3, 5], torch.tensor(obs["image"][0, 3, 5] / 255 * 2 - 1,
+                                                                               dtype=torch.float32))
+    torch.testing.assert_close(prepared["images"][1, 1, :, 0, 0],
+                               torch.tensor(obs["wrist_image"][1, 0, 0] / 255 * 2 - 1, dtype=torch.float32))
+    assert prepared["image_masks"].tolist() == [[True, True, False]] * 2
+    assert (prepared["images"][:, 2] == -1).all()
+    # delta -> absolute: dims 0-5 get state[:6] added after unnormalising, the gripper (dim 6) stays absolute
+    deltas = torch.full((2, 4, 7), 0.5)
+    absolute = policy.absolute_actions(deltas, prepared)
+    want = deltas.clone()
+    want[0, :, :6] += torch.tensor([0.0, 1, 2, 3, 4, 5])
+    want[1, :, :6] += torch.tensor([8.0, 9, 10, 11, 12, 13])
+    torch.testing.assert_close(absolute, want)
+    torch.testing.assert_close(policy.delta_actions(absolute, prepared), deltas)
+    # act returns absolute actions: the ODE's output plus the state
+    out = policy.act(prepared, SamplerConfig(method="ode", steps=2), generator=torch.Generator().manual_seed(0))
+    raw = policy.unnormalize_actions(out.chain.actions)
+    torch.testing.assert_close(out.actions[..., :6] - raw[..., :6], torch.tensor(obs["state"][:, None, :6]).expand(2, 4, 6))
+    torch.testing.assert_close(out.actions[..., 6], raw[..., 6])
+
+
+def test_missing_camera_and_missing_tokenizer_are_refused(tmp_path):
+    torch.manual_seed(0)
+    cfg = new_config("pi0", "tiny", state_dim=39, action_dim=4, action_horizon=4, cameras=DEFAULT_CAMERAS)
+    save_openpi(Pi0Policy(cfg), tmp_path / "openpi")
+    opts = Pi0Options(variant="pi0", size="tiny", action_horizon=4)
+    with pytest.raises(PolicyLoadError, match="tokenizer"):
+        load_policy(str(tmp_path / "openpi"), pi0=opts)
+    # openpi's LIBERO mapping wants a wrist camera; MetaWorld has none
+    policy, _ = load_policy(str(tmp_path / "openpi"), pi0=Pi0Options(variant="pi0", size="tiny", action_horizon=4,
+                                                                       tokenizer="hash"))
+    with pytest.raises(ValueError, match="left_wrist_0_rgb.*wrist_image"):
+        policy.prepare(_obs())
+    with pytest.raises(ValueError, match="does not have"):
+        Pi0Options(cameras={"head_cam": "image"}).config_overrides(cfg.cameras, ())
