@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one go (never run by CI): the CUDA tests (learner ranks on GPUs, GPU rollout
-# workers), then the vision-language rollout benchmark with inference on the GPU, the learner-rank benchmark
-# (on the machine's CPU cores), then π0's GPU benchmark.
-# Needs torch with CUDA, ray, metaworld + mujoco (EGL rendering) and, for π0, transformers.
+# The checks that need a GPU, in one go (never run by CI), π0 first: full-size π0 / π0.5 (random weights) through
+# `pirl train` on one GPU per training scope (memory vs the printed estimate, simulation / inference / update
+# seconds), π0's batch-1 chunk latency eager vs torch.compile (CUDA graphs); then the CUDA tests (learner ranks on
+# GPUs, GPU rollout workers), the vision-language rollout benchmark, the learner-rank benchmark (CPU cores) and π0's
+# throughput benchmark.
+# Needs torch with CUDA, transformers, metaworld + mujoco + gymnasium (EGL rendering), ray for the Ray steps. Wheels
+# missing on the machine can travel in .whl/ (installed first when present).
 #
 #   bash bench/gpu_check.sh [LOG_DIR]      # logs and result files also copied to LOG_DIR (default: none)
 #
@@ -23,8 +26,16 @@ step() {  # step NAME SECONDS CMD...: runs CMD under a time limit, logs to LOG/N
   [ $r -eq 0 ] || rc=1
 }
 [ -n "$LOG" ] && mkdir -p "$LOG"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__)"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+step pi0_train 330 $PY bench/bench_pi0_train_gpu.py --iterations 3
+step pi0_latency 200 $PY bench/bench_pi0_gpu.py --variants pi0 --latency-only --compile reduce-overhead \
+  --compile-cameras 3 --warmup 2 --iters 5 --out bench/results/pi0_latency.json
 
 step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
 step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 8 --episode-steps 100 --repeats 1 \
@@ -32,7 +43,8 @@ step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 
 step learner 150 $PY bench/bench_learner.py --worlds 2 4 8 --samples 4096 --hidden 1024 --repeats 2  # the CPU cores
 step pi0_gpu 150 $PY bench/bench_pi0_gpu.py --variants pi0 --batches 8 32 --warmup 1 --iters 3
 if [ -n "$LOG" ]; then
-  cp bench/results/vla_rollout.json bench/results/vla_rollout.md bench/results/learner.json bench/results/learner.md \
+  cp bench/results/pi0_train_gpu.json bench/results/pi0_train_gpu.md bench/results/pi0_latency.json \
+    bench/results/vla_rollout.json bench/results/vla_rollout.md bench/results/learner.json bench/results/learner.md \
     bench/results/pi0_gpu.json "$LOG"/ 2>/dev/null
 fi
 exit $rc

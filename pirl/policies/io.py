@@ -174,12 +174,16 @@ def load_policy(spec: str | Path, device: str = "cpu", *, pi0: Optional[Pi0Optio
 
     ``pi0`` applies the π0 block of the command line (tokenizer, cameras, horizon, dtype, training scope);
     ``log`` receives one line naming the detected format."""
+    import torch
+
     fmt, path = resolve_source(spec)
     pi0 = pi0 or Pi0Options()
-    if fmt == "pirl":
-        policy, extra = _load_pirl(path, pi0)
-    else:
-        policy, extra = _load_pi0_dir(fmt, path, pi0), {}
+    # built on the target device: a 3B model's random init would take minutes on a CPU before being overwritten
+    with torch.device(device):
+        if fmt == "pirl":
+            policy, extra = _load_pirl(path, pi0)
+        else:
+            policy, extra = _load_pi0_dir(fmt, path, pi0), {}
     if log:
         n = sum(p.numel() for p in policy.parameters())
         what = {"pirl": f"pirl {policy_kind(policy)} policy file", "lerobot": "LeRobot checkpoint directory",

@@ -376,6 +376,8 @@ class Trainer:
                 self.ray.weights_changed(self.policy)
         self.iteration += 1
         self.env_steps += int(metrics["rollout/env_steps"])
+        if torch.device(self.cfg.device).type == "cuda":
+            metrics["perf/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.cfg.device) / 2**30
         metrics["rollout/env_crashes_total"] = float(self.env_crashes)
         if self.ray:
             metrics.update({f"rollout/{k}": float(v) for k, v in self.ray.restarts.items()})

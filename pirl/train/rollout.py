@@ -109,6 +109,8 @@ class RolloutCollector:
         self.tasks = tasks
         self.rng = np.random.default_rng(cfg.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.timing = {"inference_s": 0.0, "sim_s": 0.0}
+        """Seconds of the last collect in policy inference and in env.step (the sequential schedule)."""
         self.next_group_id = 0
         self.next_context_id = 0
         # running rollout success per task (adaptive task sampling); 0.5 = no information yet
@@ -199,9 +201,14 @@ class RolloutCollector:
         The sequential schedule: act on all N, then step all N. PipelinedCollector overrides it.
         """
         for _ in range(self.env.max_chunk_steps):
+            t0 = time.perf_counter()
             obs = self.policy.prepare(obs_np)
             out = self.policy.act(obs, sampler, generator=generator)
-            res = self.env.step(out.actions.detach().cpu().numpy())
+            actions = out.actions.detach().cpu().numpy()  # waits for the device: inference ends here
+            t1 = time.perf_counter()
+            res = self.env.step(actions)
+            self.timing["inference_s"] += t1 - t0
+            self.timing["sim_s"] += time.perf_counter() - t1
             yield obs, out, res
             obs_np = res.obs
 
@@ -212,6 +219,7 @@ class RolloutCollector:
         filtering = cfg.group_filter != "none"
         target = (cfg.min_groups or cfg.num_groups) if filtering else cfg.num_groups
         start = time.perf_counter()
+        self.timing = {"inference_s": 0.0, "sim_s": 0.0}
         buffers, episodes = [], []
         kept_groups = dropped = tries = crashed_groups = 0
         while True:
@@ -269,6 +277,9 @@ class RolloutCollector:
             "rollout/crashed_groups": float(crashed_groups),
             "rollout/filter_exhausted": float(filtering and kept_groups < target),
             "perf/rollout_s": elapsed,
+            # the sequential schedule's split of rollout_s (a pipelined collector overlaps the two and reports 0)
+            "perf/inference_s": self.timing["inference_s"],
+            "perf/sim_s": self.timing["sim_s"],
             "perf/env_steps_per_s": env_steps / elapsed if elapsed > 0 else math.nan,
         }
         return Rollout(buffers=[b for b in buffers if bool(b.valid.any())], metrics=metrics)
