@@ -30,11 +30,22 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+# MuJoCo renders through EGL: PyOpenGL finds libEGL by name only, so point it at the driver's copy if needed
+if ! $PY -c "from OpenGL import EGL; EGL.eglQueryString" >/dev/null 2>&1; then
+  egl=$(find / -xdev \( -name 'libEGL.so*' -o -name 'libEGL_nvidia.so*' \) 2>/dev/null | head -5)
+  echo "libEGL candidates: $egl"
+  for f in $egl; do export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(dirname "$f")"; done
+  if ! ls $(echo "$egl" | head -1 | xargs -r dirname)/libEGL.so.1 >/dev/null 2>&1 && [ -n "$egl" ]; then
+    mkdir -p /tmp/egl && ln -sf "$(echo "$egl" | grep nvidia | head -1)" /tmp/egl/libEGL.so.1 \
+      && ln -sf /tmp/egl/libEGL.so.1 /tmp/egl/libEGL.so && export LD_LIBRARY_PATH="/tmp/egl:$LD_LIBRARY_PATH"
+  fi
+  $PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo "no usable libEGL: MuJoCo cannot render"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --iterations 3
-step pi0_latency 170 $PY bench/bench_pi0_gpu.py --variants pi0 --latency-only --compile reduce-overhead \
+step pi0_latency 200 $PY bench/bench_pi0_gpu.py --variants pi0 --latency-only --compile reduce-overhead \
   --compile-cameras 3 --warmup 2 --iters 5 --out bench/results/pi0_latency.json
 
 step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
