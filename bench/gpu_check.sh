@@ -30,17 +30,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-# MuJoCo renders through EGL: PyOpenGL finds libEGL by name only, so point it at the driver's copy if needed
-if ! $PY -c "from OpenGL import EGL; EGL.eglQueryString" >/dev/null 2>&1; then
-  egl=$(find / -xdev \( -name 'libEGL.so*' -o -name 'libEGL_nvidia.so*' \) 2>/dev/null | head -5)
-  echo "libEGL candidates: $egl"
-  for f in $egl; do export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(dirname "$f")"; done
-  if ! ls $(echo "$egl" | head -1 | xargs -r dirname)/libEGL.so.1 >/dev/null 2>&1 && [ -n "$egl" ]; then
-    mkdir -p /tmp/egl && ln -sf "$(echo "$egl" | grep nvidia | head -1)" /tmp/egl/libEGL.so.1 \
-      && ln -sf /tmp/egl/libEGL.so.1 /tmp/egl/libEGL.so && export LD_LIBRARY_PATH="/tmp/egl:$LD_LIBRARY_PATH"
-  fi
-  $PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo "no usable libEGL: MuJoCo cannot render"
+# MuJoCo renders through EGL. Where the machine has only the NVIDIA driver's libEGL_nvidia (no glvnd dispatcher),
+# glvnd's libEGL / libOpenGL can travel in .gl/ (Debian's libegl1, libglvnd0, libopengl0) with a vendor file.
+if ! $PY -c "from OpenGL import EGL; EGL.eglQueryString" >/dev/null 2>&1 && [ -d .gl ]; then
+  nv=$(find / -xdev -name 'libEGL_nvidia.so.0' 2>/dev/null | head -1)
+  export LD_LIBRARY_PATH="$PWD/.gl${nv:+:$(dirname "$nv")}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export __EGL_VENDOR_LIBRARY_FILENAMES="$PWD/.gl/10_nvidia.json"
 fi
+$PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo "no usable libEGL: MuJoCo cannot render"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
