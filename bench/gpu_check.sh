@@ -8,6 +8,7 @@
 # missing on the machine can travel in .whl/ (installed first when present).
 #
 #   bash bench/gpu_check.sh [LOG_DIR]      # logs and result files also copied to LOG_DIR (default: none)
+#   ONLY="pi0_train pi0_latency" bash bench/gpu_check.sh    # a subset of the steps
 #
 # Each step has a time limit so a hang cannot eat the machine; a failed step does not stop the next one.
 set -u -o pipefail
@@ -19,6 +20,7 @@ rc=0
 step() {  # step NAME SECONDS CMD...: runs CMD under a time limit, logs to LOG/NAME.log
   local name=$1 secs=$2
   shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="pi0_train ...": a subset
   echo "=== $name ($(date -u +%H:%M:%S), limit ${secs}s): $*"
   if [ -n "$LOG" ]; then timeout "$secs" "$@" 2>&1 | tee "$LOG/$name.log"; else timeout "$secs" "$@" 2>&1; fi
   local r=$?
@@ -41,7 +43,7 @@ $PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --iterations 3
+step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --iterations ${PI0_ITERATIONS:-3}
 step pi0_latency 200 $PY bench/bench_pi0_gpu.py --variants pi0 --latency-only --compile reduce-overhead \
   --compile-cameras 3 --warmup 2 --iters 5 --out bench/results/pi0_latency.json
 
