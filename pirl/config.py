@@ -28,6 +28,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
+from pirl.errors import InputError
+
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
@@ -37,7 +39,7 @@ PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 """The repository's ``configs/`` directory (presets shipped with pirl)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config could not be built; the message names the key and what was wrong."""
 
 

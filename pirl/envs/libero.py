@@ -46,6 +46,7 @@ import numpy as np
 
 from pirl.envs.base import EVAL_SEED_START
 from pirl.envs.chunked import ChunkSubEnv, GymChunkVector, VectorKind
+from pirl.errors import InputError, MissingFileError
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -99,7 +100,7 @@ class LiberoConfig:
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
-            raise ValueError(f"unknown LIBERO suite {self.suite!r}; choose one of {SUITES}")
+            raise InputError(f"unknown LIBERO suite {self.suite!r}; choose one of {SUITES}")
         if self.num_envs < 1 or self.chunk < 1:
             raise ValueError(f"num_envs and chunk must be >= 1; got {self.num_envs}, {self.chunk}")
         if self.init_states not in ("ordered", "random"):
@@ -185,14 +186,14 @@ def setup_libero(assets_path: Optional[str] = None) -> str:
     if assets_path:
         assets_path = os.path.abspath(os.path.expanduser(assets_path))
         if not os.path.isdir(os.path.join(assets_path, "scenes")):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"LIBERO assets not found at {assets_path!r} (expected a 'scenes' folder there): pass the path of a "
                 "copy of LIBERO's libero/libero/assets folder as LiberoConfig(assets_path=...) or $PIRL_LIBERO_ASSETS")
         L._assets_path_cache = assets_path  # hf-libero looks here before its own folder and the hub
         return assets_path
     found = L.get_assets_path()  # the package's behaviour: its own folder, else a hub download
     if not os.path.isdir(os.path.join(found, "scenes")):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"LIBERO assets are missing ({found!r} has no 'scenes' folder) and could not be downloaded: "
             "set LiberoConfig(assets_path=...) or $PIRL_LIBERO_ASSETS to a copy of LIBERO's assets folder")
     return found
@@ -202,7 +203,7 @@ def setup_libero(assets_path: Optional[str] = None) -> str:
 def suite_tasks(suite: str) -> tuple[tuple[str, str], ...]:
     """(name, instruction) of every task of a suite, in suite order. Needs no assets."""
     if suite not in SUITES:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; choose one of {SUITES}")
+        raise InputError(f"unknown LIBERO suite {suite!r}; choose one of {SUITES}")
     _prepare_import()
     from libero.libero.benchmark import get_benchmark
 
@@ -219,7 +220,7 @@ def resolve_tasks(suite: str, tasks: Optional[Sequence[Union[str, int]]]) -> tup
     for t in tasks:
         if isinstance(t, (int, np.integer)):
             if not 0 <= t < len(names):
-                raise ValueError(f"task index {t} out of range for {suite} ({len(names)} tasks)")
+                raise InputError(f"task index {t} out of range for {suite} ({len(names)} tasks)")
             out.append(int(t))
         elif t in names:
             out.append(names.index(t))
@@ -227,7 +228,7 @@ def resolve_tasks(suite: str, tasks: Optional[Sequence[Union[str, int]]]) -> tup
             import difflib
 
             near = difflib.get_close_matches(str(t), names, n=3, cutoff=0.3)
-            raise ValueError(f"unknown {suite} task {t!r}; did you mean {near}?")
+            raise InputError(f"unknown {suite} task {t!r}; did you mean {near}? (set env.tasks=SUITE:TASK,...)")
     return tuple(out)
 
 

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
 from pirl.envs.base import ChunkVectorEnv
+from pirl.errors import require
 
 SUITES = ("metaworld", "point_mass", "libero", "maniskill")
+
+_SIMULATORS = {"metaworld": ("metaworld", "metaworld"), "libero": ("libero", "libero"),
+               "maniskill": ("mani_skill", "maniskill")}
+"""suite -> (its simulator's Python package, the pip extra that installs it)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,17 @@ class EnvConfig:
             raise ValueError(f"max_episode_steps must be >= 0 (0 = standard), got {self.max_episode_steps}")
 
 
+def require_simulator(suite: str) -> None:
+    """Raises :class:`pirl.errors.NotInstalledError` (one line: which pip extra) when ``suite``'s simulator is
+    not installed, instead of an ImportError traceback from deep inside the suite's module."""
+    if suite in _SIMULATORS:
+        package, extra = _SIMULATORS[suite]
+        require(package, extra=extra, purpose=f"the {suite} simulator")
+
+
 def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVectorEnv:
     """A vector of ``num_envs`` chunked environments of the configured suite."""
+    require_simulator(cfg.suite)
     if cfg.suite == "metaworld":
         from pirl.envs.metaworld import MAX_EPISODE_STEPS, MetaWorldConfig, MetaWorldVectorEnv
 

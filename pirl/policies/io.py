@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from pirl.errors import InputError, MissingFileError
 from pirl.policies.base import Policy
 
 
@@ -56,13 +57,19 @@ def save_policy(policy: Policy, path: str | Path, extra: Optional[dict[str, Any]
 def load_policy(path: str | Path, device: str = "cpu") -> tuple[Policy, dict[str, Any]]:
     """(policy, extra metadata) from a checkpoint written by :func:`save_policy`."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework="pt", device=device) as f:
-        meta = f.metadata() or {}
-        if "pirl_kind" not in meta:
-            raise ValueError(f"{path} is not a pirl policy checkpoint (no 'pirl_kind' metadata)")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    if not path.is_file():
+        raise MissingFileError(f"policy file {path} does not exist; pass policy=PATH to a .safetensors file written "
+                               "by `pirl sft` or `pirl train`")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()} if "pirl_kind" in meta else {}
+    except (SafetensorError, OSError) as e:  # random bytes, a truncated copy: say which file, not just why
+        raise InputError(f"policy file {path} is not a readable safetensors file ({e}): it is truncated or not a "
+                         "policy; pass policy=PATH to a file written by `pirl sft` or `pirl train`") from e
+    if "pirl_kind" not in meta:
+        raise InputError(f"{path} is a safetensors file but not a pirl policy (no 'pirl_kind' metadata); pass "
+                         "policy=PATH to a file written by `pirl sft` or `pirl train`")
     cfg_cls, cls = _builders()[meta["pirl_kind"]]
     cfg = json.loads(meta["config"])
     cfg = cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})

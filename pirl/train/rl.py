@@ -24,11 +24,12 @@ import torch
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.envs.base import eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
+from pirl.errors import InputError, MissingFileError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import load_policy, save_policy
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
-from pirl.train.evaluate import evaluate_policy, record_videos
+from pirl.train.evaluate import check_policy_fits_env, evaluate_policy, record_videos
 from pirl.train.logging import MetricsLogger, Progress, read_summary, write_summary
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 from pirl.train.signals import EXIT_INTERRUPTED, GracefulStop
@@ -232,7 +233,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
         if not cfg.policy:
-            raise ValueError("TrainConfig.policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors)")
+            raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -257,6 +258,11 @@ class Trainer:
                                  worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
         self.env = self.make_rollout_env()
         self.eval_env = None
+        try:
+            check_policy_fits_env(self.policy, self.env, cfg.policy)
+        except InputError:
+            self.close()  # env subprocesses and Ray actors are already up
+            raise
         collector_cls = RolloutCollector
         if cfg.pipelined:
             from pirl.distributed.pipeline import PipelinedCollector as collector_cls
@@ -272,7 +278,8 @@ class Trainer:
         if resume:
             latest = self.checkpoints.latest
             if latest is None:
-                raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+                raise MissingFileError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'} (the run stopped "
+                                       "before its first one): start it again without --resume")
             state = load_checkpoint(latest, **self._state_objects())
             self.iteration, self.env_steps = state["iteration"], state["env_steps"]
             self.env_crashes, wall = state["env_crashes"], state["wall_time"]
