@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
+from pirl.config import to_dict
 from pirl.envs.base import eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
 from pirl.errors import InputError, MissingFileError, require
@@ -31,7 +32,7 @@ from pirl.policies.base import FlowPolicy
 from pirl.policies.io import load_policy, save_policy
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
 from pirl.train.evaluate import check_policy_fits_env, evaluate_policy, record_videos
-from pirl.train.logging import MetricsLogger, Progress, read_summary, write_summary
+from pirl.train.logging import MetricsLogger, Progress, read_summary, wandb_module, write_summary
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 from pirl.train.signals import EXIT_INTERRUPTED, GracefulStop
 
@@ -174,6 +175,11 @@ class TrainConfig:
     """Seeds parameter init of new heads, the context sampler, flow noise and minibatch order."""
     device: str = "cpu"
     """Torch device of the policy (rollouts and updates)."""
+    logger: Literal["tensorboard", "wandb", "both", "none"] = "tensorboard"
+    """Where metrics go besides metrics.jsonl: TensorBoard (<run>/tb), Weights & Biases (pip install -e '.[wandb]';
+    WANDB_MODE=offline logs to <run>/wandb with no network), both, or none."""
+    wandb_project: str = "pirl"
+    """logger=wandb|both: the W&B project of the run."""
     threads: int = 1
     """torch CPU threads (1 is fastest for small policies: rollouts are many tiny forward passes); 0 = torch's default."""
     runner: RunnerConfig = field(default_factory=RunnerConfig)
@@ -255,6 +261,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
         if not cfg.policy:
             raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)")
+        if cfg.logger in ("wandb", "both"):
+            wandb_module()  # not installed: say so now, before simulators and Ray start
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -315,7 +323,10 @@ class Trainer:
             resume_step = self.iteration
             if self.ray:
                 self.ray.resumed(self.policy)
-        self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall)
+        self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall,
+                                    tensorboard=cfg.logger in ("tensorboard", "both"),
+                                    wandb=cfg.logger in ("wandb", "both"), wandb_project=cfg.wandb_project,
+                                    config=to_dict(cfg))
         self.task_names = list(self.env.task_names)
 
     def make_rollout_env(self):
