@@ -96,7 +96,10 @@ def test_video(tmp_path):
     import imageio.v2 as imageio
 
     frame = imageio.get_reader(path).get_data(0)
-    assert frame.shape == (48, 48, 3) and frame[0, 0, 0] > 150 and frame[0, 0, 1] < 100  # red border
+    assert frame.shape == (32, 48, 3) and frame[0, 0, 0] > 150 and frame[0, 0, 1] < 100  # red border
+    frames = np.full((3, 224, 224, 3), 128, np.uint8)  # a render_size that is a multiple of 16 keeps its size
+    frame = imageio.get_reader(write_video(tmp_path, frames, task="reach", success=True)).get_data(0)
+    assert frame.shape == (224, 224, 3) and frame[0, 0, 1] > 150 and abs(int(frame[112, 112, 0]) - 128) < 10
 
 
 def test_wandb_not_installed_is_one_line_through_the_cli(tmp_path, monkeypatch, capsys):

@@ -91,8 +91,10 @@ class LiberoConfig:
     """Cameras observed when image_size > 0: 'agentview' -> obs['image'], 'wrist' -> obs['wrist_image']."""
     terminate_on_success: bool = True
     """End the episode (terminated) at the first success, as LIBERO's evaluation does."""
+    render_size: int = 224
+    """Height and width of recorded frames (the first camera's view, rendered apart from image_size)."""
     record: bool = False
-    """Put every executed action's first camera image into info['frames'] (needs image_size > 0)."""
+    """Put every executed action's first camera view into info['frames'], at render_size."""
     assets_path: Optional[str] = None
     """LIBERO's assets folder; None = $PIRL_LIBERO_ASSETS, else the package's own (downloads from the hub)."""
     vector: VectorKind = "sync"
@@ -110,8 +112,8 @@ class LiberoConfig:
         for c in self.cameras:
             if c not in CAMERAS:
                 raise ValueError(f"unknown camera {c!r}; choose from {tuple(CAMERAS)}")
-        if self.record and not self.image_size:
-            raise ValueError("record=True needs image_size > 0")
+        if self.record and not self.render_size > 0:
+            raise ValueError(f"record=True needs render_size > 0, got {self.render_size}")
         if self.held_out_init_states < 0:
             raise ValueError(f"held_out_init_states must be >= 0, got {self.held_out_init_states}")
 
@@ -283,7 +285,7 @@ class LiberoSubEnv(ChunkSubEnv):
             self._env.close()
         t = self._bench.get_task(self.suite_indices[task])
         bddl = os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file)
-        s, pixels = self.cfg.image_size, self.cfg.image_size > 0
+        s, pixels = self.cfg.image_size, self.cfg.image_size > 0 or self.cfg.record
         self._env = ControlEnv(
             # cameras are rendered by observe(), once per chunk, not by robosuite after every action
             bddl_file_name=bddl, has_renderer=False, has_offscreen_renderer=pixels, use_camera_obs=False,
@@ -327,9 +329,7 @@ class LiberoSubEnv(ChunkSubEnv):
         obs = {"state": state.astype(np.float32)}
         if self.cfg.image_size:
             if self._images is None:
-                s = self.cfg.image_size
-                # robosuite renders upside down (OpenGL); a 180° rotation makes it upright
-                self._images = {key: np.ascontiguousarray(self._env.sim.render(camera_name=cam, width=s, height=s)[::-1, ::-1])
+                self._images = {key: self._render(cam, self.cfg.image_size)
                                 for cam, key in (CAMERAS[c] for c in self.cfg.cameras)}
             obs.update(self._images)
         return obs
@@ -343,7 +343,11 @@ class LiberoSubEnv(ChunkSubEnv):
         return np.array(sim.data.body_xpos[sim.model.body_name2id(name)])
 
     def frame(self) -> np.ndarray:
-        return self.observe()[CAMERAS[self.cfg.cameras[0]][1]]
+        return self._render(CAMERAS[self.cfg.cameras[0]][0], self.cfg.render_size)
+
+    def _render(self, camera: str, size: int) -> np.ndarray:
+        # robosuite renders upside down (OpenGL); a 180° rotation makes it upright
+        return np.ascontiguousarray(self._env.sim.render(camera_name=camera, width=size, height=size)[::-1, ::-1])
 
     def close(self) -> None:
         if self._env is not None:

@@ -163,7 +163,8 @@ class TrainConfig:
     eval_num_envs: int = 10
     """Sub-environments used for evaluation."""
     videos_per_task: int = 1
-    """Evaluation episodes recorded to mp4 per task at the end (0 = none)."""
+    """Held-out episodes recorded to mp4 per task before RL and at the end, on the same seeds (videos/before*,
+    videos/after*; frames at env.render_size; 0 = none)."""
     checkpoint_every: int = 5
     """Save a resumable checkpoint every this many iterations (and at the end or on Ctrl-C)."""
     std_range: Optional[tuple[float, float]] = None
@@ -377,6 +378,12 @@ class Trainer:
         metrics["eval/episode_length"] = float(result.episode_length.mean())
         return metrics
 
+    def record_videos(self, tag: str) -> None:
+        """Videos of the same held-out episodes (seeds and noise) each time, so before and after RL compare."""
+        if self.cfg.videos_per_task > 0:
+            record_videos(self.policy, self.cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
+                          per_task=self.cfg.videos_per_task, seed=self.cfg.seed, tag=tag)
+
     # -- one iteration --------------------------------------------------------------------------
     def collect(self):
         for attempt in range(self.cfg.max_env_restarts + 1):
@@ -425,6 +432,7 @@ class Trainer:
             write_summary(self.run_dir, summary)
             self.best_success = before["eval/success"]
             print(f"before RL: eval/success {before['eval/success']:.3f}  " + _fmt_tasks(before), flush=True)
+            self.record_videos("before")
         interrupted = False
         t0 = time.perf_counter()
         done = False
@@ -467,9 +475,7 @@ class Trainer:
             method=cfg.sampler.method, tasks=self.task_names,
         )
         write_summary(self.run_dir, summary)
-        if cfg.videos_per_task > 0:
-            record_videos(self.policy, cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
-                          per_task=cfg.videos_per_task, seed=cfg.seed)
+        self.record_videos("after")
         self.logger.close()
         return 0
 
