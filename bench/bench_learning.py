@@ -34,7 +34,7 @@ from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
 from pirl.policies.options import Pi0Options
 from pirl.train.logging import read_metrics
-from pirl.train.rl import TrainConfig, train
+from pirl.train.rl import RunnerConfig, TrainConfig, train
 from pirl.train.sft import SFTConfig, sft
 
 METHODS = {
@@ -161,7 +161,7 @@ def main() -> None:
             time_limit_s=args.time_limit, task_sampling=args.task_sampling,
             eval_every=args.eval_every or max(1, args.iterations // 4), eval_episodes_per_task=args.eval_episodes,
             eval_num_envs=10, videos_per_task=0, checkpoint_every=args.eval_every or max(1, args.iterations // 4),
-            runner=args.runner, env_workers=args.env_workers, seed=args.seed,
+            runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers), seed=args.seed,
             **({"std_range": tuple(args.std_range)} if args.std_range else {}), **spec,
         )
         name = name + args.label

@@ -1,4 +1,4 @@
-"""Host-memory soak of `pirl train runner=ray`: is RSS bounded over a long run?
+"""Host-memory soak of `pirl train runner.kind=ray`: is RSS bounded over a long run?
 
 Runs `pirl train` (point mass by default: the simulator costs nothing, so the run is Ray
 transport, weight publishing, the learner group and the PPO update, over and over) for
@@ -93,8 +93,9 @@ def main() -> None:
         f"policy={work / 'policy.safetensors'}", "env.suite=point_mass", "env.chunk=4",
         f"num_groups={args.num_groups}", "iterations=1000000", f"time_limit_s={args.minutes * 60}",
         "eval_every=50", "checkpoint_every=50", "eval_num_envs=4", "eval_episodes_per_task=4", "videos_per_task=0",
-        "runner=ray", f"env_workers={args.env_workers}", f"rollout_workers={args.rollout_workers}",
-        f"learner_processes={args.learner_processes}", f"worker_cpus={args.worker_cpus}", *args.overrides,
+        "runner.kind=ray", f"runner.env_workers={args.env_workers}", f"runner.rollout_workers={args.rollout_workers}",
+        f"runner.learner_processes={args.learner_processes}", f"runner.worker_cpus={args.worker_cpus}",
+        *args.overrides,
     ]
     print(" ".join(train), flush=True)
     log = open(work / "train.log", "w")

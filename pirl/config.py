@@ -6,6 +6,9 @@ docstring is the field's ``--help``). Supported field types: ``bool``, ``int``, 
 ``list[X]``, ``dict[str, X]`` and nested config dataclasses. Every error names the dotted
 key, the bad value, the expected type and, for unknown keys or choices, the nearest valid ones.
 
+A key that moved into a group is listed in the config's ``moved_keys`` (see :data:`MOVED_KEYS`), so an
+old config is told where it went ("env_workers was moved: use runner.env_workers").
+
 A preset is a YAML file in ``configs/`` (looked up by name); it may start from another
 preset with ``_base_: <name>`` and override some of its keys.
 
@@ -28,16 +31,22 @@ from typing import Any, Iterable, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
+from pirl.errors import InputError
+
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
 """Key in a preset YAML naming the preset it extends."""
 
+MOVED_KEYS = "moved_keys"
+"""Optional class attribute of a config (a ``ClassVar``): {old key: its new dotted key below the config}, for
+keys that moved into a group; giving an old key is an error that names the new one."""
+
 PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 """The repository's ``configs/`` directory (presets shipped with pirl)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config could not be built; the message names the key and what was wrong."""
 
 
@@ -123,7 +132,7 @@ def coerce(tp: Any, value: Any, path: str = "") -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise _bad(path, value, tp, " (a mapping of its fields)")
+            raise _bad(path, value, tp, _group_hint(tp, value, path))
         return from_dict(tp, value, path)
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):  # True must not match Literal[1]
@@ -202,6 +211,26 @@ def coerce(tp: Any, value: Any, path: str = "") -> Any:
     raise ConfigError(f"{path or '<root>'}: unsupported field type {type_name(tp)}")
 
 
+def _unknown_key(cls: type, path: str, key: str, names: Sequence[str]) -> ConfigError:
+    """The error for ``key`` not among config ``cls``'s fields: where it moved to, or the nearest valid keys."""
+    moved = getattr(cls, MOVED_KEYS, {})
+    if key in moved:
+        return ConfigError(f"{_join(path, key)} was moved: use {_join(path, moved[key])}")
+    return ConfigError(
+        f"unknown key {_join(path, key)!r}{_suggest(key, names)}; "
+        f"valid keys{' under ' + repr(path) if path else ''}: {', '.join(names)}"
+    )
+
+
+def _group_hint(cls: type, value: Any, path: str) -> str:
+    """For a plain value given to a group of keys (``runner=ray``): the choice field it fits, if one does."""
+    hints = _hints(cls)
+    for f in _fields(cls):
+        if typing.get_origin(hints[f.name]) is Literal and value in typing.get_args(hints[f.name]):
+            return f" ({path} is a group of keys: did you mean {path}.{f.name}={value}?)"
+    return " (a mapping of its fields)"
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Builds config ``cls`` from plain data; missing keys take their defaults."""
     if not isinstance(data, Mapping):
@@ -210,10 +239,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     names = [f.name for f in _fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(
-                f"unknown key {_join(path, key)!r}{_suggest(str(key), names)}; "
-                f"valid keys{' under ' + repr(path) if path else ''}: {', '.join(names)}"
-            )
+            raise _unknown_key(cls, path, str(key), names)
     kwargs = {}
     for f in _fields(cls):
         if f.name in data:
@@ -244,9 +270,16 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+class _Dumper(yaml.SafeDumper):
+    """Groups as indented blocks, one key a line (so a group reads as one), lists on one line: [a, b]."""
+
+
+_Dumper.add_representer(list, lambda d, data: d.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
 def dump_yaml(cfg: Any) -> str:
     """The resolved config as YAML text (loading it back gives an equal config)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
 def dump_config(cfg: Any, path: str | Path) -> Path:
@@ -301,10 +334,7 @@ def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]
                 raise ConfigError(f"unknown key {key!r}: {'.'.join(parts[:i])!r} has no sub-keys")
             names = [f.name for f in _fields(klass)]
             if part not in names:
-                raise ConfigError(
-                    f"unknown key {here!r}{_suggest(part, names)}; valid keys"
-                    f"{' under ' + repr('.'.join(parts[:i])) if i else ''}: {', '.join(names)}"
-                )
+                raise _unknown_key(klass, ".".join(parts[:i]), part, names)
             tp = _hints(klass)[part]
             if i == len(parts) - 1:
                 # `name=on` or `name=123` for a str field means the text, not YAML's bool/int

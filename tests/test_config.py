@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
+import yaml
 
 from pirl.config import (
     ConfigError,
     describe,
     dump_config,
+    dump_yaml,
     field_docs,
     list_presets,
     load_config,
@@ -149,13 +151,35 @@ def test_yaml11_numbers_and_dict_entries():
 
 
 def test_learner_strategy_is_validated():
+    from pirl.train.rl import RunnerConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"runner.learner_strategy: expected one of 'ddp', 'fsdp', got 'fdsp' "
+                                          r"\(did you mean 'fsdp'"):
+        load_config(TrainConfig, None, ["runner.learner_strategy=fdsp"])
+    with pytest.raises(ConfigError, match=r"runner: learner_strategy='fsdp'.*needs kind='ray' and learner_processes >= 2"):
+        load_config(TrainConfig, None, ["runner.learner_strategy=fsdp"])
+    with pytest.raises(ValueError, match=r"learner_processes >= 2, got kind='ray', learner_processes=1"):
+        TrainConfig(runner=RunnerConfig(kind="ray", learner_strategy="fsdp"))
+    cfg = load_config(TrainConfig, None, ["runner.kind=ray", "runner.learner_processes=2", "runner.learner_strategy=fsdp"])
+    assert cfg.runner.learner_strategy == "fsdp"
+
+
+def test_runner_settings_are_a_group_and_old_flat_keys_name_the_new_ones(tmp_path):
     from pirl.train.rl import TrainConfig
 
-    with pytest.raises(ConfigError, match=r"learner_strategy: expected one of 'ddp', 'fsdp', got 'fdsp' \(did you mean 'fsdp'"):
-        load_config(TrainConfig, None, ["learner_strategy=fdsp"])
-    with pytest.raises(ConfigError, match=r"learner_strategy='fsdp'.*needs runner='ray' and learner_processes >= 2"):
-        load_config(TrainConfig, None, ["learner_strategy=fsdp"])
-    with pytest.raises(ValueError, match=r"learner_processes >= 2, got runner='ray', learner_processes=1"):
-        TrainConfig(runner="ray", learner_strategy="fsdp")
-    cfg = load_config(TrainConfig, None, ["runner=ray", "learner_processes=2", "learner_strategy=fsdp"])
-    assert cfg.learner_strategy == "fsdp"
+    cfg = load_config(TrainConfig, None, ["runner.kind=ray", "runner.env_workers=4", "runner.address=auto"])
+    assert (cfg.runner.kind, cfg.runner.env_workers, cfg.runner.address) == ("ray", 4, "auto")
+    for old, new in (("env_workers=4", "runner.env_workers"), ("pipelined=true", "runner.pipelined"),
+                     ("learner_processes=2", "runner.learner_processes"), ("ray_address=auto", "runner.address"),
+                     ("max_learner_restarts=1", "runner.max_learner_restarts"), ("worker_cpus=0.5", "runner.worker_cpus")):
+        with pytest.raises(ConfigError, match=rf"^{old.split('=')[0]} was moved: use {new}$"):
+            load_config(TrainConfig, None, [old])
+    with pytest.raises(ConfigError, match=r"runner is a group of keys: did you mean runner.kind=ray\?"):
+        load_config(TrainConfig, None, ["runner=ray"])
+    old_yaml = tmp_path / "old.yaml"  # a config file written before the move
+    old_yaml.write_text("iterations: 3\nenv_workers: 4\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: env_workers was moved: use runner.env_workers"):
+        load_config(TrainConfig, old_yaml)
+    text = dump_yaml(cfg)
+    assert "\nrunner:\n  kind: ray\n  address: auto\n  env_workers: 4\n" in text
+    assert load_config(TrainConfig, yaml.safe_load(text)) == cfg

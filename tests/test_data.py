@@ -95,8 +95,11 @@ def test_chunk_dataset_pads_at_episode_end(synthetic):
 
 def test_missing_files_and_bad_stats_give_clear_errors(synthetic, tmp_path):
     root, _ = synthetic
-    with pytest.raises(DatasetError, match="meta/info.json"):
+    with pytest.raises(DatasetError, match="dataset directory .*nothing does not exist"):
         load_dataset(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="meta/info.json"):
+        load_dataset(tmp_path / "empty")
     broken = tmp_path / "broken"
     shutil.copytree(root, broken)
     (broken / "videos/observation.images.cam/chunk-000/file-000.mp4").unlink()

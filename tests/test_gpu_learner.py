@@ -65,32 +65,35 @@ def test_resolve_backend():
 
 def test_learner_backend_config_is_validated():
     from pirl.config import ConfigError, load_config
+    from pirl.train.rl import RunnerConfig
 
-    ray2 = {"runner": "ray", "learner_processes": 2}
-    assert TrainConfig().learner_backend == "auto"
+    def ray2(**kw):
+        return RunnerConfig(kind="ray", learner_processes=2, **kw)
+
+    assert TrainConfig().runner.learner_backend == "auto"
     for backend in ("nccl", "gloo"):
-        with pytest.raises(ValueError, match=rf"learner_backend='{backend}'.*needs runner='ray' and learner_processes "
-                                             r">= 2, got runner='local', learner_processes=1"):
-            TrainConfig(learner_backend=backend, device="cuda")
-    with pytest.raises(ValueError, match=r"learner_processes >= 2, got runner='ray', learner_processes=1"):
-        TrainConfig(runner="ray", learner_backend="gloo")
+        with pytest.raises(ValueError, match=rf"learner_backend='{backend}'.*needs kind='ray' and learner_processes "
+                                             r">= 2, got kind='local', learner_processes=1"):
+            TrainConfig(runner=RunnerConfig(learner_backend=backend), device="cuda")
+    with pytest.raises(ValueError, match=r"learner_processes >= 2, got kind='ray', learner_processes=1"):
+        RunnerConfig(kind="ray", learner_backend="gloo")
     with pytest.raises(ValueError, match=r"learner_backend='nccl' reduces CUDA tensors only: it needs device='cuda', "
                                          r"got device='cpu'"):
-        TrainConfig(**ray2, learner_backend="nccl")
-    with pytest.raises(ValueError, match="fsdp' on CUDA needs learner_backend 'nccl' or 'auto'"):
-        TrainConfig(**ray2, learner_strategy="fsdp", learner_backend="gloo", device="cuda")
+        TrainConfig(runner=ray2(learner_backend="nccl"))
+    with pytest.raises(ValueError, match="fsdp' on CUDA needs runner.learner_backend 'nccl' or 'auto'"):
+        TrainConfig(runner=ray2(learner_strategy="fsdp", learner_backend="gloo"), device="cuda")
     with pytest.raises(ValueError, match="learner_backend must be 'auto', 'nccl' or 'gloo', got 'mpi'"):
-        TrainConfig(**ray2, learner_backend="mpi")
+        ray2(learner_backend="mpi")
     # valid: building the config touches no GPU
-    for kw in ({"learner_backend": "nccl", "device": "cuda"}, {"learner_backend": "nccl", "device": "cuda:1"},
-               {"learner_backend": "gloo", "device": "cuda"}, {"learner_backend": "gloo"},
-               {"learner_strategy": "fsdp", "device": "cuda"}):
-        assert TrainConfig(**ray2, **kw).learner_backend == kw.get("learner_backend", "auto")
-    with pytest.raises(ConfigError, match=r"learner_backend: expected one of 'auto', 'nccl', 'gloo', got 'ncl' "
+    for kw, device in (({"learner_backend": "nccl"}, "cuda"), ({"learner_backend": "nccl"}, "cuda:1"),
+                       ({"learner_backend": "gloo"}, "cuda"), ({"learner_backend": "gloo"}, "cpu"),
+                       ({"learner_strategy": "fsdp"}, "cuda")):
+        assert TrainConfig(runner=ray2(**kw), device=device).runner.learner_backend == kw.get("learner_backend", "auto")
+    with pytest.raises(ConfigError, match=r"runner.learner_backend: expected one of 'auto', 'nccl', 'gloo', got 'ncl' "
                                           r"\(did you mean 'nccl'"):
-        load_config(TrainConfig, None, ["learner_backend=ncl"])
-    cfg = load_config(TrainConfig, None, ["runner=ray", "learner_processes=2", "learner_backend=gloo"])
-    assert cfg.learner_backend == "gloo"
+        load_config(TrainConfig, None, ["runner.learner_backend=ncl"])
+    cfg = load_config(TrainConfig, None, ["runner.kind=ray", "runner.learner_processes=2", "runner.learner_backend=gloo"])
+    assert cfg.runner.learner_backend == "gloo"
 
 
 def test_learner_group_refuses_mismatched_devices():

@@ -1,5 +1,5 @@
 """The Ray roles on a GPU: rollout workers holding (a share of) the GPU (``rollout_gpus`` > 0), and a whole
-``runner=ray`` trainer on CUDA with a GPU rollout worker and GPU learner ranks. Skipped without CUDA;
+``runner.kind=ray`` trainer on CUDA with a GPU rollout worker and GPU learner ranks. Skipped without CUDA;
 ``PIRL_GPU_TESTS_ON_CPU=1`` runs the same code with device cpu, to check these tests on a machine without a GPU.
 
 With one worker on the trainer's device type the collector's generator state travels with each request,
@@ -90,19 +90,19 @@ def test_killed_gpu_rollout_worker_restarts_on_the_gpu_with_current_weights(loca
 
 
 def test_ray_trainer_on_gpu_matches_the_single_process_trainer(local_ray, tmp_path):
-    """device=cuda, runner=ray with two env workers, a GPU rollout worker (a quarter of the GPU) and two gloo
+    """device=cuda, runner.kind=ray with two env workers, a GPU rollout worker (a quarter of the GPU) and two gloo
     learner ranks sharing the GPU (collocated): the first iteration's rollout statistics are the single-process
     CUDA trainer's, its weights equal them up to float summation order, and rank 1 holds the trainer's weights."""
     from pirl.policies.io import save_policy
-    from pirl.train.rl import TrainConfig
+    from pirl.train.rl import RunnerConfig, TrainConfig
 
     torch.manual_seed(0)
     save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
     base = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1, eval_num_envs=2,
                        eval_episodes_per_task=2, videos_per_task=0, device=DEV)
-    ray_cfg = dataclasses.replace(base, runner="ray", env_workers=2, rollout_workers=1, rollout_gpus=GPUS / 2,
-                                  learner_processes=2, learner_backend="gloo", learner_gpus=GPUS or 1.0,
-                                  placement="collocated", worker_cpus=0.25)
+    ray_cfg = dataclasses.replace(base, runner=RunnerConfig(
+        kind="ray", env_workers=2, rollout_workers=1, rollout_gpus=GPUS / 2, learner_processes=2,
+        learner_backend="gloo", learner_gpus=GPUS or 1.0, placement="collocated", worker_cpus=0.25))
 
     def check_ray(trainer, weights, metrics):
         assert next(trainer.policy.parameters()).device.type == DEV

@@ -272,3 +272,19 @@ def test_element_ratio_update():
     cfg = PPOConfig(ratio_level="element", normalize_advantages=False, value_coef=0.0, minibatch_size=8, epochs=1)
     metrics = PPOUpdater(p, cfg).update(batch)
     assert metrics["loss/optimizer_steps"] == 2 and metrics["policy/ratio_check"] < 1e-5
+
+
+def test_critic_reads_detached_features_by_default():
+    """README's claim: the value loss trains the value head only, unless detach_value_features is turned off."""
+    from pirl.policies import make_mlp_policy
+
+    for detach in (True, False):
+        torch.manual_seed(0)
+        policy = make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1, noise_head=False)
+        assert policy.detach_value_features is True  # the default
+        policy.detach_value_features = detach
+        policy.attach_value_head(policy.feature_dim)
+        policy.value({"state": torch.randn(8, 4)}).pow(2).mean().backward()
+        encoder_grad = sum(float(p.grad.abs().sum()) for p in policy.obs_encoder.parameters() if p.grad is not None)
+        assert (encoder_grad == 0) == detach
+        assert all(p.grad is not None for p in policy.value_head.parameters())

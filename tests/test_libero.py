@@ -104,14 +104,15 @@ def test_state_episode_init_states_and_chunks():
 def test_suite_pixels_and_task_switch(suite):
     """Task 0 with both cameras (small), then another task of the suite in the same sub-environment."""
     env = L.make_libero(suite=suite, tasks=(0, 9), chunk=2, image_size=32, assets_path=ASSETS,
-                        init_states="random", record=True)
+                        init_states="random", record=True, render_size=48)
     try:
         for task in (0, 1):
             o = env.reset([Context(task, 7)])
             assert o["image"].shape == (1, 32, 32, 3) and o["wrist_image"].shape == (1, 32, 32, 3)
             assert o["image"].dtype == np.uint8 and o["image"].std() > 5  # a scene, not a blank buffer
             r = env.step(np.zeros((1, 2, 7), np.float32))
-            assert len(r.info["frames"]) == 2 and r.info["frames"][0].shape == (1, 32, 32, 3)
+            # video frames at render_size, apart from the policy's 32 px images
+            assert len(r.info["frames"]) == 2 and r.info["frames"][0].shape == (1, 48, 48, 3)
             assert np.isfinite(r.obs["state"]).all()
         assert env.max_chunk_steps == -(-L.MAX_STEPS[suite] // 2)
     finally:

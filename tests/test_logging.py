@@ -96,4 +96,34 @@ def test_video(tmp_path):
     import imageio.v2 as imageio
 
     frame = imageio.get_reader(path).get_data(0)
-    assert frame.shape == (48, 48, 3) and frame[0, 0, 0] > 150 and frame[0, 0, 1] < 100  # red border
+    assert frame.shape == (32, 48, 3) and frame[0, 0, 0] > 150 and frame[0, 0, 1] < 100  # red border
+    frames = np.full((3, 224, 224, 3), 128, np.uint8)  # a render_size that is a multiple of 16 keeps its size
+    frame = imageio.get_reader(write_video(tmp_path, frames, task="reach", success=True)).get_data(0)
+    assert frame.shape == (224, 224, 3) and frame[0, 0, 1] > 150 and abs(int(frame[112, 112, 0]) - 128) < 10
+
+
+def test_wandb_not_installed_is_one_line_through_the_cli(tmp_path, monkeypatch, capsys):
+    from pirl.cli.main import main as pirl
+
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # `import wandb` now fails as if not installed
+    assert pirl(["train", "--run-dir", str(tmp_path / "run"), "policy=x.safetensors", "logger=wandb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("pirl train: error: logger=wandb needs the Python package 'wandb', which is not installed: "
+                   "pip install -e '.[wandb]'")
+
+
+def test_wandb_offline_logs_beside_tensorboard_and_resumes_the_same_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no account
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = MetricsLogger(tmp_path, wandb=True, config={"algorithm": "ppo"})
+    log.log(1, {"loss/x": 1.0}, env_steps=64)
+    log.close()
+    run_id = (tmp_path / "wandb_id").read_text().strip()
+    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert runs and list(runs[0].glob("*.wandb")), sorted(p.name for p in (tmp_path / "wandb").iterdir())
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+    log = MetricsLogger(tmp_path, wandb=True, resume_step=1)  # a resumed run keeps its W&B id
+    log.log(2, {"loss/x": 0.5})
+    log.close()
+    assert (tmp_path / "wandb_id").read_text().strip() == run_id

@@ -100,7 +100,7 @@ def test_chunk_stops_at_success_and_ended_envs_ignore_actions():
     from metaworld.policies import ENV_POLICY_MAP
 
     H = 16
-    with make_metaworld(tasks="reach-v3", num_envs=1, chunk=H, record=True, image_size=32) as env:
+    with make_metaworld(tasks="reach-v3", num_envs=1, chunk=H, record=True, image_size=32, render_size=48) as env:
         experts = [ENV_POLICY_MAP["reach-v3"]()]
         obs = env.reset([Context(0, 0)])
         for _ in range(env.max_chunk_steps):
@@ -113,7 +113,7 @@ def test_chunk_stops_at_success_and_ended_envs_ignore_actions():
         length = int(res.info["episode_length"][0])
         assert length % H != 0, "the chunk must stop at the success step, not run to its end"
         assert len(res.info["frames"]) == int(res.info["executed"][0]) == (length - 1) % H + 1
-        assert res.info["frames"][0].shape == (1, 32, 32, 3)
+        assert res.info["frames"][0].shape == (1, 48, 48, 3)  # render_size, not the policy's image_size
         after = env.step(np.ones((1, H, 4)))  # ended: ignored
         assert after.reward[0] == 0 and not after.terminated[0] and not after.success[0]
         assert after.info["episode_length"][0] == length

@@ -212,13 +212,14 @@ def test_killed_worker_is_replaced_and_episodes_dropped(cluster):
 
 def test_trainer_builds_ray_env(cluster, tmp_path):
     from pirl.policies.io import save_policy
-    from pirl.train.rl import Trainer, TrainConfig
+    from pirl.train.rl import RunnerConfig, Trainer, TrainConfig
 
     torch.manual_seed(0)
     policy = make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1)
     save_policy(policy, tmp_path / "p.safetensors")
-    cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1, runner="ray",
-                      env_workers=2, pipelined=True, eval_num_envs=2, eval_episodes_per_task=2, videos_per_task=0)
+    cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1,
+                      runner=RunnerConfig(kind="ray", env_workers=2, pipelined=True), eval_num_envs=2,
+                      eval_episodes_per_task=2, videos_per_task=0)
     trainer = Trainer(cfg, tmp_path / "run")
     try:
         assert isinstance(trainer.env, RayVectorEnv) and isinstance(trainer.collector, PipelinedCollector)
@@ -242,12 +243,13 @@ def test_trainer_fsdp_learner_matches_ddp_and_resumes(cluster, tmp_path):
     iterations, and a resumed third iteration (the checkpoint's gathered optimiser state scattered back
     into the shards) gives the uninterrupted ddp run's third."""
     from pirl.policies.io import load_policy, save_policy
-    from pirl.train.rl import Trainer, TrainConfig, train
+    from pirl.train.rl import RunnerConfig, Trainer, TrainConfig, train
 
     torch.manual_seed(0)
     save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
-    ddp = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=3, runner="ray",
-                      env_workers=2, learner_processes=2, worker_cpus=0.5, eval_num_envs=2,
+    ddp = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=3,
+                      runner=RunnerConfig(kind="ray", env_workers=2, learner_processes=2, worker_cpus=0.5),
+                      eval_num_envs=2,
                       eval_episodes_per_task=2, videos_per_task=0, checkpoint_every=1)
     trainer = Trainer(ddp, tmp_path / "ddp")
     try:
@@ -262,7 +264,7 @@ def test_trainer_fsdp_learner_matches_ddp_and_resumes(cluster, tmp_path):
         for k, v in ref[i].items():
             torch.testing.assert_close(weights[k], v, rtol=0, atol=1e-5, msg=f"iteration {i + 1}: {k}")
 
-    fsdp = dataclasses.replace(ddp, learner_strategy="fsdp", iterations=2)
+    fsdp = dataclasses.replace(ddp, runner=dataclasses.replace(ddp.runner, learner_strategy="fsdp"), iterations=2)
     assert train(fsdp, tmp_path / "fsdp") == 0
     check(load_policy(tmp_path / "fsdp" / "policy_latest.safetensors")[0].state_dict(), 1)
     assert train(dataclasses.replace(fsdp, iterations=3), tmp_path / "fsdp", resume=True) == 0
@@ -375,7 +377,7 @@ def test_publish_ships_only_trainable_weights_once_the_base_is_out(cluster):
 
 
 def first_iteration_matches_local(base, ray_cfg, tmp_path, check_ray) -> None:
-    """Runs one iteration of ``base`` (runner=local) and of ``ray_cfg``, calls ``check_ray(trainer, weights, metrics)``
+    """Runs one iteration of ``base`` (runner.kind=local) and of ``ray_cfg``, calls ``check_ray(trainer, weights, metrics)``
     (its step's metrics too) on the Ray run, then asserts equal rollout statistics and weights within 1e-5, and that the update moved."""
     from pirl.train.rl import Trainer
 
@@ -386,7 +388,7 @@ def first_iteration_matches_local(base, ray_cfg, tmp_path, check_ray) -> None:
             start = {k: v.detach().cpu().clone() for k, v in trainer.policy.state_dict().items()}
             metrics.append(trainer.step())
             weights.append({k: v.detach().cpu().clone() for k, v in trainer.policy.state_dict().items()})
-            if cfg.runner == "ray":
+            if cfg.runner.kind == "ray":
                 check_ray(trainer, weights[-1], metrics[-1])
         finally:
             trainer.close()
@@ -400,17 +402,18 @@ def first_iteration_matches_local(base, ray_cfg, tmp_path, check_ray) -> None:
 
 
 def test_trainer_rollout_workers_and_learner_ranks_match_local(cluster, tmp_path):
-    """runner=ray with a rollout worker, a 2-process gloo learner and collocated placement: the first
+    """runner.kind=ray with a rollout worker, a 2-process gloo learner and collocated placement: the first
     iteration's rollout statistics and updated weights are the single-process trainer's."""
     from pirl.policies.io import save_policy
-    from pirl.train.rl import TrainConfig
+    from pirl.train.rl import RunnerConfig, TrainConfig
 
     torch.manual_seed(0)
     save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
     base = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1, eval_num_envs=2,
                        eval_episodes_per_task=2, videos_per_task=0)
-    ray_cfg = dataclasses.replace(base, runner="ray", env_workers=2, rollout_workers=1, learner_processes=2,
-                                  placement="collocated", worker_cpus=0.25)
+    ray_cfg = dataclasses.replace(base, runner=RunnerConfig(kind="ray", env_workers=2, rollout_workers=1,
+                                                            learner_processes=2, placement="collocated",
+                                                            worker_cpus=0.25))
 
     def check_ray(trainer, weights, metrics):
         r = trainer.ray
@@ -432,12 +435,13 @@ def test_dead_learner_rank_resumes_from_last_checkpoint(cluster, tmp_path, monke
     learner group from the last checkpoint and the run ends with the uninterrupted run's weights and metrics."""
     from pirl.policies.io import load_policy, save_policy
     from pirl.train.logging import read_metrics
-    from pirl.train.rl import Trainer, TrainConfig, train
+    from pirl.train.rl import RunnerConfig, Trainer, TrainConfig, train
 
     torch.manual_seed(0)
     save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
-    cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=4, runner="ray",
-                      env_workers=2, learner_processes=2, worker_cpus=0.5, eval_num_envs=2, eval_episodes_per_task=2,
+    cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=4,
+                      runner=RunnerConfig(kind="ray", env_workers=2, learner_processes=2, worker_cpus=0.5),
+                      eval_num_envs=2, eval_episodes_per_task=2,
                       videos_per_task=0, checkpoint_every=2, eval_every=2)
     assert train(cfg, tmp_path / "ref") == 0
 

@@ -7,19 +7,27 @@ config class as ``module:Class``; they are imported only when that subcommand ru
 missing or heavy module never slows down or breaks the others. An entry function is called
 as ``fn(cfg, args) -> int | None`` with the resolved config and the parsed arguments
 (``args.run_dir``, ``args.resume``, ``args.checkpoint``, ``args.runs``, ...).
+
+A :class:`pirl.errors.UserError` raised while a command runs (a missing or damaged file, an
+unknown task, a simulator that is not installed) is printed as its one-line message with exit
+status 2; ``--debug`` or ``PIRL_DEBUG=1`` prints the traceback too. Other exceptions are bugs
+and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from pirl import __version__
 from pirl.config import PACKAGE_CONFIGS, ConfigError, describe, dump_yaml, list_presets, load_config
+from pirl.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-h", "--help", action=_HelpAction)
     parser.add_argument("--version", action="version", version=f"pirl {__version__}")
+    debug_help = "on a user error (missing file, unknown task, ...) also print the traceback (or PIRL_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, add_help=False,
@@ -126,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", metavar="PRESET|PATH",
                        help="YAML config file or preset name (default: the config class's defaults)")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        # SUPPRESS: `pirl --debug train` must not be reset to False by the subcommand's default
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if cmd.run_dir:
             p.add_argument("--run-dir", type=Path, metavar="DIR",
                            help="where the run writes its outputs (default: runs/<command>-<time>)")
@@ -162,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.runs, args.overrides = _split_report_items(args.items)
 
     def fail(msg: str) -> int:
-        print(f"pirl {name}: error: {msg}", file=sys.stderr)
+        print(f"pirl {name}: error: {' '.join(msg.split())}", file=sys.stderr)  # one line, whatever the message
         return EXIT_USAGE
 
     source: Any = args.config
@@ -192,6 +204,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C (the first one is handled by the loop)
         print(f"pirl {name}: aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UserError as e:
+        if args.debug or os.environ.get("PIRL_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        return fail(str(e))
     return int(rc or 0)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from pirl.data.lerobot import Episode, write_dataset
 from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context
+from pirl.envs.registry import require_simulator
+from pirl.errors import ExistingFileError, InputError
 
 STATE_NAMES = (
     ["hand_x", "hand_y", "hand_z", "gripper"]
@@ -132,7 +134,7 @@ def _libero(cfg: CollectConfig) -> _Suite:
     from pirl.envs.libero_expert import PickPlaceExpert, grasp_for_task
 
     if cfg.camera is not None and cfg.camera not in CAMERAS:
-        raise ValueError(f"LIBERO camera {cfg.camera!r}: choose one of {tuple(CAMERAS)}, or camera=null for a state-only dataset")
+        raise InputError(f"LIBERO camera {cfg.camera!r}: choose one of {tuple(CAMERAS)}, or camera=null for a state-only dataset")
     suite, _, names = (cfg.tasks if isinstance(cfg.tasks, str) else ":".join(cfg.tasks)).partition(":")
     tasks = tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
     env = make_libero(LiberoConfig(
@@ -155,11 +157,12 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     import warnings
 
     if (Path(root) / "meta" / "info.json").exists():
-        raise FileExistsError(f"{root} already holds a dataset; choose a new directory or delete it first")
+        raise ExistingFileError(f"{root} already holds a dataset; choose a new directory or delete it first")
     per_task = cfg.episodes_per_task
     max_attempts = cfg.max_attempts_per_task or 3 * per_task + 10
     if cfg.seed_start + max_attempts > EVAL_SEED_START:
-        raise ValueError(f"seeds from {cfg.seed_start} would reach the held-out evaluation seeds (>= {EVAL_SEED_START})")
+        raise InputError(f"seeds from {cfg.seed_start} would reach the held-out evaluation seeds (>= {EVAL_SEED_START})")
+    require_simulator(cfg.suite)
     sim = _libero(cfg) if cfg.suite == "libero" else _metaworld(cfg)
     env, task_names, vkey = sim.env, sim.task_names, sim.video_key
     rng = np.random.default_rng(cfg.noise_seed)

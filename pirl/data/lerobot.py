@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pirl.errors import ExistingFileError, InputError
+
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
 DATA_FILES_SIZE_IN_MB = 100
@@ -43,7 +45,7 @@ INDEX_FEATURES = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset on disk that does not follow the layout, with what is wrong and how to fix it."""
 
 
@@ -155,7 +157,7 @@ def write_dataset(
     """
     root = Path(root)
     if (root / INFO_PATH).exists():
-        raise FileExistsError(f"{root} already holds a dataset; choose a new directory or delete it first")
+        raise ExistingFileError(f"{root} already holds a dataset; choose a new directory or delete it first")
     if not episodes:
         raise ValueError("no episodes to write")
     task_index = {t: i for i, t in enumerate(tasks)}

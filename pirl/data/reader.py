@@ -56,6 +56,23 @@ def _require(path: Path, what: str, fix: str) -> None:
         raise DatasetError(f"{what} is missing: {path} does not exist. {fix}")
 
 
+_RECOLLECT = "The dataset is damaged; collect it again (pirl collect)."
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}). {fix}") from e
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:  # truncated or not parquet at all
+        raise DatasetError(f"{path} is not a readable parquet file ({e}). {_RECOLLECT}") from e
+
+
 def _column(table, key: str) -> np.ndarray:
     col = table.column(key).combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
@@ -82,8 +99,11 @@ def _check_stats(info: dict, stats: dict, root: Path) -> None:
 def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDataset:
     """Loads a LeRobot v3.0 dataset (meta, frames, and decoded videos) from a local directory."""
     root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset directory {root} does not exist; set dataset=DIR to a dataset written by "
+                           "`pirl collect --run-dir DIR`")
     _require(root / INFO_PATH, "meta/info.json", "Is this a LeRobot dataset root? Create one with pirl.data.collect(...).")
-    info = json.loads((root / INFO_PATH).read_text())
+    info = _read_json(root / INFO_PATH, _RECOLLECT)
     version = str(info.get("codebase_version", "?"))
     if not version.startswith("v3"):
         raise DatasetError(
@@ -92,9 +112,9 @@ def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDatase
         )
     _require(root / STATS_PATH, "meta/stats.json", f"Write it with pirl.data.recompute_stats('{root}').")
     _require(root / TASKS_PATH, "meta/tasks.parquet", "The dataset is incomplete; collect it again.")
-    stats = json.loads((root / STATS_PATH).read_text())
+    stats = _read_json(root / STATS_PATH, f"Rewrite it with pirl.data.recompute_stats('{root}').")
     _check_stats(info, stats, root)
-    tasks_table = pq.read_table(root / TASKS_PATH).to_pydict()
+    tasks_table = _read_parquet(root / TASKS_PATH).to_pydict()
     order = np.argsort(tasks_table["task_index"])
     tasks = [tasks_table["task"][i] for i in order]
     names = [tasks_table.get("name", tasks_table["task"])[i] for i in order]
@@ -104,7 +124,7 @@ def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDatase
         _require(root / EPISODES_PATH.format(chunk_index=0, file_index=0), "meta/episodes", "The dataset is incomplete; collect it again.")
     episodes: list[dict[str, Any]] = []
     for f in ep_files:
-        episodes.extend(pq.read_table(f).to_pylist())
+        episodes.extend(_read_parquet(f).to_pylist())
     episodes.sort(key=lambda e: e["episode_index"])
 
     data_files = sorted({(e["data/chunk_index"], e["data/file_index"]) for e in episodes})
@@ -112,7 +132,7 @@ def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDatase
     for c, f in data_files:
         path = root / info["data_path"].format(chunk_index=c, file_index=f)
         _require(path, f"data file chunk {c} file {f}", "The dataset is incomplete; collect it again.")
-        tables.append(pq.read_table(path))
+        tables.append(_read_parquet(path))
     data: dict[str, np.ndarray] = {}
     for key in tables[0].column_names:
         data[key] = np.concatenate([_column(t, key) for t in tables])
@@ -147,9 +167,12 @@ def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDatase
 def recompute_stats(root: str | Path) -> None:
     """Rewrites meta/stats.json from the dataset's frames (numeric features; image stats are kept)."""
     root = Path(root)
-    info = json.loads((root / INFO_PATH).read_text())
-    old = json.loads((root / STATS_PATH).read_text()) if (root / STATS_PATH).exists() else {}
-    tables = [pq.read_table(f) for f in sorted((root / "data").glob("chunk-*/file-*.parquet"))]
+    info = _read_json(root / INFO_PATH, _RECOLLECT)
+    try:  # only its video stats are kept; a stats.json that is not JSON is what this function repairs
+        old = json.loads((root / STATS_PATH).read_text()) if (root / STATS_PATH).exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = {}
+    tables = [_read_parquet(f) for f in sorted((root / "data").glob("chunk-*/file-*.parquet"))]
     stats = {k: v for k, v in old.items() if info["features"].get(k, {}).get("dtype") == "video"}
     for key in tables[0].column_names:
         stats[key] = _stats(np.concatenate([_column(t, key) for t in tables]))

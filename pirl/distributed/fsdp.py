@@ -57,7 +57,7 @@ def shard_policy(policy: nn.Module, world: int, *, min_unit_params: int = MIN_UN
     process group) on the policy's device type: CPU (gloo) or CUDA (nccl; not run on a GPU yet)."""
     for name, p in policy.named_parameters():
         if p.dtype != torch.float32:
-            raise NotImplementedError(f"learner_strategy='fsdp' shards float32 weights only; {name} is {p.dtype} "
+            raise NotImplementedError(f"runner.learner_strategy='fsdp' shards float32 weights only; {name} is {p.dtype} "
                                       "(mixed precision is not built)")
     replica = deepcopy(policy) if copy else policy
     # FSDP allocates its gather and reduce buffers on the mesh's device type: it must be the weights'

@@ -82,11 +82,11 @@ def check_one_gpu_per_rank(uuids: list[Optional[str]], backend: str) -> None:
         return
     which = "; ".join(f"ranks {r} on GPU {uuid}" for uuid, r in shared.items())
     raise RuntimeError(
-        f"learner_backend='nccl' needs one GPU per learner rank, but {which} (rank 0 is the trainer). Ray does "
+        f"runner.learner_backend='nccl' needs one GPU per learner rank, but {which} (rank 0 is the trainer). Ray does "
         "not count the trainer's (driver's) GPU, so it can hand a learner rank the trainer's GPU. Fixes: give Ray "
         "only the GPUs the trainer does not use, e.g. on a 4-GPU node `ray start --head --num-gpus=3` (Ray hands "
-        "out GPUs 0-2) and the trainer with ray_address=auto, CUDA_VISIBLE_DEVICES including one more GPU than Ray "
-        "is given (all 4) and device=cuda:3; or use learner_backend=gloo, whose ranks may share a GPU.")
+        "out GPUs 0-2) and the trainer with runner.address=auto, CUDA_VISIBLE_DEVICES including one more GPU than Ray "
+        "is given (all 4) and device=cuda:3; or use runner.learner_backend=gloo, whose ranks may share a GPU.")
 
 
 def init_process_group(rank: int, world_size: int, *, address: str = "127.0.0.1", port: int = 29511,
@@ -255,7 +255,7 @@ def make_updater(strategy: Strategy, policy: torch.nn.Module, ppo: Any, optim: A
 
 class LearnerFailure(RuntimeError):
     """A learner rank died or its collective broke (not a bug in the update): the trainer restarts the learner
-    group and resumes from the last checkpoint (``TrainConfig.max_learner_restarts``)."""
+    group and resumes from the last checkpoint (``TrainConfig.runner.max_learner_restarts``)."""
 
 
 def _dead_ranks(pending: list, timeout_s: float = 5.0) -> list[int]:
@@ -399,7 +399,7 @@ class LearnerGroup:
                              "(gloo ranks may share a GPU)")
         if strategy == "fsdp" and cuda and backend != "nccl":
             # FSDP all-gathers and reduce-scatters, which gloo does for CPU tensors only
-            raise NotImplementedError("learner_strategy='fsdp' on CUDA needs learner_backend='nccl'")
+            raise NotImplementedError("runner.learner_strategy='fsdp' on CUDA needs runner.learner_backend='nccl'")
         if cuda and ray.cluster_resources().get("GPU", 0.0) < gpus_per_rank * (world - 1):
             # the actors would wait for GPUs that never come
             raise ValueError(f"{world - 1} learner rank(s) x gpus_per_rank={gpus_per_rank} need "

@@ -1,4 +1,4 @@
-"""The Ray side of `pirl train runner=ray`: which actors exist, where they go, and their lifetimes.
+"""The Ray side of `pirl train runner.kind=ray`: which actors exist, where they go, and their lifetimes.
 
 Roles: env workers (simulators, :class:`RayVectorEnv`), rollout workers (policy replicas,
 :class:`RolloutWorkerPool`; 0 = inference in the trainer) and learner ranks

@@ -46,6 +46,7 @@ import numpy as np
 
 from pirl.envs.base import EVAL_SEED_START
 from pirl.envs.chunked import ChunkSubEnv, GymChunkVector, VectorKind
+from pirl.errors import InputError, MissingFileError
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -90,8 +91,10 @@ class LiberoConfig:
     """Cameras observed when image_size > 0: 'agentview' -> obs['image'], 'wrist' -> obs['wrist_image']."""
     terminate_on_success: bool = True
     """End the episode (terminated) at the first success, as LIBERO's evaluation does."""
+    render_size: int = 224
+    """Height and width of recorded frames (the first camera's view, rendered apart from image_size)."""
     record: bool = False
-    """Put every executed action's first camera image into info['frames'] (needs image_size > 0)."""
+    """Put every executed action's first camera view into info['frames'], at render_size."""
     assets_path: Optional[str] = None
     """LIBERO's assets folder; None = $PIRL_LIBERO_ASSETS, else the package's own (downloads from the hub)."""
     vector: VectorKind = "sync"
@@ -99,7 +102,7 @@ class LiberoConfig:
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
-            raise ValueError(f"unknown LIBERO suite {self.suite!r}; choose one of {SUITES}")
+            raise InputError(f"unknown LIBERO suite {self.suite!r}; choose one of {SUITES}")
         if self.num_envs < 1 or self.chunk < 1:
             raise ValueError(f"num_envs and chunk must be >= 1; got {self.num_envs}, {self.chunk}")
         if self.init_states not in ("ordered", "random"):
@@ -109,8 +112,8 @@ class LiberoConfig:
         for c in self.cameras:
             if c not in CAMERAS:
                 raise ValueError(f"unknown camera {c!r}; choose from {tuple(CAMERAS)}")
-        if self.record and not self.image_size:
-            raise ValueError("record=True needs image_size > 0")
+        if self.record and not self.render_size > 0:
+            raise ValueError(f"record=True needs render_size > 0, got {self.render_size}")
         if self.held_out_init_states < 0:
             raise ValueError(f"held_out_init_states must be >= 0, got {self.held_out_init_states}")
 
@@ -185,14 +188,14 @@ def setup_libero(assets_path: Optional[str] = None) -> str:
     if assets_path:
         assets_path = os.path.abspath(os.path.expanduser(assets_path))
         if not os.path.isdir(os.path.join(assets_path, "scenes")):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"LIBERO assets not found at {assets_path!r} (expected a 'scenes' folder there): pass the path of a "
                 "copy of LIBERO's libero/libero/assets folder as LiberoConfig(assets_path=...) or $PIRL_LIBERO_ASSETS")
         L._assets_path_cache = assets_path  # hf-libero looks here before its own folder and the hub
         return assets_path
     found = L.get_assets_path()  # the package's behaviour: its own folder, else a hub download
     if not os.path.isdir(os.path.join(found, "scenes")):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"LIBERO assets are missing ({found!r} has no 'scenes' folder) and could not be downloaded: "
             "set LiberoConfig(assets_path=...) or $PIRL_LIBERO_ASSETS to a copy of LIBERO's assets folder")
     return found
@@ -202,7 +205,7 @@ def setup_libero(assets_path: Optional[str] = None) -> str:
 def suite_tasks(suite: str) -> tuple[tuple[str, str], ...]:
     """(name, instruction) of every task of a suite, in suite order. Needs no assets."""
     if suite not in SUITES:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; choose one of {SUITES}")
+        raise InputError(f"unknown LIBERO suite {suite!r}; choose one of {SUITES}")
     _prepare_import()
     from libero.libero.benchmark import get_benchmark
 
@@ -219,7 +222,7 @@ def resolve_tasks(suite: str, tasks: Optional[Sequence[Union[str, int]]]) -> tup
     for t in tasks:
         if isinstance(t, (int, np.integer)):
             if not 0 <= t < len(names):
-                raise ValueError(f"task index {t} out of range for {suite} ({len(names)} tasks)")
+                raise InputError(f"task index {t} out of range for {suite} ({len(names)} tasks)")
             out.append(int(t))
         elif t in names:
             out.append(names.index(t))
@@ -227,7 +230,7 @@ def resolve_tasks(suite: str, tasks: Optional[Sequence[Union[str, int]]]) -> tup
             import difflib
 
             near = difflib.get_close_matches(str(t), names, n=3, cutoff=0.3)
-            raise ValueError(f"unknown {suite} task {t!r}; did you mean {near}?")
+            raise InputError(f"unknown {suite} task {t!r}; did you mean {near}? (set env.tasks=SUITE:TASK,...)")
     return tuple(out)
 
 
@@ -282,7 +285,7 @@ class LiberoSubEnv(ChunkSubEnv):
             self._env.close()
         t = self._bench.get_task(self.suite_indices[task])
         bddl = os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file)
-        s, pixels = self.cfg.image_size, self.cfg.image_size > 0
+        s, pixels = self.cfg.image_size, self.cfg.image_size > 0 or self.cfg.record
         self._env = ControlEnv(
             # cameras are rendered by observe(), once per chunk, not by robosuite after every action
             bddl_file_name=bddl, has_renderer=False, has_offscreen_renderer=pixels, use_camera_obs=False,
@@ -326,9 +329,7 @@ class LiberoSubEnv(ChunkSubEnv):
         obs = {"state": state.astype(np.float32)}
         if self.cfg.image_size:
             if self._images is None:
-                s = self.cfg.image_size
-                # robosuite renders upside down (OpenGL); a 180° rotation makes it upright
-                self._images = {key: np.ascontiguousarray(self._env.sim.render(camera_name=cam, width=s, height=s)[::-1, ::-1])
+                self._images = {key: self._render(cam, self.cfg.image_size)
                                 for cam, key in (CAMERAS[c] for c in self.cfg.cameras)}
             obs.update(self._images)
         return obs
@@ -342,7 +343,11 @@ class LiberoSubEnv(ChunkSubEnv):
         return np.array(sim.data.body_xpos[sim.model.body_name2id(name)])
 
     def frame(self) -> np.ndarray:
-        return self.observe()[CAMERAS[self.cfg.cameras[0]][1]]
+        return self._render(CAMERAS[self.cfg.cameras[0]][0], self.cfg.render_size)
+
+    def _render(self, camera: str, size: int) -> np.ndarray:
+        # robosuite renders upside down (OpenGL); a 180° rotation makes it upright
+        return np.ascontiguousarray(self._env.sim.render(camera_name=camera, width=size, height=size)[::-1, ::-1])
 
     def close(self) -> None:
         if self._env is not None:

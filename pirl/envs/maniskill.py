@@ -28,6 +28,7 @@ import numpy as np
 
 from pirl.envs.base import Context, StepResult
 from pirl.envs.chunked import ChunkSubEnv, GymChunkVector, VectorKind, check_actions, check_contexts
+from pirl.errors import InputError
 
 OFFLINE_TASKS = ("PickCube-v1", "PushCube-v1", "StackCube-v1", "PegInsertionSide-v1")
 """Tasks whose assets ship with the package (YCB, scene and digital-twin tasks download theirs)."""
@@ -101,7 +102,7 @@ def _registered(task: str):
         import difflib
 
         near = difflib.get_close_matches(task, list(REGISTERED_ENVS), n=3)
-        raise ValueError(f"unknown ManiSkill task {task!r}; did you mean {near}? (offline tasks: {OFFLINE_TASKS})")
+        raise InputError(f"unknown ManiSkill task {task!r}; did you mean {near}? (offline tasks: {OFFLINE_TASKS})")
     return REGISTERED_ENVS[task]
 
 

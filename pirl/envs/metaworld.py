@@ -55,8 +55,10 @@ class MetaWorldConfig:
     """Camera for obs['image'] (e.g. 'corner2', 'corner', 'topview', 'gripperPOV'); None = state only."""
     image_size: int = 64
     """Height and width of rendered images in pixels."""
+    render_size: int = 224
+    """Height and width of the recorded frames (independent of image_size, which is what the policy sees)."""
     record: bool = False
-    """Render every executed action into info['frames'] (camera, or 'corner2' if camera is None)."""
+    """Render every executed action into info['frames'] (camera, or 'corner2' if camera is None), at render_size."""
     vector: Literal["sync", "async"] = "sync"
     """sync: all sub-environments in this process; async: one subprocess each (spawn)."""
 
@@ -68,8 +70,8 @@ class MetaWorldConfig:
             raise ValueError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
         if self.vector not in ("sync", "async"):
             raise ValueError(f"vector must be 'sync' or 'async', got {self.vector!r}")
-        if not 8 <= self.image_size <= 1024:
-            raise ValueError(f"image_size must lie in [8, 1024], got {self.image_size}")
+        if not 8 <= self.image_size <= 1024 or not 8 <= self.render_size <= 1024:
+            raise ValueError(f"image_size and render_size must lie in [8, 1024], got {self.image_size}, {self.render_size}")
 
 
 def train_contexts(num_tasks: int, per_task: int, start: int = 0) -> list[Context]:
@@ -85,7 +87,7 @@ class _Slot:
 
     task: int
     env: Any
-    renderers: dict[str, Any] = field(default_factory=dict)
+    renderers: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def close(self) -> None:
         for r in self.renderers.values():
@@ -194,19 +196,19 @@ class MetaWorldSubEnv(ChunkSubEnv):
     def observe(self) -> dict[str, np.ndarray]:
         obs = {"state": np.asarray(self._raw, dtype=np.float32)}
         if self.cfg.camera is not None:
-            obs["image"] = self._render(self.cfg.camera)
+            obs["image"] = self._render(self.cfg.camera, self.cfg.image_size)
         return obs
 
     def frame(self) -> np.ndarray:
-        return self._render(self.cfg.camera or "corner2")
+        return self._render(self.cfg.camera or "corner2", self.cfg.render_size)
 
-    def _render(self, camera: str) -> np.ndarray:
+    def _render(self, camera: str, size: int) -> np.ndarray:
         from pirl.envs.mujoco_render import ModelRenderer
 
         slot = self._slot
-        if camera not in slot.renderers:
-            slot.renderers[camera] = ModelRenderer(slot.env.model, camera, self.cfg.image_size, self.cfg.image_size)
-        return slot.renderers[camera].render(slot.env.data)
+        if (camera, size) not in slot.renderers:
+            slot.renderers[camera, size] = ModelRenderer(slot.env.model, camera, size, size)
+        return slot.renderers[camera, size].render(slot.env.data)
 
     def close(self) -> None:
         if self._slot is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from typing import Sequence, Union
 
+from pirl.errors import InputError
+
 # Order of MetaWorld's MT10 benchmark (metaworld.env_dict.MT10_V3).
 MT10: tuple[str, ...] = (
     "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
@@ -75,11 +77,11 @@ SUITES: dict[str, tuple[str, ...]] = {"MT10": MT10, "MT50": MT50}
 TaskSpec = Union[str, Sequence[str]]
 
 
-def unknown_task_error(name: str) -> ValueError:
-    """A ValueError naming close matches (difflib) and where to find the full list."""
+def unknown_task_error(name: str) -> InputError:
+    """An error naming close matches (difflib) and where to find the full list."""
     close = difflib.get_close_matches(name, list(MT50) + list(SUITES), n=4, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(
+    return InputError(
         f"unknown MetaWorld task {name!r}{hint} Valid names are the 50 v3 tasks "
         f"(pirl.envs.metaworld_tasks.MT50, e.g. 'pick-place-v3') or a suite: MT1:<task>, MT10, MT50"
     )
@@ -96,10 +98,10 @@ def resolve_tasks(spec: TaskSpec) -> tuple[str, ...]:
         spec = [s.strip() for s in spec.split(",") if s.strip()]
     names = list(spec)
     if not names:
-        raise ValueError("no MetaWorld task given: pass a name such as 'pick-place-v3', a list, or a suite (MT10, MT50)")
+        raise InputError("no MetaWorld task given: pass a name such as 'pick-place-v3', a list, or a suite (MT10, MT50)")
     for name in names:
         if name not in INSTRUCTIONS:
             raise unknown_task_error(name)
     if len(set(names)) != len(names):
-        raise ValueError(f"tasks listed twice in {names}: each task index must name one task")
+        raise InputError(f"tasks listed twice in {names}: each task index must name one task")
     return tuple(names)

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
 from pirl.envs.base import ChunkVectorEnv
+from pirl.errors import require
 
 SUITES = ("metaworld", "point_mass", "libero", "maniskill")
+
+_SIMULATORS = {"metaworld": ("metaworld", "metaworld"), "libero": ("libero", "libero"),
+               "maniskill": ("mani_skill", "maniskill")}
+"""suite -> (its simulator's Python package, the pip extra that installs it)."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,10 @@ class EnvConfig:
     camera: Optional[str] = None
     """Camera for obs['image']; None = state only."""
     image_size: int = 64
-    """Height and width of rendered images."""
+    """Height and width of the policy's camera images (obs['image'])."""
+    render_size: int = 224
+    """Height and width of evaluation video frames, rendered apart from the policy's images so that a person can
+    watch them (MetaWorld, LIBERO; ManiSkill's videos show its observation camera at image_size)."""
     vector: Literal["sync", "async"] = "sync"
     """sync: sub-environments in this process; async: one subprocess each (spawn)."""
     assets_path: Optional[str] = None
@@ -42,19 +50,30 @@ class EnvConfig:
             raise ValueError(f"unknown env suite {self.suite!r}; choose one of {SUITES}")
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        if not 16 <= self.render_size <= 1024:
+            raise ValueError(f"render_size must lie in [16, 1024] pixels, got {self.render_size}")
         if self.max_episode_steps < 0:
             raise ValueError(f"max_episode_steps must be >= 0 (0 = standard), got {self.max_episode_steps}")
 
 
+def require_simulator(suite: str) -> None:
+    """Raises :class:`pirl.errors.NotInstalledError` (one line: which pip extra) when ``suite``'s simulator is
+    not installed, instead of an ImportError traceback from deep inside the suite's module."""
+    if suite in _SIMULATORS:
+        package, extra = _SIMULATORS[suite]
+        require(package, extra=extra, purpose=f"the {suite} simulator")
+
+
 def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVectorEnv:
     """A vector of ``num_envs`` chunked environments of the configured suite."""
+    require_simulator(cfg.suite)
     if cfg.suite == "metaworld":
         from pirl.envs.metaworld import MAX_EPISODE_STEPS, MetaWorldConfig, MetaWorldVectorEnv
 
         return MetaWorldVectorEnv(MetaWorldConfig(
             tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk,
             max_episode_steps=cfg.max_episode_steps or MAX_EPISODE_STEPS, reward=cfg.reward, camera=cfg.camera,
-            image_size=cfg.image_size, record=record, vector=cfg.vector,
+            image_size=cfg.image_size, render_size=cfg.render_size, record=record, vector=cfg.vector,
         ))
     if cfg.suite == "point_mass":
         from pirl.envs.point_mass import PointMassConfig, PointMassEnv
@@ -70,7 +89,8 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         tasks = tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
         return make_libero(LiberoConfig(
             suite=suite, tasks=tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
-            image_size=cfg.image_size if cfg.camera else 0, record=record, assets_path=cfg.assets_path, vector=cfg.vector,
+            image_size=cfg.image_size if cfg.camera else 0, render_size=cfg.render_size, record=record,
+            assets_path=cfg.assets_path, vector=cfg.vector,
             held_out_init_states=cfg.held_out_init_states, object_state=cfg.object_state,
         ))
     if cfg.suite == "maniskill":

@@ -19,11 +19,12 @@ from typing import Any, Callable, Optional
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pirl.errors import InputError, MissingFileError
 from pirl.policies.base import Policy
 from pirl.policies.options import Pi0Options
 
 
-class PolicyLoadError(ValueError):
+class PolicyLoadError(InputError):
     """A policy source cannot be used (missing, not a policy, incomplete); the message names the file and the fix."""
 
 
@@ -118,8 +119,9 @@ def detect_format(path: Path) -> str:
     if path.is_file():
         return "pirl"
     if not path.is_dir():
-        raise PolicyLoadError(f"no policy at {path}: give a pirl .safetensors file, a LeRobot or openpi checkpoint "
-                              "directory, or a Hugging Face hub id (e.g. lerobot/pi0_libero)")
+        raise MissingFileError(f"policy {path} does not exist: pass policy=PATH to a .safetensors file written by "
+                               "`pirl sft` or `pirl train`, a LeRobot or openpi checkpoint directory, or a Hugging Face "
+                               "hub id (e.g. lerobot/pi0_libero)")
     config = path / "config.json"
     if config.is_file():
         try:

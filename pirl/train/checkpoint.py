@@ -33,6 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pirl.errors import UserError
+
 FORMAT = "pirl-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -53,6 +55,11 @@ class Stateful(Protocol):
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupted or does not match what it is loaded into."""
+
+
+class DamagedCheckpointError(CheckpointError, UserError):
+    """A checkpoint on disk that is missing, damaged or made for another model: the user's to fix (pirl prints
+    it as one line); the other :class:`CheckpointError` s are bugs in the code that saves or loads."""
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -104,7 +111,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+        raise DamagedCheckpointError(f"{path}: unreadable safetensors file ({e})") from e
 
 
 # ----------------------------------------------------------------------------- structure <-> JSON + tensors
@@ -286,27 +293,27 @@ def verify_checkpoint(path: str | Path, *, hashes: bool = True) -> dict[str, Any
     returns the manifest or raises :class:`CheckpointError` naming the file and the reason."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
+        raise DamagedCheckpointError(f"{path}: no such checkpoint directory")
     mpath = path / MANIFEST
     if not mpath.is_file():
-        raise CheckpointError(f"{mpath}: missing (not a pirl checkpoint, or its write was interrupted)")
+        raise DamagedCheckpointError(f"{mpath}: missing (not a pirl checkpoint, or its write was interrupted)")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{mpath}: unreadable ({e})") from e
+        raise DamagedCheckpointError(f"{mpath}: unreadable ({e})") from e
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise CheckpointError(
+        raise DamagedCheckpointError(
             f"{mpath}: format {manifest.get('format')!r} v{manifest.get('version')}, expected {FORMAT!r} v{VERSION}"
         )
     for name, info in manifest["files"].items():
         f = path / name
         if not f.is_file():
-            raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
+            raise DamagedCheckpointError(f"{f}: missing (listed in {MANIFEST})")
         size = f.stat().st_size
         if size != info["size"]:
-            raise CheckpointError(f"{f}: truncated or altered: {size} bytes, manifest says {info['size']}")
+            raise DamagedCheckpointError(f"{f}: truncated or altered: {size} bytes, manifest says {info['size']}")
         if hashes and _sha256(f) != info["sha256"]:
-            raise CheckpointError(f"{f}: corrupted: sha256 differs from the manifest")
+            raise DamagedCheckpointError(f"{f}: corrupted: sha256 differs from the manifest")
     return manifest
 
 
@@ -325,7 +332,7 @@ def _check_model(file: Path, model: nn.Module, weights: Mapping[str, torch.Tenso
 
         parts = [f"{label}: {lst(xs)}" for label, xs in
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if xs]
-        raise CheckpointError(f"{file}: does not match the model; " + "; ".join(parts))
+        raise DamagedCheckpointError(f"{file}: does not match the model; " + "; ".join(parts))
 
 
 def load_model_weights(path: str | Path, models: Mapping[str, nn.Module], *, verify: bool = True) -> None:
@@ -335,7 +342,7 @@ def load_model_weights(path: str | Path, models: Mapping[str, nn.Module], *, ver
     for name, model in models.items():
         file = path / f"model-{name}.safetensors"
         if f"model-{name}.safetensors" not in manifest["files"]:
-            raise CheckpointError(f"{file}: no model {name!r} in this checkpoint (it has {manifest['models']})")
+            raise DamagedCheckpointError(f"{file}: no model {name!r} in this checkpoint (it has {manifest['models']})")
         weights = _load_tensors(file)
         _check_model(file, model, weights)
         model.load_state_dict(weights, strict=True)
@@ -473,7 +480,7 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if not root.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+        raise DamagedCheckpointError(f"{path}: no such checkpoint or run directory")
     mgr = CheckpointManager(root)
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
@@ -481,5 +488,5 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
     if found is None and which == "best":
         found = mgr.latest  # no metric was ever given: the newest is the best we know
     if found is None:
-        raise CheckpointError(f"{root}: no complete checkpoint (step_*/manifest.json) found")
+        raise DamagedCheckpointError(f"{root}: no complete checkpoint (step_*/manifest.json) found")
     return found

@@ -11,9 +11,30 @@ import torch
 
 from pirl.envs.base import ChunkVectorEnv, Context
 from pirl.envs.registry import EnvConfig
+from pirl.errors import InputError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.options import Pi0Options
+
+
+def check_policy_fits_env(policy: FlowPolicy, env: ChunkVectorEnv, source: str | Path) -> None:
+    """Refuses a policy whose sizes do not fit the env with one line naming the file, instead of a shape
+    error deep inside the first rollout."""
+    cfg = getattr(policy, "cfg", None)
+    state_dim, num_tasks = getattr(cfg, "state_dim", None), getattr(cfg, "num_tasks", 0)
+    problems = []
+    if state_dim is not None and state_dim != env.state_dim:
+        problems.append(f"it reads states of size {state_dim}, the env gives {env.state_dim}")
+    action_dim = getattr(cfg, "action_dim", policy.action_dim)  # π0 pads actions to max_action_dim inside the model
+    if action_dim != env.action_dim:
+        problems.append(f"it predicts actions of size {action_dim}, the env takes {env.action_dim}")
+    if policy.action_horizon < env.chunk:
+        problems.append(f"its action horizon {policy.action_horizon} is shorter than env.chunk={env.chunk}")
+    if num_tasks and num_tasks < len(env.task_names):
+        problems.append(f"it knows {num_tasks} task(s), the env has {len(env.task_names)}")
+    if problems:
+        raise InputError(f"policy {source} does not fit the env ({'; '.join(problems)}); set env.suite / env.tasks / "
+                         "env.chunk to what the policy was trained on, or pass a policy trained on this env")
 
 
 @dataclass
@@ -162,12 +183,14 @@ def eval_main(cfg: EvalConfig, args) -> int:
 
     path = cfg.policy or (str(args.checkpoint) if getattr(args, "checkpoint", None) else "")
     if not path:
-        raise SystemExit("pirl eval: set policy=FILE (a .safetensors policy file)")
+        raise InputError("set policy=FILE (a .safetensors policy file written by `pirl sft` or `pirl train`, a LeRobot "
+                         "or openpi π0 directory, or a hub id)")
     policy, _ = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
-    run = RunDir.create(getattr(args, "run_dir", None), name="eval")
     env = make_env(cfg.env, cfg.num_envs)
     sampler = SamplerConfig(method="ode", steps=cfg.steps)
     try:
+        check_policy_fits_env(policy, env, path)
+        run = RunDir.create(getattr(args, "run_dir", None), name="eval")
         result = evaluate_policy(policy, env, eval_contexts(len(env.task_names), cfg.episodes_per_task), sampler,
                                  seed=cfg.seed)
     finally:

@@ -1,9 +1,14 @@
-"""Run metrics: ``metrics.jsonl`` + TensorBoard, a progress bar, ``summary.json``.
+"""Run metrics: ``metrics.jsonl`` + TensorBoard and/or Weights & Biases, a progress bar, ``summary.json``.
 
 Resume contract: the trainer logs step ``s``'s metrics, *then* checkpoints at ``s``. On
 resume from that checkpoint, :class:`MetricsLogger` drops every record with step > ``s``
 (written after the checkpoint by the interrupted run) and TensorBoard purges the same
-steps, so the resumed run's metrics equal an uninterrupted run's.
+steps, so the resumed run's metrics equal an uninterrupted run's. W&B cannot rewrite history: a
+resumed run continues the same W&B run (its id is kept in ``<run_dir>/wandb_id``), and W&B ignores
+the re-logged steps it already has.
+
+W&B is optional (``pip install -e '.[wandb]'``); ``WANDB_MODE=offline`` logs to ``<run_dir>/wandb``
+with no network (``wandb sync`` uploads it later).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -21,6 +27,7 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TB_DIR = "tb"
+WANDB_ID_FILE = "wandb_id"
 
 _RESERVED = ("step", "env_steps", "wall_time")
 
@@ -34,6 +41,13 @@ def _scalar(key: str, value: Any) -> float | int:
     if isinstance(value, (int, float)):
         return value
     raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__}")
+
+
+def wandb_module() -> Any:
+    """The ``wandb`` package, or a one-line :class:`pirl.errors.NotInstalledError` saying how to install it."""
+    from pirl.errors import require
+
+    return require("wandb", extra="wandb", purpose="logger=wandb")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -61,6 +75,7 @@ class MetricsLogger:
     ``resume_step``: the checkpoint's step when resuming; later records are dropped.
     ``wall_time_offset``: wall time already spent before this process (from the checkpoint),
     so ``wall_time`` continues across resumes.
+    ``wandb``: also log to Weights & Biases (project ``wandb_project``, the run's ``config`` attached).
     """
 
     def __init__(
@@ -70,6 +85,9 @@ class MetricsLogger:
         resume_step: Optional[int] = None,
         wall_time_offset: float = 0.0,
         tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "pirl",
+        config: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +106,15 @@ class MetricsLogger:
             self._tb = SummaryWriter(
                 str(self.run_dir / TB_DIR), purge_step=None if resume_step is None else resume_step + 1
             )
+        self._wandb = self._start_wandb(wandb_project, config, resume_step is not None) if wandb else None
+
+    def _start_wandb(self, project: str, config: Optional[Mapping[str, Any]], resume: bool) -> Any:
+        wandb = wandb_module()
+        id_file = self.run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        return wandb.init(project=project, id=run_id, resume="allow", dir=str(self.run_dir), name=self.run_dir.name,
+                          config=dict(config or {}))
 
     def _truncate(self, step: int) -> None:
         keep = [r for r in read_metrics(self.path) if r.get("step", -1) <= step]
@@ -118,6 +145,8 @@ class MetricsLogger:
             for k, v in record.items():
                 if k not in ("step", "wall_time") and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, global_step=step, walltime=None)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=int(step))
         return record
 
     def flush(self) -> None:
@@ -131,6 +160,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> "MetricsLogger":
         return self

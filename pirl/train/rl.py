@@ -9,6 +9,7 @@ and resumed run ends exactly where an uninterrupted one does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -16,21 +17,23 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
+from pirl.config import to_dict
 from pirl.envs.base import eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
+from pirl.errors import InputError, MissingFileError, require
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
 from pirl.policies.options import Pi0Options
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
-from pirl.train.evaluate import evaluate_policy, record_videos
-from pirl.train.logging import MetricsLogger, Progress, read_summary, write_summary
+from pirl.train.evaluate import check_policy_fits_env, evaluate_policy, record_videos
+from pirl.train.logging import MetricsLogger, Progress, read_summary, wandb_module, write_summary
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 from pirl.train.signals import EXIT_INTERRUPTED, GracefulStop
 
@@ -38,6 +41,83 @@ log = logging.getLogger(__name__)
 
 ENV_ERRORS = (RuntimeError, EOFError, BrokenPipeError, ConnectionError, TimeoutError, OSError)
 """What a crashed or hung simulator (subprocess) raises; the trainer rebuilds the env and carries on."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where `pirl train` runs its rollouts, policy inference and updates (the Ray roles: docs/ray.md)."""
+
+    kind: Literal["local", "ray"] = "local"
+    """local: simulators in this process (or its subprocesses), one update process; ray: the Ray actors below."""
+    address: Optional[str] = None
+    """kind=ray: address of a running Ray cluster (`ray start --head`); None = start a local Ray here."""
+    env_workers: int = 2
+    """kind=ray: env worker actors sharing the num_groups x group_size rollout sub-environments."""
+    pipelined: bool = False
+    """kind=ray: overlap policy inference on one half of the env workers with simulation of the other."""
+    rollout_workers: int = 0
+    """kind=ray: Ray actors doing the rollouts' batched policy inference, weights synced by version after every
+    update through the object store; 0 = inference in the trainer process."""
+    rollout_gpus: float = 0.0
+    """kind=ray: GPUs per rollout worker (a fraction shares one GPU); 0 = CPU inference."""
+    learner_processes: int = 1
+    """kind=ray: PPO update data-parallel over this many processes (the trainer + Ray actors; on CPU, or with
+    device=cuda one GPU per actor, see learner_backend); 1 = the single-process update."""
+    learner_strategy: Literal["ddp", "fsdp"] = "ddp"
+    """kind=ray, learner_processes >= 2: ddp (every rank holds the whole policy and optimiser; gradients
+    all-reduced) or fsdp (every rank, the trainer included, holds a 1/learner_processes shard of the weights,
+    gradients and optimiser state, PyTorch FSDP2; the trainer's full policy is gathered after every update).
+    On CUDA fsdp needs learner_backend nccl (auto), and has not been run on a GPU yet."""
+    learner_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """kind=ray, learner_processes >= 2: torch.distributed backend of the learner ranks. auto = nccl when device
+    is cuda, gloo on CPU. nccl needs one GPU per rank, the trainer's included, so Ray must not be given the
+    trainer's GPU (docs/ray.md); gloo also reduces CUDA tensors (through host memory, slower) and lets ranks
+    share a GPU."""
+    learner_gpus: float = 1.0
+    """kind=ray, learner_processes >= 2, device=cuda: GPUs each learner-rank actor asks Ray for (nccl: 1, a GPU
+    of its own; gloo: a fraction lets ranks share one, e.g. 0.5 on a one-GPU machine). Unused on CPU."""
+    placement: Literal["disaggregated", "collocated"] = "disaggregated"
+    """kind=ray: disaggregated (each role asks Ray for its own resources; env workers spread over nodes) or
+    collocated (one STRICT_PACK placement group: every worker actor on one node). See docs/ray.md."""
+    worker_cpus: float = 1.0
+    """kind=ray: CPUs Ray reserves per env worker, rollout worker and learner rank (fractions pack more per core)."""
+    max_learner_restarts: int = 3
+    """kind=ray, learner_processes >= 2: a learner rank that dies restarts the learner group from the last
+    checkpoint; give up after this many restarts in one `train` call."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise ValueError(f"kind must be 'local' or 'ray', got {self.kind!r}")
+        if self.kind != "ray" and (self.rollout_workers or self.learner_processes != 1
+                                   or self.placement != "disaggregated"):
+            raise ValueError("rollout_workers, learner_processes and placement need kind='ray'")
+        if self.max_learner_restarts < 0:
+            raise ValueError(f"max_learner_restarts must be >= 0, got {self.max_learner_restarts}")
+        if self.rollout_workers < 0 or self.learner_processes < 1 or not self.worker_cpus > 0 or self.rollout_gpus < 0:
+            raise ValueError(f"need rollout_workers >= 0, learner_processes >= 1, worker_cpus > 0, rollout_gpus >= 0; "
+                             f"got {self.rollout_workers}, {self.learner_processes}, {self.worker_cpus}, "
+                             f"{self.rollout_gpus}")
+        if self.learner_strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"learner_strategy must be 'ddp' or 'fsdp', got {self.learner_strategy!r}")
+        if self.learner_strategy == "fsdp" and (self.kind != "ray" or self.learner_processes < 2):
+            raise ValueError(f"learner_strategy='fsdp' shards the update over learner processes: it needs kind='ray' "
+                             f"and learner_processes >= 2, got kind={self.kind!r}, "
+                             f"learner_processes={self.learner_processes}")
+        if not self.learner_gpus > 0:
+            raise ValueError(f"learner_gpus must be > 0 (GPUs per learner rank with device=cuda), got {self.learner_gpus}")
+        if self.learner_backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"learner_backend must be 'auto', 'nccl' or 'gloo', got {self.learner_backend!r}")
+        if self.learner_backend != "auto" and (self.kind != "ray" or self.learner_processes < 2):
+            raise ValueError(f"learner_backend={self.learner_backend!r} picks the learner ranks' backend: it needs "
+                             f"kind='ray' and learner_processes >= 2, got kind={self.kind!r}, "
+                             f"learner_processes={self.learner_processes}")
+        if self.pipelined and (self.kind != "ray" or self.env_workers < 2):
+            raise ValueError(f"pipelined=True needs kind='ray' and env_workers >= 2, got kind={self.kind!r}, "
+                             f"env_workers={self.env_workers}")
+
+
+RUNNER_KEYS = tuple(f.name for f in dataclasses.fields(RunnerConfig) if f.name not in ("kind", "address"))
+"""RunnerConfig's keys that kept their name when they moved from TrainConfig into ``runner``."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +168,8 @@ class TrainConfig:
     eval_num_envs: int = 10
     """Sub-environments used for evaluation."""
     videos_per_task: int = 1
-    """Evaluation episodes recorded to mp4 per task at the end (0 = none)."""
+    """Held-out episodes recorded to mp4 per task before RL and at the end, on the same seeds (videos/before*,
+    videos/after*; frames at env.render_size; 0 = none)."""
     checkpoint_every: int = 5
     """Save a resumable checkpoint every this many iterations (and at the end or on Ctrl-C)."""
     std_range: Optional[tuple[float, float]] = None
@@ -96,49 +177,23 @@ class TrainConfig:
     gets 0.08-0.16, πRL's). Given: a new head gets it, and a checkpoint's head is re-ranged to it."""
     max_env_restarts: int = 5
     """Give up after this many simulator crashes in one iteration."""
-    max_learner_restarts: int = 3
-    """runner=ray, learner_processes >= 2: a learner rank that dies restarts the learner group from the last
-    checkpoint; give up after this many restarts in one `train` call."""
     seed: int = 0
     """Seeds parameter init of new heads, the context sampler, flow noise and minibatch order."""
     device: str = "cpu"
     """Torch device of the policy (rollouts and updates)."""
+    logger: Literal["tensorboard", "wandb", "both", "none"] = "tensorboard"
+    """Where metrics go besides metrics.jsonl: TensorBoard (<run>/tb), Weights & Biases (pip install -e '.[wandb]';
+    WANDB_MODE=offline logs to <run>/wandb with no network), both, or none."""
+    wandb_project: str = "pirl"
+    """logger=wandb|both: the W&B project of the run."""
     threads: int = 1
     """torch CPU threads (1 is fastest for small policies: rollouts are many tiny forward passes); 0 = torch's default."""
-    runner: Literal["local", "ray"] = "local"
-    """Where rollout simulators run: local (this process / its subprocesses) or ray (env worker actors)."""
-    ray_address: Optional[str] = None
-    """runner=ray: address of a running Ray cluster (`ray start --head`); None = start a local Ray here."""
-    env_workers: int = 2
-    """runner=ray: env worker actors sharing the num_groups x group_size rollout sub-environments."""
-    pipelined: bool = False
-    """runner=ray: overlap policy inference on one half of the env workers with simulation of the other."""
-    rollout_workers: int = 0
-    """runner=ray: Ray actors doing the rollouts' batched policy inference, weights synced by version after every
-    update through the object store; 0 = inference in the trainer process."""
-    rollout_gpus: float = 0.0
-    """runner=ray: GPUs per rollout worker (a fraction shares one GPU); 0 = CPU inference."""
-    learner_processes: int = 1
-    """runner=ray: PPO update data-parallel over this many processes (the trainer + Ray actors; on CPU, or with
-    device=cuda one GPU per actor, see learner_backend); 1 = the single-process update."""
-    learner_strategy: Literal["ddp", "fsdp"] = "ddp"
-    """runner=ray, learner_processes >= 2: ddp (every rank holds the whole policy and optimiser; gradients
-    all-reduced) or fsdp (every rank, the trainer included, holds a 1/learner_processes shard of the weights,
-    gradients and optimiser state, PyTorch FSDP2; the trainer's full policy is gathered after every update).
-    On CUDA fsdp needs learner_backend nccl (auto), and has not been run on a GPU yet."""
-    learner_backend: Literal["auto", "nccl", "gloo"] = "auto"
-    """runner=ray, learner_processes >= 2: torch.distributed backend of the learner ranks. auto = nccl when device
-    is cuda, gloo on CPU. nccl needs one GPU per rank, the trainer's included, so Ray must not be given the
-    trainer's GPU (docs/ray.md); gloo also reduces CUDA tensors (through host memory, slower) and lets ranks
-    share a GPU."""
-    learner_gpus: float = 1.0
-    """runner=ray, learner_processes >= 2, device=cuda: GPUs each learner-rank actor asks Ray for (nccl: 1, a GPU
-    of its own; gloo: a fraction lets ranks share one, e.g. 0.5 on a one-GPU machine). Unused on CPU."""
-    placement: Literal["disaggregated", "collocated"] = "disaggregated"
-    """runner=ray: disaggregated (each role asks Ray for its own resources; env workers spread over nodes) or
-    collocated (one STRICT_PACK placement group: every worker actor on one node). See docs/ray.md."""
-    worker_cpus: float = 1.0
-    """runner=ray: CPUs Ray reserves per env worker, rollout worker and learner rank (fractions pack more per core)."""
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    """Where rollouts, inference and updates run: this process (runner.kind=local) or Ray actors (ray)."""
+
+    moved_keys: ClassVar[dict[str, str]] = {
+        **{name: f"runner.{name}" for name in RUNNER_KEYS}, "ray_address": "runner.address"}
+    """The Ray runner's settings were flat keys of TrainConfig; old configs get pointed to their new place."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.num_groups < 1 or self.group_size < 1:
@@ -155,45 +210,19 @@ class TrainConfig:
                                  f"{self.sampler.method!r} (set sampler.method=flow_noise or drop std_range)")
             if not 0 < self.std_range[0] < self.std_range[1]:
                 raise ValueError(f"std_range must satisfy 0 < std_min < std_max, got {self.std_range}")
-        if self.runner not in ("local", "ray"):
-            raise ValueError(f"runner must be 'local' or 'ray', got {self.runner!r}")
-        if self.runner == "ray" and not 1 <= self.env_workers <= self.num_groups * self.group_size:
-            raise ValueError(f"env_workers must lie in [1, num_groups x group_size = "
-                             f"{self.num_groups * self.group_size}], got {self.env_workers}")
-        if self.runner != "ray" and (self.rollout_workers or self.learner_processes != 1
-                                     or self.placement != "disaggregated"):
-            raise ValueError("rollout_workers, learner_processes and placement need runner='ray'")
-        if self.max_learner_restarts < 0 or self.max_env_restarts < 0:
-            raise ValueError(f"max_env_restarts and max_learner_restarts must be >= 0, got {self.max_env_restarts}, "
-                             f"{self.max_learner_restarts}")
-        if self.rollout_workers < 0 or self.learner_processes < 1 or not self.worker_cpus > 0 or self.rollout_gpus < 0:
-            raise ValueError(f"need rollout_workers >= 0, learner_processes >= 1, worker_cpus > 0, rollout_gpus >= 0; "
-                             f"got {self.rollout_workers}, {self.learner_processes}, {self.worker_cpus}, "
-                             f"{self.rollout_gpus}")
-        if self.learner_strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"learner_strategy must be 'ddp' or 'fsdp', got {self.learner_strategy!r}")
-        if self.learner_strategy == "fsdp" and (self.runner != "ray" or self.learner_processes < 2):
-            raise ValueError(f"learner_strategy='fsdp' shards the update over learner processes: it needs runner='ray' "
-                             f"and learner_processes >= 2, got runner={self.runner!r}, "
-                             f"learner_processes={self.learner_processes}")
-        if not self.learner_gpus > 0:
-            raise ValueError(f"learner_gpus must be > 0 (GPUs per learner rank with device=cuda), got {self.learner_gpus}")
-        if self.learner_backend not in ("auto", "nccl", "gloo"):
-            raise ValueError(f"learner_backend must be 'auto', 'nccl' or 'gloo', got {self.learner_backend!r}")
-        if self.learner_backend != "auto" and (self.runner != "ray" or self.learner_processes < 2):
-            raise ValueError(f"learner_backend={self.learner_backend!r} picks the learner ranks' backend: it needs "
-                             f"runner='ray' and learner_processes >= 2, got runner={self.runner!r}, "
-                             f"learner_processes={self.learner_processes}")
+        r = self.runner
+        if r.kind == "ray" and not 1 <= r.env_workers <= self.num_groups * self.group_size:
+            raise ValueError(f"runner.env_workers must lie in [1, num_groups x group_size = "
+                             f"{self.num_groups * self.group_size}], got {r.env_workers}")
+        if self.max_env_restarts < 0:
+            raise ValueError(f"max_env_restarts must be >= 0, got {self.max_env_restarts}")
         cuda = str(self.device).startswith("cuda")
-        if self.learner_backend == "nccl" and not cuda:
-            raise ValueError(f"learner_backend='nccl' reduces CUDA tensors only: it needs device='cuda', "
+        if r.learner_backend == "nccl" and not cuda:
+            raise ValueError(f"runner.learner_backend='nccl' reduces CUDA tensors only: it needs device='cuda', "
                              f"got device={self.device!r} (use 'gloo' or 'auto' on CPU)")
-        if self.learner_strategy == "fsdp" and cuda and self.learner_backend == "gloo":
-            raise ValueError("learner_strategy='fsdp' on CUDA needs learner_backend 'nccl' or 'auto' (gloo cannot "
-                             "all-gather CUDA tensors)")
-        if self.pipelined and (self.runner != "ray" or self.env_workers < 2):
-            raise ValueError(f"pipelined=True needs runner='ray' and env_workers >= 2, got runner={self.runner!r}, "
-                             f"env_workers={self.env_workers}")
+        if r.learner_strategy == "fsdp" and cuda and r.learner_backend == "gloo":
+            raise ValueError("runner.learner_strategy='fsdp' on CUDA needs runner.learner_backend 'nccl' or 'auto' "
+                             "(gloo cannot all-gather CUDA tensors)")
         for name in ("eval_every", "checkpoint_every", "eval_episodes_per_task", "eval_num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -237,7 +266,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
         if not cfg.policy:
-            raise ValueError("TrainConfig.policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors)")
+            raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)")
+        if cfg.logger in ("wandb", "both"):
+            wandb_module()  # not installed: say so now, before simulators and Ray start
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -257,18 +288,25 @@ class Trainer:
             max_tries=cfg.max_tries, seed=cfg.seed, task_sampling=cfg.task_sampling,
         )
         self.ray = None
-        if cfg.runner == "ray":
+        if cfg.runner.kind == "ray":
+            require("ray", extra="ray", purpose="runner.kind=ray")
             from pirl.distributed.runner import RayRunner
 
-            self.ray = RayRunner(address=cfg.ray_address, placement=cfg.placement, env_workers=cfg.env_workers,
-                                 rollout_workers=cfg.rollout_workers, learner_processes=cfg.learner_processes,
-                                 learner_strategy=cfg.learner_strategy, learner_backend=cfg.learner_backend,
-                                 learner_gpus=cfg.learner_gpus if torch.device(cfg.device).type == "cuda" else 0.0,
-                                 worker_cpus=cfg.worker_cpus, rollout_gpus=cfg.rollout_gpus, threads=cfg.threads)
+            r = cfg.runner
+            self.ray = RayRunner(address=r.address, placement=r.placement, env_workers=r.env_workers,
+                                 rollout_workers=r.rollout_workers, learner_processes=r.learner_processes,
+                                 learner_strategy=r.learner_strategy, learner_backend=r.learner_backend,
+                                 learner_gpus=r.learner_gpus if torch.device(cfg.device).type == "cuda" else 0.0,
+                                 worker_cpus=r.worker_cpus, rollout_gpus=r.rollout_gpus, threads=cfg.threads)
         self.env = self.make_rollout_env()
         self.eval_env = None
+        try:
+            check_policy_fits_env(self.policy, self.env, cfg.policy)
+        except InputError:
+            self.close()  # env subprocesses and Ray actors are already up
+            raise
         collector_cls = RolloutCollector
-        if cfg.pipelined:
+        if cfg.runner.pipelined:
             from pirl.distributed.pipeline import PipelinedCollector as collector_cls
         actor = self.ray.rollout_policy(self.policy) if self.ray else self.policy
         self.collector = collector_cls(self.env, actor, self.sampler, self.collector_cfg, cfg.device)
@@ -282,7 +320,8 @@ class Trainer:
         if resume:
             latest = self.checkpoints.latest
             if latest is None:
-                raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+                raise MissingFileError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'} (the run stopped "
+                                       "before its first one): start it again without --resume")
             state = load_checkpoint(latest, **self._state_objects())
             self.iteration, self.env_steps = state["iteration"], state["env_steps"]
             self.env_crashes, wall = state["env_crashes"], state["wall_time"]
@@ -295,11 +334,14 @@ class Trainer:
             resume_step = self.iteration
             if self.ray:
                 self.ray.resumed(self.policy)
-        self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall)
+        self.logger = MetricsLogger(self.run_dir, resume_step=resume_step, wall_time_offset=wall,
+                                    tensorboard=cfg.logger in ("tensorboard", "both"),
+                                    wandb=cfg.logger in ("wandb", "both"), wandb_project=cfg.wandb_project,
+                                    config=to_dict(cfg))
         self.task_names = list(self.env.task_names)
 
     def make_rollout_env(self):
-        """The training rollouts' env: local, or spread over Ray env workers (runner=ray)."""
+        """The training rollouts' env: local, or spread over Ray env workers (runner.kind=ray)."""
         if self.ray:
             return self.ray.make_env(self.cfg.env, self.collector_cfg.num_envs)
         return make_env(self.cfg.env, self.collector_cfg.num_envs)
@@ -345,6 +387,12 @@ class Trainer:
         metrics["eval/success"] = float(np.mean(list(per_task.values())))
         metrics["eval/episode_length"] = float(result.episode_length.mean())
         return metrics
+
+    def record_videos(self, tag: str) -> None:
+        """Videos of the same held-out episodes (seeds and noise) each time, so before and after RL compare."""
+        if self.cfg.videos_per_task > 0:
+            record_videos(self.policy, self.cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
+                          per_task=self.cfg.videos_per_task, seed=self.cfg.seed, tag=tag)
 
     # -- one iteration --------------------------------------------------------------------------
     def collect(self):
@@ -396,6 +444,7 @@ class Trainer:
             write_summary(self.run_dir, summary)
             self.best_success = before["eval/success"]
             print(f"before RL: eval/success {before['eval/success']:.3f}  " + _fmt_tasks(before), flush=True)
+            self.record_videos("before")
         interrupted = False
         t0 = time.perf_counter()
         done = False
@@ -440,9 +489,7 @@ class Trainer:
         )
         write_summary(self.run_dir, summary)
         export_policy(self.policy, self.run_dir / "policy_latest_lerobot")
-        if cfg.videos_per_task > 0:
-            record_videos(self.policy, cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
-                          per_task=cfg.videos_per_task, seed=cfg.seed)
+        self.record_videos("after")
         self.logger.close()
         return 0
 
@@ -482,9 +529,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
 
     With Ray learner ranks (``learner_processes >= 2``) a rank that dies ends the Trainer, and a new one
     resumes from the last checkpoint (from the start when there is none yet), so the run ends as an
-    uninterrupted one would; ``learner/restarts`` counts them, at most ``cfg.max_learner_restarts``."""
+    uninterrupted one would; ``learner/restarts`` counts them, at most ``cfg.runner.max_learner_restarts``."""
     failure: tuple[type[BaseException], ...] = ()
-    if cfg.runner == "ray" and cfg.learner_processes > 1:
+    if cfg.runner.kind == "ray" and cfg.runner.learner_processes > 1:
         from pirl.distributed.learner import LearnerFailure
 
         failure = (LearnerFailure,)
@@ -496,14 +543,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
         try:
             return trainer.run()
         except failure as e:
-            if restarts == cfg.max_learner_restarts:
-                raise RuntimeError(f"the learner group failed {restarts + 1} times in this run (max_learner_restarts="
-                                   f"{cfg.max_learner_restarts}); last failure: {e}. The run directory keeps every "
-                                   f"checkpoint: continue with `pirl train --resume {run_dir}`") from e
+            if restarts == cfg.runner.max_learner_restarts:
+                raise RuntimeError(f"the learner group failed {restarts + 1} times in this run "
+                                   f"(runner.max_learner_restarts={cfg.runner.max_learner_restarts}); last failure: "
+                                   f"{e}. The run directory keeps every checkpoint: continue with "
+                                   f"`pirl train --resume {run_dir}`") from e
             restarts, carried = restarts + 1, trainer.learner_restarts + 1
             resume = trainer.checkpoints.latest is not None
             log.warning("%s; restarting the learner group from %s (restart %d of at most %d)", e,
-                        trainer.checkpoints.latest or "the start", restarts, cfg.max_learner_restarts)
+                        trainer.checkpoints.latest or "the start", restarts, cfg.runner.max_learner_restarts)
         finally:
             trainer.close()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pirl.config import dump_config
+from pirl.errors import ExistingFileError, MissingFileError
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class RunDir:
         directory that already holds a run (use ``open`` + resume for that)."""
         p = Path(path) if path is not None else Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (p / "config.yaml").exists():
-            raise FileExistsError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
+            raise ExistingFileError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
         p.mkdir(parents=True, exist_ok=True)
         return cls(p)
 
@@ -63,7 +64,7 @@ class RunDir:
         """An existing run directory (for resume/eval/report); it must have its config.yaml."""
         p = Path(path)
         if not (p / "config.yaml").is_file():
-            raise FileNotFoundError(f"{p}: not a run directory (no config.yaml)")
+            raise MissingFileError(f"{p}: not a run directory (no config.yaml)")
         return cls(p)
 
     def save_config(self, cfg: Any) -> Path:

@@ -21,6 +21,7 @@ import torch
 
 from pirl.data.reader import ChunkDataset, LeRobotDataset, load_dataset
 from pirl.envs.registry import EnvConfig, make_env
+from pirl.errors import InputError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import Policy
 from pirl.policies.mlp import make_mlp_policy
@@ -302,7 +303,7 @@ def sft_main(cfg: SFTConfig, args) -> int:
     from pirl.train.rundir import RunDir
 
     if not cfg.dataset:
-        raise SystemExit("pirl sft: set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`)")
+        raise InputError("set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`)")
     run = RunDir.create(getattr(args, "run_dir", None), name="sft")
     cfg = replace(cfg, out_dir=cfg.out_dir or str(run.path))
     run.save_config(cfg)

@@ -18,17 +18,21 @@ def _slug(text: str) -> str:
 
 
 def add_border(frames: np.ndarray, success: bool, width: int = 4) -> np.ndarray:
-    """[T, h, w, 3] uint8 -> frames inside a coloured border at least ``width`` px wide,
-    padded so both sides are multiples of 16."""
+    """[T, h, w, 3] uint8 -> the frames with their outer ``width`` px painted in the outcome's colour, padded
+    (in that colour) to multiples of 16. The border covers the frame's edge rather than surrounding it, so
+    frames rendered at a multiple of 16 (render_size 224, 256) keep exactly their size."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, h, w, 3], got {frames.dtype} {tuple(frames.shape)}")
     t, h, w, _ = frames.shape
-    H = -(-(h + 2 * width) // _BLOCK) * _BLOCK
-    W = -(-(w + 2 * width) // _BLOCK) * _BLOCK
+    H, W = -(-h // _BLOCK) * _BLOCK, -(-w // _BLOCK) * _BLOCK
+    colour = np.asarray(SUCCESS_RGB if success else FAILURE_RGB, np.uint8)
     out = np.empty((t, H, W, 3), np.uint8)
-    out[:] = np.asarray(SUCCESS_RGB if success else FAILURE_RGB, np.uint8)
+    out[:] = colour
     top, left = (H - h) // 2, (W - w) // 2
     out[:, top : top + h, left : left + w] = frames
+    b = max(width, 0)
+    for edge in (np.s_[:, :top + b], np.s_[:, top + h - b:], np.s_[:, :, :left + b], np.s_[:, :, left + w - b:]):
+        out[edge] = colour
     return out
 
 

@@ -1,0 +1,50 @@
+"""Mistakes of the user's, told apart from bugs.
+
+A :class:`UserError` is something the person running pirl can fix (a file that is missing or
+damaged, a task name that does not exist, a package that is not installed); its message is one
+line naming the cause, the file or key, and the fix. ``pirl`` (pirl/cli/main.py) prints it as
+that line and exits 2 without a traceback (``--debug`` or ``PIRL_DEBUG=1`` shows it). Anything
+else is a bug and keeps its traceback.
+
+The subclasses also derive from the built-in exception the same failure raised before, so
+existing ``except ValueError`` / ``except FileNotFoundError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message names the cause, the file or key, and the fix."""
+
+
+class InputError(UserError, ValueError):
+    """A value or file content the user gave is wrong (an unknown task, a damaged file, shapes that do not fit)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+class ExistingFileError(UserError, FileExistsError):
+    """An output file or directory the user named already holds something pirl will not overwrite."""
+
+
+class NotInstalledError(UserError, ImportError):
+    """An optional simulator or extra is not installed."""
+
+
+def require(module: str, *, extra: str, purpose: str) -> ModuleType:
+    """Imports ``module``, or raises :class:`NotInstalledError` saying which pip extra brings it.
+
+    ``purpose`` completes "… needs <module>", e.g. ``"runner.kind=ray"``. Only a missing top-level
+    package is the user's to fix; an ImportError inside an installed package is re-raised as a bug."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != module.split(".")[0]:
+            raise
+        raise NotInstalledError(f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not "
+                                f"installed: pip install -e '.[{extra}]'") from e

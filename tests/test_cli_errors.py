@@ -1,0 +1,147 @@
+"""User mistakes found at run time end with one line naming the file or key and the fix, exit status 2 and
+no traceback (``--debug`` / ``PIRL_DEBUG=1`` print it); real bugs keep their traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pirl.cli.main import main as pirl
+from pirl.data import Episode, write_dataset
+from pirl.policies import make_mlp_policy
+from pirl.policies.io import save_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+PM = ["env.suite=point_mass", "env.tasks=[a]", "env.chunk=4", "env.max_episode_steps=16"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    torch.manual_seed(0)
+    policy = save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1, noise_head=False),
+                         d / "policy.safetensors")
+    (d / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    data = policy.read_bytes()
+    (d / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    save_file({"w": torch.zeros(3)}, str(d / "other.safetensors"))
+    save_policy(make_mlp_policy(39, 4, action_horizon=4, hidden=16, depth=1, noise_head=False),
+                d / "metaworld.safetensors")  # sizes of a MetaWorld policy: does not fit point mass
+    rng = np.random.default_rng(0)
+    episodes = [Episode(task="reach", data={"observation.state": rng.normal(size=(6, 4)).astype(np.float32),
+                                            "action": rng.uniform(-1, 1, (6, 2)).astype(np.float32)})]
+    write_dataset(d / "dataset", episodes, fps=10, tasks=["reach"], task_names=["reach-v3"])
+    return d
+
+
+def _one_line_error(capsys, rc: int, *names: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in err, err
+    return err
+
+
+@pytest.mark.parametrize("name,words", [
+    ("missing.safetensors", ["does not exist", "policy=PATH"]),
+    ("random.safetensors", ["not a readable safetensors file"]),
+    ("truncated.safetensors", ["not a readable safetensors file", "truncated"]),
+    ("other.safetensors", ["not a pirl policy"]),
+])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_bad_policy_files_name_the_file(files, capsys, command, name, words):
+    rc = pirl([command, "--run-dir", str(files / f"run-{command}-{name}"), f"policy={files / name}", *PM])
+    _one_line_error(capsys, rc, str(files / name), *words)
+
+
+def test_a_policy_that_does_not_fit_the_env(files, capsys):
+    rc = pirl(["eval", "--run-dir", str(files / "run-fit"), f"policy={files / 'metaworld.safetensors'}", *PM])
+    _one_line_error(capsys, rc, "metaworld.safetensors", "states of size 39, the env gives 4", "env.suite")
+
+
+def _damaged(files: Path, name: str, damage) -> Path:
+    root = files / name
+    if not root.exists():
+        shutil.copytree(files / "dataset", root)
+        damage(root)
+    return root
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing", ["dataset directory", "does not exist", "dataset=DIR"]),
+    ("lost_parquet", ["data/chunk-000/file-000.parquet does not exist", "collect it again"]),
+    ("stats_not_json", ["meta/stats.json is not valid JSON", "recompute_stats"]),
+    ("truncated_parquet", ["file-000.parquet is not a readable parquet file", "collect it again"]),
+])
+def test_damaged_datasets_name_the_file(files, capsys, case, words):
+    damage = {
+        "missing": None,
+        "lost_parquet": lambda r: (r / "data/chunk-000/file-000.parquet").unlink(),
+        "stats_not_json": lambda r: (r / "meta/stats.json").write_text("{not json"),
+        "truncated_parquet": lambda r: (r / "data/chunk-000/file-000.parquet").write_bytes(b"PAR1 cut short"),
+    }[case]
+    root = files / "nowhere" if damage is None else _damaged(files, case, damage)
+    rc = pirl(["sft", "--run-dir", str(files / f"sft-{case}"), f"dataset={root}", "steps=1", "eval_every=-1"])
+    _one_line_error(capsys, rc, str(root), *words)
+
+
+def test_unknown_task_in_collect_and_eval(files, capsys):
+    rc = pirl(["collect", "--run-dir", str(files / "c"), "tasks=reech-v3", "episodes_per_task=1"])
+    _one_line_error(capsys, rc, "'reech-v3'", "did you mean 'reach-v3'")
+    rc = pirl(["eval", "--run-dir", str(files / "e"), f"policy={files / 'metaworld.safetensors'}",
+               "env.tasks=[reach-v3,pussh-v3]"])
+    _one_line_error(capsys, rc, "'pussh-v3'", "did you mean 'push-v3'")
+
+
+def test_simulator_or_extra_not_installed(files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "libero", None)  # `import libero` fails as if it were not installed
+    rc = pirl(["eval", "--run-dir", str(files / "l"), f"policy={files / 'policy.safetensors'}", "env.suite=libero"])
+    _one_line_error(capsys, rc, "the libero simulator needs the Python package 'libero'", "pip install -e '.[libero]'")
+    monkeypatch.setitem(sys.modules, "ray", None)
+    rc = pirl(["train", "--run-dir", str(files / "r"), f"policy={files / 'policy.safetensors'}", *PM,
+               "runner.kind=ray"])
+    _one_line_error(capsys, rc, "runner.kind=ray needs the Python package 'ray'", "pip install -e '.[ray]'")
+
+
+def test_resume_of_a_directory_without_checkpoint(files, capsys):
+    run = files / "no-ckpt"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"policy: {files / 'policy.safetensors'}\nenv: {{suite: point_mass, tasks: [a]}}\n")
+    _one_line_error(capsys, pirl(["train", "--resume", str(run)]), "no checkpoint under", "without --resume")
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pirl.cli.main", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env})
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(files):
+    """In a real process: the one line by default; --debug (before or after the command) or PIRL_DEBUG=1
+    print the traceback above it; an exception that is not a user error is a bug and keeps its traceback."""
+    args = ("eval", f"policy={files / 'random.safetensors'}", *PM)
+    plain = _cli(*args)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [plain.stderr.strip()] and "random.safetensors" in plain.stderr
+    for res in (_cli("--debug", *args), _cli(args[0], "--debug", *args[1:]), _cli(*args, PIRL_DEBUG="1")):
+        assert res.returncode == 2 and "Traceback" in res.stderr and "SafetensorError" in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+
+
+def test_a_bug_is_not_a_user_error(files, monkeypatch):
+    import pirl.train.evaluate as evaluate
+
+    def broken(*a, **k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(evaluate, "evaluate_policy", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        pirl(["eval", "--run-dir", str(files / "bug"), f"policy={files / 'policy.safetensors'}", *PM])
