@@ -6,7 +6,8 @@ checkpoints and the datasets they were trained on apply unchanged:
 - obs 'state' float32 [8]: end-effector position (3), orientation as axis-angle (3), the two
   gripper finger joint positions (2);
 - obs 'image' / 'wrist_image' uint8 [s, s, 3]: the 'agentview' and 'robot0_eye_in_hand' cameras
-  rotated by 180° (robosuite renders them upside down);
+  rotated by 180°, as LIBERO's datasets and openpi's evaluation have them: robosuite renders upside
+  down (OpenGL rows), so the rotation makes them upright but leaves them mirrored left-right;
 - actions [7]: delta end-effector position (3) and axis-angle (3) for the OSC_POSE controller,
   gripper (-1 open, +1 close);
 - every episode starts from one of the suite's 50 recorded init states, then 10 no-op steps
@@ -344,7 +345,7 @@ class LiberoSubEnv(ChunkSubEnv):
         if self.cfg.image_size:
             if self._images is None:
                 s = self.cfg.image_size
-                # robosuite renders upside down (OpenGL); a 180° rotation makes it upright
+                # robosuite renders upside down (OpenGL); the datasets' 180° rotation makes it upright (and mirrored)
                 self._images = {key: np.ascontiguousarray(self._env.sim.render(camera_name=cam, width=s, height=s)[::-1, ::-1])
                                 for cam, key in (CAMERAS[c] for c in self.cfg.cameras)}
             obs.update(self._images)
