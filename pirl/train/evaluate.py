@@ -110,10 +110,11 @@ class EvalResult:
 
     def table(self, protocol: EvalProtocol) -> str:
         """Markdown: success per task (rate and successes / episodes) and the mean over tasks."""
+        outcomes = self.outcomes()
         lines = [f"evaluation protocol: {protocol.describe()}", "", "| task | success | successes |", "|---|---|---|"]
-        for name, ok in self.outcomes().items():
+        for name, ok in outcomes.items():
             lines.append(f"| {name} | {np.mean(ok):.3f} | {sum(ok)}/{len(ok)} |")
-        lines.append(f"| mean over {len(self.outcomes())} tasks | {self.task_mean():.3f} | "
+        lines.append(f"| mean over {len(outcomes)} tasks | {self.task_mean():.3f} | "
                      f"{int(self.success.sum())}/{len(self.success)} |")
         return "\n".join(lines) + "\n"
 

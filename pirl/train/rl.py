@@ -76,12 +76,12 @@ class TrainConfig:
     """Stop after the iteration that crosses this run wall time (seconds, evaluations included) as if it were the
     last: evaluate, checkpoint, summarise. None = run all iterations."""
     eval_every: int = 5
-    """Evaluate on held-out seeds every this many iterations (and before the first and after the last)."""
+    """Evaluate (eval_protocol) every this many iterations (and before the first and after the last)."""
     eval_episodes_per_task: int = 10
     """Episodes per task at each evaluation (libero_official publishes 50)."""
     eval_protocol: ProtocolName = "held_out"
     """held_out: held-out seeds (LIBERO: its held-out init states); libero_official: LIBERO's published protocol
-    (init states 0.. in order, the suite's step limit after 10 settling steps, stop at success). Both are summarised."""
+    (init states 0.. in order, the suite's step limit after 10 settling steps, stop at success). summary.json names it."""
     eval_num_envs: int = 10
     """Sub-environments used for evaluation."""
     videos_per_task: int = 1
@@ -338,7 +338,7 @@ class Trainer:
         result = evaluate_policy(self.policy, self.eval_env, contexts, self.sampler.deterministic(), seed=cfg.seed)
         per_task = result.per_task()
         metrics = {f"eval/success/{task}": rate for task, rate in per_task.items()}
-        metrics["eval/success"] = float(np.mean(list(per_task.values())))
+        metrics["eval/success"] = result.task_mean()
         metrics["eval/episode_length"] = float(result.episode_length.mean())
         return metrics
 
