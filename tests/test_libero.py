@@ -1,8 +1,10 @@
-"""LIBERO adapter: offline setup, the four suites, init states, warm-up, state layout, cameras.
+"""LIBERO adapter: offline setup, the five suites, init states, warm-up, state layout, cameras, grouped
+rollouts, and LIBERO's official evaluation protocol.
 
-Needs ``pirl[libero]`` and LIBERO's assets ($PIRL_LIBERO_ASSETS, /work/shared/libero-assets, or
-the package's own folder). The default run covers every suite (task 0 with pixels, and task
-switching); ``-m slow`` covers all 40 tasks.
+Needs ``pirl[libero]`` and LIBERO's assets, found next to the checkout (``<repo>/../shared/libero-assets``)
+or at ``$PIRL_LIBERO_ASSETS``; without them the tests that need them fail (they never skip, so that a
+machine without the assets cannot pass CI silently). The default run covers every suite (two tasks each,
+with pixels and a task switch) and the async vector; ``-m slow`` covers every task of the four 10-task suites.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from pirl.envs.base import ChunkVectorEnv, Context
 
@@ -22,18 +27,19 @@ if importlib.util.find_spec("libero") is None:
 
 from pirl.envs import libero as L  # noqa: E402
 
+ASSET_DIRS = (str(Path(__file__).resolve().parents[1].parent / "shared" / "libero-assets"),
+              os.environ.get("PIRL_LIBERO_ASSETS"))
+"""Where the tests look for LIBERO's assets, in order: beside the checkout (as CI lays it out), then the variable."""
+SUITES4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 
-def _assets() -> str | None:
-    for p in (os.environ.get("PIRL_LIBERO_ASSETS"), "/work/shared/libero-assets",
-              os.path.join(L._package_root(), "assets")):
+
+@pytest.fixture(scope="session")
+def assets() -> str:
+    for p in ASSET_DIRS:
         if p and os.path.isdir(os.path.join(p, "scenes")):
             return p
-    return None
-
-
-ASSETS = _assets()
-needs_assets = pytest.mark.skipif(ASSETS is None, reason="LIBERO assets unavailable: set $PIRL_LIBERO_ASSETS to a copy of LIBERO's assets folder")
-SUITES4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+    pytest.fail(f"LIBERO assets not found in {[p for p in ASSET_DIRS if p]}: put a copy of LIBERO's assets folder "
+                "at <repo>/../shared/libero-assets or point $PIRL_LIBERO_ASSETS at one", pytrace=False)
 
 
 def test_first_import_asks_nothing(tmp_path):
@@ -71,9 +77,8 @@ def test_quat2axisangle():
     assert np.allclose(L.quat2axisangle(np.array([0, 0, h, h])), [0, 0, np.pi / 2])
 
 
-@needs_assets
-def test_state_episode_init_states_and_chunks():
-    env = L.make_libero(suite="libero_spatial", tasks=(0,), chunk=4, assets_path=ASSETS, max_episode_steps=8)
+def test_state_episode_init_states_and_chunks(assets):
+    env = L.make_libero(suite="libero_spatial", tasks=(0,), chunk=4, assets_path=assets, max_episode_steps=8)
     try:
         assert isinstance(env, ChunkVectorEnv)
         assert (env.action_dim, env.state_dim, env.max_chunk_steps) == (7, 8, 2)
@@ -99,31 +104,31 @@ def test_state_episode_init_states_and_chunks():
         env.close()
 
 
-@needs_assets
-@pytest.mark.parametrize("suite", SUITES4)
-def test_suite_pixels_and_task_switch(suite):
-    """Task 0 with both cameras (small), then another task of the suite in the same sub-environment."""
-    env = L.make_libero(suite=suite, tasks=(0, 9), chunk=2, image_size=32, assets_path=ASSETS,
+@pytest.mark.parametrize("suite", L.SUITES)
+def test_suite_pixels_and_task_switch(suite, assets):
+    """Every suite in CI: task 0 with both cameras (small), then another task of the suite in the same
+    sub-environment (the slow test below builds every task)."""
+    env = L.make_libero(suite=suite, tasks=(0, 9), chunk=2, image_size=32, assets_path=assets,
                         init_states="random", record=True, render_size=48)
     try:
         for task in (0, 1):
             o = env.reset([Context(task, 7)])
             assert o["image"].shape == (1, 32, 32, 3) and o["wrist_image"].shape == (1, 32, 32, 3)
             assert o["image"].dtype == np.uint8 and o["image"].std() > 5  # a scene, not a blank buffer
+            assert o["wrist_image"].std() > 1
             r = env.step(np.zeros((1, 2, 7), np.float32))
             # video frames at render_size, apart from the policy's 32 px images
             assert len(r.info["frames"]) == 2 and r.info["frames"][0].shape == (1, 48, 48, 3)
-            assert np.isfinite(r.obs["state"]).all()
+            assert np.isfinite(r.obs["state"]).all() and not r.info["crashed"][0]
         assert env.max_chunk_steps == -(-L.MAX_STEPS[suite] // 2)
     finally:
         env.close()
 
 
-@needs_assets
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", SUITES4)
-def test_every_task_creates_resets_steps_renders(suite):
-    env = L.make_libero(suite=suite, chunk=2, image_size=64, assets_path=ASSETS)
+def test_every_task_creates_resets_steps_renders(suite, assets):
+    env = L.make_libero(suite=suite, chunk=2, image_size=64, assets_path=assets)
     try:
         for task in range(len(env.task_names)):
             o = env.reset([Context(task, task)])
@@ -134,17 +139,91 @@ def test_every_task_creates_resets_steps_renders(suite):
         env.close()
 
 
-@needs_assets
-@pytest.mark.slow
-def test_async_workers():
-    env = L.make_libero(suite="libero_object", tasks=(0, 1), num_envs=2, chunk=2, assets_path=ASSETS, vector="async")
+def test_cameras_are_rotated_180_degrees(assets):
+    """Images are robosuite's renders rotated by 180°, the convention of LIBERO's datasets and of openpi's
+    evaluation: a marker moved up in the camera's frame moves up the image, one moved to the camera's right
+    moves LEFT (robosuite's render is upside down, not mirrored, so the rotation leaves a left-right mirror
+    image; the datasets and checkpoints were made that way)."""
+    env = L.make_libero(suite="libero_spatial", tasks=(0,), image_size=96, assets_path=assets)
     try:
-        o = env.reset([Context(0, 0), Context(1, 0)])
-        assert o["state"].shape == (2, 8)
-        r = env.step(np.zeros((2, 2, 7), np.float32))
-        assert r.info["executed"].tolist() == [2, 2]
+        env.reset([Context(0, 0)])
+        sub = env._vec.envs[0]
+        sim = sub._env.sim
+        m, d = sim.model._model, sim.data._data
+        site = m.site("table_top").id  # any site will do: recoloured, enlarged and moved in front of a camera
+        body = m.site_bodyid[site]
+        m.site_rgba[site], m.site_size[site], m.site_group[site] = [0, 1, 0, 1], 0.02, 0
+        for camera, key, distance in (("agentview", "image", 0.6), ("robot0_eye_in_hand", "wrist_image", 0.25)):
+            cam = d.cam_xmat[m.camera(camera).id].reshape(3, 3).copy()  # columns: right, up, backward
+            base = d.cam_xpos[m.camera(camera).id] - distance * cam[:, 2]
+
+            def centroid(p):
+                m.site_pos[site] = d.xmat[body].reshape(3, 3).T @ (p - d.xpos[body])  # world -> body frame
+                sim.forward()
+                sub._images = None  # render again
+                img = sub.observe()[key].astype(int)
+                green = (img[..., 1] > 150) & (img[..., 0] < 100) & (img[..., 2] < 100)
+                assert green.sum() > 3, f"marker not visible from {camera}"
+                rows, cols = np.nonzero(green)
+                return rows.mean(), cols.mean()
+
+            r0, c0 = centroid(base)
+            r_up, c_up = centroid(base + 0.05 * cam[:, 1])
+            r_right, c_right = centroid(base + 0.05 * cam[:, 0])
+            assert r_up < r0 - 5 and abs(c_up - c0) < 2, f"{camera}: camera-up did not move the marker up the image"
+            assert c_right < c0 - 5 and abs(r_right - r0) < 2, f"{camera}: not rotated by 180° (camera-right must move left)"
     finally:
         env.close()
+
+
+class _ZeroPolicy:
+    """The policy surface evaluation and rollouts use: zero actions (not a no-op: the gripper command is 0)."""
+
+    training = False
+
+    def __init__(self, horizon: int) -> None:
+        self.horizon = horizon
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def train(self, mode: bool = True) -> None:
+        pass
+
+    def eval(self) -> None:
+        pass
+
+    def prepare(self, obs):
+        return obs
+
+    def act(self, obs, sampler, generator=None):
+        return SimpleNamespace(actions=torch.zeros(len(obs["state"]), self.horizon, L.ACTION_DIM))
+
+
+def test_grouped_rollouts_start_from_one_init_state(assets):
+    """RIPT-VLA's groups on LIBERO: the G rollouts of a context start from the same init state (objects
+    included), each in its own subprocess (the async vector); the next group's context starts elsewhere."""
+    from pirl.flow import SamplerConfig
+    from pirl.train.rollout import CollectorConfig, RolloutCollector
+
+    env = L.make_libero(suite="libero_spatial", tasks=(0,), num_envs=2, chunk=2, max_episode_steps=2,
+                        object_state=True, assets_path=assets, vector="async")
+    policy = _ZeroPolicy(2)
+    starts = []
+    policy.prepare = lambda obs: starts.append(obs["state"]) or obs  # one chunk per episode: each call sees a start
+    try:
+        collector = RolloutCollector(env, policy, SamplerConfig(), CollectorConfig(num_groups=1, group_size=2))
+        for group in range(2):
+            contexts, groups, _ = collector.sample_contexts()
+            assert groups.tolist() == [group, group] and contexts[0] == contexts[1]
+            ep = collector.run_episodes(contexts, collector.sampler)
+            assert ep["length"].tolist() == [2, 2]
+    finally:
+        env.close()
+    assert len(starts) == 2
+    for start in starts:
+        np.testing.assert_array_equal(start[0], start[1])
+    assert not np.allclose(starts[0][0, 8:], starts[1][0, 8:], atol=1e-3), "another init state must move the objects"
 
 
 def test_held_out_init_states_split():
@@ -159,9 +238,8 @@ def test_held_out_init_states_split():
         L.init_state_index(0, 50, 50, "ordered")
 
 
-@needs_assets
-def test_object_state_is_the_moved_object_and_its_target():
-    env = L.make_libero(suite="libero_spatial", tasks=(0,), object_state=True, assets_path=ASSETS)
+def test_object_state_is_the_moved_object_and_its_target(assets):
+    env = L.make_libero(suite="libero_spatial", tasks=(0,), object_state=True, assets_path=assets)
     try:
         assert env.state_dim == 14
         s = env.reset([Context(0, 0)])["state"][0]
@@ -170,8 +248,7 @@ def test_object_state_is_the_moved_object_and_its_target():
         env.close()
 
 
-@needs_assets
-def test_scripted_expert_demo_round_trips(tmp_path):
+def test_scripted_expert_demo_round_trips(tmp_path, assets):
     """The privileged expert solves libero_spatial task 0 from a training init state within the suite's limit;
     the dataset keeps the robot's 8-D state and the camera, and reads back."""
     from pirl.data import load_dataset
@@ -179,7 +256,7 @@ def test_scripted_expert_demo_round_trips(tmp_path):
 
     rep = collect(CollectConfig(suite="libero", tasks="libero_spatial:0", episodes_per_task=1, max_attempts_per_task=1,
                                 camera="agentview", image_size=32, num_envs=1, held_out_init_states=20,
-                                assets_path=ASSETS), tmp_path / "demos")
+                                assets_path=assets), tmp_path / "demos")
     assert rep.successes == {L.suite_tasks("libero_spatial")[0][0]: 1}
     ds = load_dataset(tmp_path / "demos")
     n = ds.num_frames
@@ -189,3 +266,71 @@ def test_scripted_expert_demo_round_trips(tmp_path):
     assert ds.data["next.success"][-1] and not ds.data["next.success"][:-1].any()
     assert "bowl" in ds.tasks[0] and ds.task_names == [L.suite_tasks("libero_spatial")[0][0]]
     np.testing.assert_allclose(ds.data["observation.state"][0, 6:], [0.0387, -0.0387], atol=2e-3)
+
+
+def test_eval_protocol_config():
+    from pirl.envs.registry import EnvConfig
+    from pirl.train.evaluate import EvalConfig, EvalProtocol
+
+    official = EvalProtocol("libero_official")
+    assert official.episodes == L.NUM_INIT_STATES and EvalProtocol().episodes == 20
+    env = EnvConfig(suite="libero", tasks="libero_goal", max_episode_steps=100, held_out_init_states=20)
+    assert official.env_config(env) == EnvConfig(suite="libero", tasks="libero_goal")  # the suite's limit, all states
+    assert EvalProtocol("held_out").env_config(env) == env
+    assert official.contexts(2)[:2] == [Context(0, L.EVAL_SEED_START), Context(0, L.EVAL_SEED_START + 1)]
+    assert [L.init_state_index(c.seed, 50, 0, "ordered") for c in official.contexts(1)] == list(range(50))
+    with pytest.raises(ValueError, match="1..50 episodes"):
+        EvalProtocol("libero_official", 51).contexts(1)
+    with pytest.raises(ValueError, match="needs env.suite='libero'"):
+        EvalConfig(protocol="libero_official")  # the default env is MetaWorld
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        EvalProtocol("official")
+
+
+def test_official_protocol_tiny_budget(assets, tmp_path, monkeypatch):
+    """`pirl eval protocol=libero_official` with 2 tasks x 2 episodes: episode i of each task starts from the
+    task's fixed init state i, in order, whatever held-out split and step limit the env config asks for; 10
+    no-op settling steps run before the policy's first action and do not count; then the suite's step limit;
+    a per-task table and the suite mean, labelled with the protocol."""
+    import json
+
+    from libero.libero.benchmark import get_benchmark
+    from libero.libero.envs.env_wrapper import ControlEnv
+
+    from pirl.cli.main import main
+    from pirl.policies.io import save_policy
+    from pirl.policies.mlp import make_mlp_policy
+
+    calls: list[tuple[str, np.ndarray]] = []  # every init state set and every action, in order
+
+    def spy(kind, method):
+        def wrapped(self, x):
+            calls.append((kind, np.array(x)))
+            return method(self, x)
+        return wrapped
+
+    monkeypatch.setattr(ControlEnv, "set_init_state", spy("init", ControlEnv.set_init_state))
+    monkeypatch.setattr(ControlEnv, "step", spy("step", ControlEnv.step))
+    limit = 6
+    monkeypatch.setitem(L.MAX_STEPS, "libero_spatial", limit)  # the suite's limit, shortened to keep the test quick
+    save_policy(make_mlp_policy(L.STATE_DIM, L.ACTION_DIM, hidden=16, depth=1), tmp_path / "p.safetensors")
+    rc = main(["eval", f"policy={tmp_path / 'p.safetensors'}", "env.suite=libero", "env.tasks=libero_spatial:0,1",
+               "env.chunk=4", "env.max_episode_steps=3", "env.held_out_init_states=20", f"env.assets_path={assets}",
+               "protocol=libero_official", "episodes_per_task=2", "num_envs=1", "--run-dir", str(tmp_path / "run")])
+    assert rc == 0
+    starts = [i for i, (kind, _) in enumerate(calls) if kind == "init"] + [len(calls)]
+    assert len(starts) == 5, "one init state per episode"
+    bench = get_benchmark("libero_spatial")()
+    for (task, i), a, b in zip([(0, 0), (0, 1), (1, 0), (1, 1)], starts, starts[1:]):
+        np.testing.assert_array_equal(calls[a][1], bench.get_task_init_states(task)[i])
+        actions = np.array([x for _, x in calls[a + 1 : b]])
+        assert len(actions) == L.NUM_STEPS_WAIT + limit, "settling steps, then the suite's limit"
+        np.testing.assert_array_equal(actions[: L.NUM_STEPS_WAIT], np.tile(L.NOOP, (L.NUM_STEPS_WAIT, 1)))
+        assert not (actions[L.NUM_STEPS_WAIT :] == L.NOOP).all(axis=1).any()
+    out = json.loads((tmp_path / "run" / "eval.json").read_text())
+    names = [n for n, _ in L.suite_tasks("libero_spatial")[:2]]
+    assert out["protocol"] == "libero_official" and out["episodes_per_task"] == 2 and out["episodes"] == 4
+    assert list(out["per_task"]) == names and out["success"] == np.mean(list(out["per_task"].values()))
+    table = (tmp_path / "run" / "eval.md").read_text()
+    assert "libero_official (2 episodes per task)" in table and "mean over 2 tasks" in table
+    assert all(f"| {n} | " in table for n in names)

@@ -25,7 +25,7 @@ def _fake_run(path: Path, method: str, gain: float) -> Path:
         log.log(step, {"eval/success": sum(per.values()) / len(per), **per}, env_steps=step * 100)
     log.close()
     (path / "config.yaml").write_text(f"algo: {{name: {method}}}\n")
-    write_summary(path, {"env_steps": 2400})
+    write_summary(path, {"env_steps": 2400, "eval_protocol": "held_out (10 episodes per task)"})
     return path
 
 
@@ -36,7 +36,7 @@ def test_report_png_and_table(tmp_path):
     for p in rep.plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     assert {p.name for p in rep.plots} == {"success_vs_env_steps.png", "success_vs_wall_time.png"}
-    assert "| ppo_run | ppo | 0.20 → 0.50 | 2.4k | 5m00s |" in rep.table
+    assert "| ppo_run | ppo | 0.20 → 0.50 | 2.4k | 5m00s | held_out (10 episodes per task) |" in rep.table
     assert "| push-v3 | 0.20 → 0.60 | 0.20 → 0.40 |" in rep.table
     md = rep.markdown.read_text()
     assert "![success_vs_env_steps](success_vs_env_steps.png)" in md

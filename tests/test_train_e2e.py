@@ -42,6 +42,7 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     summary = json.loads((rl / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["env_steps"] > 0
     assert set(summary["success_before"]) == set(summary["success_after"]) == {"reach-v3"}
+    assert summary["eval_protocol"] == "held_out (2 episodes per task)"
     for name in ("config.yaml", "metrics.jsonl", "policy_latest.safetensors"):
         assert (rl / name).is_file(), name
     # the same held-out episode before and after RL
@@ -53,7 +54,8 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     assert {"loss/policy", "policy/approx_kl", "policy/clip_fraction", "rollout/success_rate"} <= set(records[1])
     assert pirl(["eval", "--run-dir", str(ev), f"policy={rl / 'policy_latest.safetensors'}", "env.tasks=reach-v3",
                  "env.chunk=4", "env.max_episode_steps=60", "episodes_per_task=2", "num_envs=2"]) == 0
-    assert 0.0 <= json.loads((ev / "eval.json").read_text())["success"] <= 1.0
+    out = json.loads((ev / "eval.json").read_text())
+    assert 0.0 <= out["success"] <= 1.0 and out["protocol"] == "held_out"
     capsys.readouterr()
     assert pirl(["report", str(rl), f"out={tmp_path / 'report'}"]) == 0
     assert list((tmp_path / "report").glob("*.png"))
@@ -67,6 +69,8 @@ def test_config_errors_name_the_key(capsys):
     assert "num_groups" in capsys.readouterr().err
     assert pirl(["train", "algorithm=ppo2"]) == 2
     assert "ppo" in capsys.readouterr().err
+    assert pirl(["train", "eval_protocol=libero_official"]) == 2  # the default env is MetaWorld
+    assert "needs env.suite='libero'" in capsys.readouterr().err
 
 
 # -- resume exactness, on the point-mass env so that it is quick ----------------------------------

@@ -6,7 +6,8 @@ checkpoints and the datasets they were trained on apply unchanged:
 - obs 'state' float32 [8]: end-effector position (3), orientation as axis-angle (3), the two
   gripper finger joint positions (2);
 - obs 'image' / 'wrist_image' uint8 [s, s, 3]: the 'agentview' and 'robot0_eye_in_hand' cameras
-  rotated by 180° (robosuite renders them upside down);
+  rotated by 180°, as LIBERO's datasets and openpi's evaluation have them: robosuite renders upside
+  down (OpenGL rows), so the rotation makes them upright but leaves them mirrored left-right;
 - actions [7]: delta end-effector position (3) and axis-angle (3) for the OSC_POSE controller,
   gripper (-1 open, +1 close);
 - every episode starts from one of the suite's 50 recorded init states, then 10 no-op steps
@@ -17,8 +18,9 @@ Dataset names: 'state' = LeRobot 'observation.state' (openpi's physical-intellig
 ('wrist_image'), actions = 'action' ('actions'); those datasets hold 256x256 upright images, so
 use ``image_size=256`` (or 224, as openpi resizes to) when training on them.
 
-A Context's seed picks the init state: ``seed % 50`` when ``init_states='ordered'`` (evaluation:
-seeds 0..49 are the standard 50 trials), a seeded draw when 'random' (training). With
+A Context's seed picks the init state: ``seed % 50`` when ``init_states='ordered'``, a seeded draw
+when 'random' (training); evaluation seed EVAL_SEED_START + i is init state i (so seeds
+EVAL_SEED_START + 0..49 are LIBERO's standard 50 trials, :func:`official_contexts`). With
 ``held_out_init_states=h`` the last h init states serve only held-out evaluation seeds
 (>= EVAL_SEED_START) and training seeds use the others: the suite has just 50 init states per
 task, and a policy trained by RL on the states it is then scored on would be graded on practice.
@@ -44,7 +46,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 import gymnasium as gym
 import numpy as np
 
-from pirl.envs.base import EVAL_SEED_START
+from pirl.envs.base import EVAL_SEED_START, Context, eval_contexts
 from pirl.envs.chunked import ChunkSubEnv, GymChunkVector, VectorKind
 from pirl.errors import InputError, MissingFileError
 
@@ -52,6 +54,8 @@ SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 """Episode limits in actions after warm-up (openpi's LIBERO example; ~1.2x the longest demo)."""
 NUM_STEPS_WAIT = 10
+NUM_INIT_STATES = 50
+"""Recorded init states per task, in every suite."""
 STATE_DIM, ACTION_DIM = 8, 7
 OBJECT_STATE_DIM = 6
 """Privileged extra state with ``object_state``: position of the moved object (3), of its target (3)."""
@@ -130,12 +134,26 @@ def init_state_index(seed: int, num_states: int, held_out: int, order: str) -> i
     """Which of a task's ``num_states`` init states a context seed starts from (see the module docstring)."""
     if not 0 <= held_out < num_states:
         raise ValueError(f"held_out_init_states must lie in [0, {num_states}) for a task with {num_states} init states")
-    if seed >= EVAL_SEED_START and held_out:
-        first, n, seed = num_states - held_out, held_out, seed - EVAL_SEED_START
+    if seed >= EVAL_SEED_START:  # evaluation seed EVAL_SEED_START + i: the i-th state of the evaluation range
+        seed -= EVAL_SEED_START
+        first, n = (num_states - held_out, held_out) if held_out else (0, num_states)
     else:
         first, n = 0, num_states - held_out
     i = seed % n if order == "ordered" else int(np.random.default_rng(seed).integers(n))
     return first + i
+
+
+def official_contexts(num_tasks: int, episodes_per_task: int = NUM_INIT_STATES) -> list[Context]:
+    """LIBERO's evaluation protocol (openpi's and the LIBERO paper's script): episode i of every task starts
+    from the task's fixed init state i, i < episodes_per_task (50 in published tables).
+
+    Evaluation seed EVAL_SEED_START + i is init state i in an env with ordered init states and no held-out
+    split, which the protocol's env config (:meth:`pirl.train.evaluate.EvalProtocol.env_config`) makes sure of.
+    """
+    if not 1 <= episodes_per_task <= NUM_INIT_STATES:
+        raise ValueError(f"LIBERO's protocol runs 1..{NUM_INIT_STATES} episodes per task (one per init state), "
+                         f"got {episodes_per_task}")
+    return eval_contexts(num_tasks, episodes_per_task)
 
 
 # -- offline setup --------------------------------------------------------------------------------

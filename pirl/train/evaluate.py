@@ -1,16 +1,26 @@
-"""Evaluation of a flow policy in a ChunkVectorEnv on fixed contexts (the deterministic ODE by default)."""
+"""Evaluation of a flow policy in a ChunkVectorEnv on fixed contexts (the deterministic ODE by default).
+
+Which episodes an evaluation runs is its protocol (:class:`EvalProtocol`), named beside every figure:
+
+- ``held_out``: per task, seeds EVAL_SEED_START + i; on LIBERO with ``held_out_init_states`` > 0 these are
+  init states never used for training, with the training env's step limit;
+- ``libero_official``: LIBERO's published protocol (openpi's evaluation script; ../shared/docs/PI0.md): per task,
+  episode i from the suite's fixed init state i (50 episodes), the suite's step limit counted after
+  10 settling no-op steps, success as soon as the goal holds (the episode stops), success per task and
+  the suite mean. Only published tables measured this way are comparable.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
 
-from pirl.envs.base import ChunkVectorEnv, Context
-from pirl.envs.registry import EnvConfig
+from pirl.envs.base import ChunkVectorEnv, Context, eval_contexts
+from pirl.envs.registry import EnvConfig, make_env
 from pirl.errors import InputError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
@@ -37,6 +47,58 @@ def check_policy_fits_env(policy: FlowPolicy, env: ChunkVectorEnv, source: str |
                          "env.chunk to what the policy was trained on, or pass a policy trained on this env")
 
 
+PROTOCOLS = ("held_out", "libero_official")
+ProtocolName = Literal["held_out", "libero_official"]
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """Which episodes an evaluation runs: the env it builds and the contexts it resets to, in order."""
+
+    name: ProtocolName = "held_out"
+    episodes_per_task: Optional[int] = None
+    """None = the protocol's own count: 50 for libero_official (one per init state), 20 held out."""
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ValueError(f"unknown evaluation protocol {self.name!r}; choose one of {PROTOCOLS}")
+        if self.episodes_per_task is not None and self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1 or None, got {self.episodes_per_task}")
+
+    @property
+    def episodes(self) -> int:
+        """Episodes per task."""
+        if self.episodes_per_task is not None:
+            return self.episodes_per_task
+        if self.name == "libero_official":
+            from pirl.envs.libero import NUM_INIT_STATES
+
+            return NUM_INIT_STATES
+        return 20
+
+    def env_config(self, env: EnvConfig) -> EnvConfig:
+        """The env evaluation runs in. libero_official overrides what would make it another protocol: the
+        suite's own step limit and all 50 init states, ordered (the LIBERO adapter's settling steps and
+        stop-at-success are not configurable through EnvConfig, so they always match)."""
+        if self.name == "held_out":
+            return env
+        if env.suite != "libero":
+            raise ValueError(f"evaluation protocol {self.name!r} needs env.suite='libero', got {env.suite!r}")
+        return replace(env, max_episode_steps=0, held_out_init_states=0)
+
+    def contexts(self, num_tasks: int) -> list[Context]:
+        """Every task's episodes, task-major; episode i of a task is the i-th evaluation seed."""
+        if self.name == "libero_official":
+            from pirl.envs.libero import official_contexts
+
+            return official_contexts(num_tasks, self.episodes)
+        return eval_contexts(num_tasks, self.episodes)
+
+    def describe(self) -> str:
+        """What a figure measured, e.g. 'libero_official (50 episodes per task)'."""
+        return f"{self.name} ({self.episodes} episodes per task)"
+
+
 @dataclass
 class EvalResult:
     """Per-episode outcomes of :func:`evaluate_policy`, in context order."""
@@ -52,12 +114,31 @@ class EvalResult:
     def success_rate(self) -> float:
         return float(self.success.mean()) if len(self.success) else 0.0
 
-    def per_task(self) -> dict[str, float]:
-        """Success rate per task name."""
+    def outcomes(self) -> dict[str, list[bool]]:
+        """Successes per task name, in context order."""
         out: dict[str, list[bool]] = {}
         for c, s in zip(self.contexts, self.success):
             out.setdefault(self.task_names[c.task], []).append(bool(s))
-        return {k: float(np.mean(v)) for k, v in out.items()}
+        return out
+
+    def per_task(self) -> dict[str, float]:
+        """Success rate per task name."""
+        return {k: float(np.mean(v)) for k, v in self.outcomes().items()}
+
+    def task_mean(self) -> float:
+        """Mean over tasks of their success rates (the suite mean of published tables)."""
+        rates = list(self.per_task().values())
+        return float(np.mean(rates)) if rates else 0.0
+
+    def table(self, protocol: EvalProtocol) -> str:
+        """Markdown: success per task (rate and successes / episodes) and the mean over tasks."""
+        outcomes = self.outcomes()
+        lines = [f"evaluation protocol: {protocol.describe()}", "", "| task | success | successes |", "|---|---|---|"]
+        for name, ok in outcomes.items():
+            lines.append(f"| {name} | {np.mean(ok):.3f} | {sum(ok)}/{len(ok)} |")
+        lines.append(f"| mean over {len(outcomes)} tasks | {self.task_mean():.3f} | "
+                     f"{int(self.success.sum())}/{len(self.success)} |")
+        return "\n".join(lines) + "\n"
 
 
 @torch.no_grad()
@@ -115,8 +196,6 @@ def record_videos(
     tag: str = "eval",
 ) -> list[Path]:
     """Records ``per_task`` held-out episodes of every task to mp4 (green border: success, red: failure)."""
-    from pirl.envs.base import eval_contexts
-    from pirl.envs.registry import make_env
     from pirl.train.video import write_video
 
     env = make_env(env_cfg, per_task, record=True)
@@ -150,14 +229,17 @@ def record_videos(
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Deterministic (ODE) evaluation of a policy file on held-out seeds."""
+    """Deterministic (ODE) evaluation of a policy file under an evaluation protocol."""
 
     policy: str = ""
     """Policy file (.safetensors from `pirl sft` or `pirl train`), a LeRobot / openpi π0 directory or a hub id."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Simulator and tasks (task order must match the policy's training)."""
-    episodes_per_task: int = 20
-    """Held-out episodes per task."""
+    protocol: ProtocolName = "held_out"
+    """held_out: held-out seeds (LIBERO: the held-out init states); libero_official: LIBERO's published protocol
+    (per task init states 0..49 in order, the suite's step limit after 10 settling steps, stop at success)."""
+    episodes_per_task: Optional[int] = None
+    """Episodes per task; None = the protocol's (held_out 20, libero_official 50)."""
     num_envs: int = 10
     """Sub-environments stepped together."""
     steps: int = 4
@@ -171,13 +253,29 @@ class EvalConfig:
     pi0: Pi0Options = field(default_factory=Pi0Options)
     """π0 / π0.5: tokenizer, camera mapping, horizon, dtype (checkpoints of other kinds ignore it)."""
 
+    def __post_init__(self) -> None:
+        self.eval_protocol().env_config(self.env)  # fails early: a bad protocol, count, or simulator for it
+
+    def eval_protocol(self) -> EvalProtocol:
+        return EvalProtocol(self.protocol, self.episodes_per_task)
+
+
+def run_protocol(policy: FlowPolicy, env_cfg: EnvConfig, protocol: EvalProtocol, num_envs: int,
+                 sampler: SamplerConfig, *, seed: int = 0, source: str | Path = "the policy") -> EvalResult:
+    """Builds the protocol's env, checks that ``policy`` (from ``source``) fits it, runs its episodes, closes it."""
+    env = make_env(protocol.env_config(env_cfg), num_envs)
+    try:
+        check_policy_fits_env(policy, env, source)
+        return evaluate_policy(policy, env, protocol.contexts(len(env.task_names)), sampler, seed=seed)
+    finally:
+        env.close()
+
 
 def eval_main(cfg: EvalConfig, args) -> int:
-    """CLI entry: `pirl eval policy=FILE env.tasks=... [--run-dir D]`; writes eval.json (and videos)."""
+    """CLI entry: `pirl eval policy=FILE env.tasks=... [protocol=libero_official] [--run-dir D]`; writes
+    eval.json and eval.md (per-task table), and videos."""
     import json
 
-    from pirl.envs.base import eval_contexts
-    from pirl.envs.registry import make_env
     from pirl.policies.io import load_policy
     from pirl.train.rundir import RunDir
 
@@ -186,19 +284,17 @@ def eval_main(cfg: EvalConfig, args) -> int:
         raise InputError("set policy=FILE (a .safetensors policy file written by `pirl sft` or `pirl train`, a LeRobot "
                          "or openpi π0 directory, or a hub id)")
     policy, _ = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
-    env = make_env(cfg.env, cfg.num_envs)
+    protocol = cfg.eval_protocol()
     sampler = SamplerConfig(method="ode", steps=cfg.steps)
-    try:
-        check_policy_fits_env(policy, env, path)
-        run = RunDir.create(getattr(args, "run_dir", None), name="eval")
-        result = evaluate_policy(policy, env, eval_contexts(len(env.task_names), cfg.episodes_per_task), sampler,
-                                 seed=cfg.seed)
-    finally:
-        env.close()
-    out = {"policy": path, "success": result.success_rate, "per_task": result.per_task(),
-           "episodes": len(result.success)}
+    run = RunDir.create(getattr(args, "run_dir", None), name="eval")
+    result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path)
+    out = {"policy": path, "protocol": protocol.name, "episodes_per_task": protocol.episodes,
+           "success": result.task_mean(), "per_task": result.per_task(), "episodes": len(result.success),
+           "sampler": f"ode, K={cfg.steps}"}
     (run.path / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    table = result.table(protocol)
+    (run.path / "eval.md").write_text(table)
+    print(table, flush=True)
     if cfg.videos_per_task:
-        record_videos(policy, cfg.env, sampler, run.videos, per_task=cfg.videos_per_task, seed=cfg.seed)
+        record_videos(policy, protocol.env_config(cfg.env), sampler, run.videos, per_task=cfg.videos_per_task, seed=cfg.seed)
     return 0

@@ -7,7 +7,7 @@ Reads each run's ``metrics.jsonl`` (evaluation records: ``eval/success`` and per
 - ``success_vs_env_steps.png`` and ``success_vs_wall_time.png``: one panel for the mean and
   one per task, runs overlaid;
 - ``report.md``: per run, success before -> after (first and last evaluation), env steps,
-  wall time; then the same per task.
+  wall time and the evaluation protocol that measured it; then the same per task.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class RunData:
     """Task -> success per evaluation (NaN where that evaluation lacks the task)."""
     total_env_steps: Optional[float] = None
     total_wall_time: Optional[float] = None
+    protocol: str = ""
+    """Which evaluation protocol produced the figures (the summary's eval_protocol); empty if unknown."""
 
 
 def _method(summary: dict, config: dict) -> str:
@@ -95,7 +97,8 @@ def load_run(run_dir: str | Path, key: str = "eval/success") -> RunData:
     evals = list(iter_eval_records(records, key))
     prefix = key + "/"
     tasks = sorted({k[len(prefix):] for r in evals for k in r if k.startswith(prefix)})
-    run = RunData(path=path, name=str(summary.get("name") or path.name), method=_method(summary, config or {}), tasks=tasks)
+    run = RunData(path=path, name=str(summary.get("name") or path.name), method=_method(summary, config or {}), tasks=tasks,
+                  protocol=str(summary.get("eval_protocol", "")))
     for r in evals:
         per = {t: float(r[prefix + t]) for t in tasks if prefix + t in r}
         mean = float(r[key]) if key in r else (sum(per.values()) / len(per) if per else math.nan)
@@ -149,18 +152,18 @@ def _before_after(values: Sequence[float]) -> str:
 
 
 def markdown_table(runs: Sequence[RunData]) -> str:
-    """Markdown: a run table (mean success before → after, env steps, wall time), then a
+    """Markdown: a run table (mean success before → after, env steps, wall time, evaluation protocol), then a
     task × run table when the runs report per-task success."""
     labels = _unique_labels(runs)
     lines = [
-        "| run | method | success (first → last eval) | env steps | wall time |",
-        "|---|---|---|---|---|",
+        "| run | method | success (first → last eval) | env steps | wall time | evaluation protocol |",
+        "|---|---|---|---|---|---|",
     ]
     for r, label in zip(runs, labels):
         name = label.split(" (")[0]
         lines.append(
             f"| {name} | {r.method} | {_before_after(r.mean)} | {_fmt_steps(r.total_env_steps)} | "
-            f"{_fmt_time(r.total_wall_time)} |"
+            f"{_fmt_time(r.total_wall_time)} | {r.protocol or '-'} |"
         )
     tasks = sorted({t for r in runs for t in r.tasks})
     if tasks:

@@ -24,7 +24,6 @@ import torch
 
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.config import to_dict
-from pirl.envs.base import eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
 from pirl.errors import InputError, MissingFileError, require
 from pirl.flow import SamplerConfig
@@ -32,7 +31,7 @@ from pirl.policies.base import FlowPolicy
 from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
 from pirl.policies.options import Pi0Options
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
-from pirl.train.evaluate import check_policy_fits_env, evaluate_policy, record_videos
+from pirl.train.evaluate import EvalProtocol, ProtocolName, check_policy_fits_env, evaluate_policy, record_videos
 from pirl.train.logging import MetricsLogger, Progress, read_summary, wandb_module, write_summary
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 from pirl.train.signals import EXIT_INTERRUPTED, GracefulStop
@@ -162,9 +161,12 @@ class TrainConfig:
     """Stop after the iteration that crosses this run wall time (seconds, evaluations included) as if it were the
     last: evaluate, checkpoint, summarise. None = run all iterations."""
     eval_every: int = 5
-    """Evaluate on held-out seeds every this many iterations (and before the first and after the last)."""
+    """Evaluate (eval_protocol) every this many iterations (and before the first and after the last)."""
     eval_episodes_per_task: int = 10
-    """Held-out episodes per task at each evaluation."""
+    """Episodes per task at each evaluation (libero_official publishes 50)."""
+    eval_protocol: ProtocolName = "held_out"
+    """held_out: held-out seeds (LIBERO: its held-out init states); libero_official: LIBERO's published protocol
+    (init states 0.. in order, the suite's step limit after 10 settling steps, stop at success). summary.json names it."""
     eval_num_envs: int = 10
     """Sub-environments used for evaluation."""
     videos_per_task: int = 1
@@ -226,6 +228,10 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "eval_episodes_per_task", "eval_num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.eval_protocol_of().env_config(self.env)  # fails early: libero_official on another simulator
+
+    def eval_protocol_of(self) -> EvalProtocol:
+        return EvalProtocol(self.eval_protocol, self.eval_episodes_per_task)
 
     def algorithm_config(self) -> AlgorithmConfig:
         """Advantage estimator from `algorithm`; GRPO / LOOP drop normalisation and the value loss (MATH.md)."""
@@ -374,24 +380,25 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """``eval/success`` (mean over tasks) and ``eval/success/<task>`` on the fixed held-out seeds."""
+        """``eval/success`` (mean over tasks) and ``eval/success/<task>`` under the evaluation protocol."""
         cfg = self.cfg
+        protocol = cfg.eval_protocol_of()
         if self.eval_env is None:
-            self.eval_env = make_env(cfg.env, cfg.eval_num_envs)
+            self.eval_env = make_env(protocol.env_config(cfg.env), cfg.eval_num_envs)
         # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
-        contexts = sorted(eval_contexts(len(self.task_names), cfg.eval_episodes_per_task),
-                          key=lambda c: (c.seed, c.task))
+        contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
         result = evaluate_policy(self.policy, self.eval_env, contexts, self.sampler.deterministic(), seed=cfg.seed)
         per_task = result.per_task()
         metrics = {f"eval/success/{task}": rate for task, rate in per_task.items()}
-        metrics["eval/success"] = float(np.mean(list(per_task.values())))
+        metrics["eval/success"] = result.task_mean()
         metrics["eval/episode_length"] = float(result.episode_length.mean())
         return metrics
 
     def record_videos(self, tag: str) -> None:
         """Videos of the same held-out episodes (seeds and noise) each time, so before and after RL compare."""
         if self.cfg.videos_per_task > 0:
-            record_videos(self.policy, self.cfg.env, self.sampler.deterministic(), self.run_dir / "videos",
+            record_videos(self.policy, self.cfg.eval_protocol_of().env_config(self.cfg.env), self.sampler.deterministic(),
+                          self.run_dir / "videos",
                           per_task=self.cfg.videos_per_task, seed=self.cfg.seed, tag=tag)
 
     # -- one iteration --------------------------------------------------------------------------
@@ -440,7 +447,8 @@ class Trainer:
         if self.iteration == 0:
             before = self.evaluate()
             self.logger.log(0, before, env_steps=0)
-            summary.update(success_before=_per_task(before), success_before_mean=before["eval/success"])
+            summary.update(success_before=_per_task(before), success_before_mean=before["eval/success"],
+                           eval_protocol=cfg.eval_protocol_of().describe())  # what every eval/success figure measured
             write_summary(self.run_dir, summary)
             self.best_success = before["eval/success"]
             print(f"before RL: eval/success {before['eval/success']:.3f}  " + _fmt_tasks(before), flush=True)
