@@ -208,8 +208,9 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
     except PolicyLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors' own errors for random bytes / truncated files
-        raise PolicyLoadError(f"{path} is not a readable safetensors policy file ({type(e).__name__}: {e}); "
-                              "the file is corrupt or truncated: use another checkpoint") from None
+        raise PolicyLoadError(f"policy file {path} is not a readable safetensors file ({type(e).__name__}: {e}): it is "
+                              "truncated or not a policy; pass policy=PATH to a file written by `pirl sft` or "
+                              "`pirl train`") from None
     kind = meta["pirl_kind"]
     if kind not in KINDS:
         raise PolicyLoadError(f"{path} holds a policy of kind {kind!r}, unknown to this pirl (known: {sorted(KINDS)})")
