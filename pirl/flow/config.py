@@ -17,7 +17,7 @@ class SamplerConfig:
     steps: int = 4
     """K, denoising steps per action chunk (πRL ablation: 2-4 best on LIBERO)."""
     noise_level: float = 0.5
-    """Flow-SDE noise level a (πRL reference 0.5; ignored by other methods)."""
+    """Flow-SDE noise level a, 0 < a < sqrt(2) (πRL reference 0.5; ignored by other methods)."""
     sde_steps: Literal["one", "all"] = "one"
     """Flow-SDE: 'one' = hybrid ODE-SDE (one random stochastic transition), 'all' = every step."""
     reduce: Literal["sum", "mean"] = "sum"
