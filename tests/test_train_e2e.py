@@ -87,6 +87,8 @@ def test_config_errors_name_the_key(capsys):
     assert "num_groups" in capsys.readouterr().err
     assert pirl(["train", "algorithm=ppo2"]) == 2
     assert "ppo" in capsys.readouterr().err
+    assert pirl(["train", "sampler.noise_level=1.5"]) == 2  # a >= sqrt(2) flips x's sign in the first SDE step
+    assert "noise_level" in capsys.readouterr().err
 
 
 # -- resume exactness, on the point-mass env so that it is quick ----------------------------------
