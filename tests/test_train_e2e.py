@@ -210,6 +210,32 @@ def test_env_crash_is_survived_and_counted(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_crashes"] == 1
 
 
+def test_trainer_evaluates_on_held_out_seeds_only(tmp_path, monkeypatch):
+    """The rollout env sees training seeds only; the evaluation env exactly the fixed held-out ones."""
+    import pirl.train.rl as rl
+    from pirl.envs.base import EVAL_SEED_START
+    from pirl.envs.registry import EnvConfig
+    from pirl.envs.registry import make_env as real_make_env
+
+    seeds: list[set[int]] = []  # per env made: the reset seeds it saw
+
+    def recording_make_env(cfg, num_envs, **kw):
+        env, used = real_make_env(cfg, num_envs, **kw), set()
+        seeds.append(used)
+        reset = env.reset
+        env.reset = lambda contexts: used.update(c.seed for c in contexts) or reset(contexts)
+        return env
+
+    monkeypatch.setattr(rl, "make_env", recording_make_env)
+    cfg = rl.TrainConfig(policy=str(_point_mass_policy(tmp_path / "policy.safetensors")),
+                         env=EnvConfig(suite="point_mass", tasks=("a",), max_episode_steps=32), iterations=2,
+                         num_groups=4, eval_every=1, eval_episodes_per_task=3, eval_num_envs=2, videos_per_task=0)
+    assert rl.train(cfg, tmp_path / "run") == 0
+    train_seeds, eval_seeds = seeds  # the rollout env is made first, the evaluation env at the first evaluation
+    assert train_seeds and max(train_seeds) < EVAL_SEED_START
+    assert eval_seeds == {EVAL_SEED_START + i for i in range(3)}
+
+
 def test_sub_env_crash_drops_only_that_episode_and_recollects_it():
     """info['crashed'] (MuJoCo instability in one sub-env) drops that episode from the batch; a fresh context
     replaces it, so the batch keeps its size; when every try crashes, collection stops at max_tries."""
