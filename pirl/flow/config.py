@@ -21,7 +21,8 @@ class SamplerConfig:
     sde_steps: Literal["one", "all"] = "one"
     """Flow-SDE: 'one' = hybrid ODE-SDE (one random stochastic transition), 'all' = every step."""
     reduce: Literal["sum", "mean"] = "sum"
-    """Aggregation of the chain's transition log-probs (the πRL Flow-Noise reference averages)."""
+    """Aggregation of the chain's transition log-probs (the πRL Flow-Noise reference averages). PPO's clip, KL and
+    target_kl act on the chain's summed log-ratio either way (PPOConfig.chain_clip): mean only rescales gradients."""
     logp_steps: Optional[int] = None
     """Leading actions of the chunk that count in log-probs (the executed ones); None = all H."""
 
