@@ -216,6 +216,85 @@ def test_mask_restricts_log_prob_to_executed_actions():
     assert torch.equal(flow.log_prob(model, part), part.log_prob)
 
 
+AGGREGATION_CASES = [
+    ("flow_noise", {}),
+    ("flow_sde", {"noise_level": 0.5, "sde_steps": "all"}),
+    ("flow_sde", {"noise_level": 0.5, "sde_steps": "one"}),
+]
+
+
+@pytest.mark.parametrize("method,kw", AGGREGATION_CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_chain_log_prob_equals_a_sum_built_by_hand(method, kw, reduce):
+    """Chain log-likelihood from torch.distributions over the stored transitions: the counted elements of every
+    stochastic transition, plus N(x^0; 0, I) for Flow-Noise; the mean divides by that number of terms."""
+    model = MLPVelocity()
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[:2, :2] = True  # executed actions and unpadded dims
+    g = torch.Generator().manual_seed(4)
+    vel = _velocity_for(model, method)
+    with torch.no_grad():
+        chain = flow.sample(vel, torch.randn(16, 4, 3, generator=g), steps=4, method=method, generator=g,
+                            reduce=reduce, mask=mask, **kw)
+    terms = []
+    for k in range(4):
+        std = torch.where(chain.stochastic[:, k, None, None], chain.stds[:, k], torch.ones(()))
+        lp = torch.distributions.Normal(chain.means[:, k], std).log_prob(chain.xs[:, k + 1])
+        terms.append(torch.where(chain.stochastic[:, k], (lp * mask).sum((1, 2)), torch.zeros(())))
+    if method == "flow_noise":
+        terms.append((torch.distributions.Normal(0.0, 1.0).log_prob(chain.xs[:, 0]) * mask).sum((1, 2)))
+    by_hand = torch.stack(terms, 1).sum(1)
+    if reduce == "mean":
+        by_hand = by_hand / (chain.stochastic.sum(1) + (method == "flow_noise"))
+    assert chain.stochastic.sum(1).tolist() == [4 if kw.get("sde_steps") != "one" else 1] * 16
+    torch.testing.assert_close(chain.log_prob, by_hand, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(flow.log_prob(vel, chain), by_hand, rtol=1e-5, atol=1e-4)
+
+
+def test_flow_noise_entropy_counts_only_the_executed_elements():
+    """The entropy bonus averages 1/2 log(2 pi e sigma^2) over the elements whose log-probs count: executed
+    actions and the env's action dims; sigma on the others never acts and must not change it."""
+    from pirl.policies import make_mlp_policy
+
+    torch.manual_seed(0)
+    policy = make_mlp_policy(6, 3, action_horizon=4, hidden=32)
+    head = policy.noise_head.net[-1]
+    with torch.no_grad():
+        head.bias.copy_(torch.linspace(-1, 1, head.bias.numel()))  # a different sigma on every element
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[:2, :2] = True  # 2 of 4 actions executed, the third dim padding
+    policy.logp_mask = lambda cfg, device: mask
+    obs = {"state": torch.randn(8, 6)}
+    out = policy.act(obs, SamplerConfig(method="flow_noise"), generator=torch.Generator().manual_seed(0))
+    ent = policy.evaluate(obs, out.chain).entropy
+    by_hand = flow.gaussian_entropy(out.chain.stds)[:, :, mask].flatten(1).mean(1)
+    torch.testing.assert_close(ent, by_hand)
+    with torch.no_grad():
+        head.bias.view(4, 3)[~mask] += 3.0  # sigma of the elements that do not count
+    torch.testing.assert_close(policy.evaluate(obs, out.chain).entropy, ent)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vla"])
+def test_noise_head_gradients_stay_out_of_the_velocity_network(kind):
+    from pirl.policies import make_mlp_policy, make_vla_policy
+
+    torch.manual_seed(0)
+    if kind == "mlp":
+        policy, obs = make_mlp_policy(6, 3, action_horizon=4, hidden=32), {"state": torch.randn(8, 6)}
+    else:
+        policy = make_vla_policy(6, 3, action_horizon=4, image_size=16, width=32, layers=1)
+        obs = policy.prepare({"image": torch.randint(0, 255, (8, 16, 16, 3), dtype=torch.uint8),
+                              "state": torch.randn(8, 6), "instruction": ["push the block"] * 8})
+    with torch.no_grad():
+        policy.noise_head.net[-1].weight.normal_(0, 0.1)  # a trained head (a fresh one's zero layer passes nothing back)
+    out = policy.act(obs, SamplerConfig(method="flow_noise"), generator=torch.Generator().manual_seed(0))
+    policy.evaluate(obs, out.chain).entropy.sum().backward()  # depends on sigma only
+    noise = {id(p) for p in policy.noise_head.parameters()}
+    moved = [n for n, p in policy.named_parameters() if id(p) not in noise and p.grad is not None and p.grad.any()]
+    assert not moved, f"sigma's gradient reached {moved[:3]}"
+    assert policy.noise_head.net[-1].weight.grad.abs().sum() > 0
+
+
 def test_noise_head_bounds():
     head = NoiseHead(8, (4, 3), std_min=0.08, std_max=0.16)
     with torch.no_grad():
@@ -248,6 +327,7 @@ BAD = [
     (dict(method="flow_sde"), "needs noise_level"),
     (dict(method="flow_sde", noise_level=0.0), "noise_level must be"),
     (dict(method="flow_sde", noise_level=-1.0), "noise_level must be"),
+    (dict(method="flow_sde", noise_level=1.5), "noise_level must be < sqrt\\(2\\)"),
     (dict(method="flow_sde", noise_level=0.5, sde_steps="some"), "sde_steps"),
     (dict(method="flow_noise"), "needs a std"),
     (dict(method="ode", reduce="max"), "reduce"),
@@ -282,6 +362,9 @@ def test_sampler_config_validates_and_deterministic_copy():
         SamplerConfig(method="flow")
     with pytest.raises(ValueError, match="noise_level"):
         SamplerConfig(noise_level=0.0)
+    with pytest.raises(ValueError, match="noise_level must be < sqrt"):
+        SamplerConfig(noise_level=math.sqrt(2))
+    assert SamplerConfig(noise_level=1.4).noise_level == 1.4
     cfg = SamplerConfig(method="flow_noise", steps=7)
     assert cfg.deterministic().method == "ode" and cfg.deterministic().steps == 7
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pirl.algorithms import AdvantageConfig, RolloutBuffer, build_batch
-from pirl.envs.base import ChunkVectorEnv, Context
+from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context
 from pirl.envs.point_mass import PointMassConfig, PointMassEnv, expert_actions
 from pirl.flow import SamplerConfig
 from pirl.policies.mlp import make_mlp_policy
@@ -178,9 +178,18 @@ def test_dynamic_rejection_bounded_and_logged(caplog):
 
 def test_evaluate_is_reproducible_and_held_out():
     col = _collector()
+    reset, seen = col.env.reset, []
+    col.env.reset = lambda contexts: seen.append(list(contexts)) or reset(contexts)
     a = col.evaluate(range(6))
     b = col.evaluate(range(6))
     assert a == b and a["eval/episodes"] == 6 * 2
+    evaluated = {(c.task, c.seed) for batch in seen for c in batch}
+    assert evaluated == {(t, EVAL_SEED_START + s) for t in (0, 1) for s in range(6)}  # every task x held-out seed
+    seen.clear()
+    for _ in range(3):
+        col.collect()
+    trained = {c.seed for batch in seen for c in batch}
+    assert trained and max(trained) < EVAL_SEED_START, "training rollouts must not use held-out seeds"
 
 
 def test_collector_config_validates():

@@ -61,6 +61,32 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     assert list((tmp_path / "report").glob("*.png"))
 
 
+@pytest.fixture(scope="module")
+def few_shot_policy(tmp_path_factory) -> Path:
+    """The demo's few-shot setting, smaller: 2 demos per task on reach-v3 + push-v3, 200 SFT steps (H = 8, chunk 4)."""
+    root = tmp_path_factory.mktemp("few_shot")
+    assert pirl(["collect", "--run-dir", str(root / "data"), "tasks=[reach-v3,push-v3]", "episodes_per_task=2",
+                 "camera=null", "num_envs=2"]) == 0
+    assert pirl(["sft", "--run-dir", str(root / "sft"), f"dataset={root / 'data'}", "steps=200", "eval_every=-1",
+                 "action_horizon=8", "chunk=4"]) == 0
+    return root / "sft" / "final.safetensors"
+
+
+@pytest.mark.parametrize("sampler", [("sampler.method=flow_sde", "sampler.noise_level=1.0"),
+                                     ("sampler.method=flow_noise",)], ids=["flow_sde", "flow_noise"])
+def test_short_runs_from_a_weak_sft_policy_pass_the_ratio_check(few_shot_policy, sampler, tmp_path):
+    """Such runs died in the first iteration on the ratio-1 check: rolling out one env at a time infers at batch 1,
+    whose float32 sums differ from minibatch re-scoring by ~2e-5, above the old fixed 1e-5 bound."""
+    for seed in range(3):
+        run = tmp_path / f"seed{seed}"
+        assert pirl(["train", "--run-dir", str(run), f"policy={few_shot_policy}", "env.tasks=[reach-v3,push-v3]",
+                     "env.chunk=4", "env.max_episode_steps=100", "num_groups=1", "iterations=1",
+                     "eval_episodes_per_task=1", "eval_num_envs=2", "videos_per_task=0", f"seed={seed}",
+                     *sampler]) == 0
+        update = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1]
+        assert 0 <= update["policy/ratio_check"] <= update["policy/ratio_check_tol"] < 1e-2
+
+
 def test_config_errors_name_the_key(capsys):
     assert pirl(["train", "iteratons=3"]) == 2
     err = capsys.readouterr().err
@@ -71,6 +97,8 @@ def test_config_errors_name_the_key(capsys):
     assert "ppo" in capsys.readouterr().err
     assert pirl(["train", "eval_protocol=libero_official"]) == 2  # the default env is MetaWorld
     assert "needs env.suite='libero'" in capsys.readouterr().err
+    assert pirl(["train", "sampler.noise_level=1.5"]) == 2  # a >= sqrt(2) flips x's sign in the first SDE step
+    assert "noise_level" in capsys.readouterr().err
 
 
 # -- resume exactness, on the point-mass env so that it is quick ----------------------------------
@@ -204,6 +232,32 @@ def test_env_crash_is_survived_and_counted(tmp_path, monkeypatch):
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["rollout/env_crashes_total"] == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_crashes"] == 1
+
+
+def test_trainer_evaluates_on_held_out_seeds_only(tmp_path, monkeypatch):
+    """The rollout env sees training seeds only; the evaluation env exactly the fixed held-out ones."""
+    import pirl.train.rl as rl
+    from pirl.envs.base import EVAL_SEED_START
+    from pirl.envs.registry import EnvConfig
+    from pirl.envs.registry import make_env as real_make_env
+
+    seeds: list[set[int]] = []  # per env made: the reset seeds it saw
+
+    def recording_make_env(cfg, num_envs, **kw):
+        env, used = real_make_env(cfg, num_envs, **kw), set()
+        seeds.append(used)
+        reset = env.reset
+        env.reset = lambda contexts: used.update(c.seed for c in contexts) or reset(contexts)
+        return env
+
+    monkeypatch.setattr(rl, "make_env", recording_make_env)
+    cfg = rl.TrainConfig(policy=str(_point_mass_policy(tmp_path / "policy.safetensors")),
+                         env=EnvConfig(suite="point_mass", tasks=("a",), max_episode_steps=32), iterations=2,
+                         num_groups=4, eval_every=1, eval_episodes_per_task=3, eval_num_envs=2, videos_per_task=0)
+    assert rl.train(cfg, tmp_path / "run") == 0
+    train_seeds, eval_seeds = seeds  # the rollout env is made first, the evaluation env at the first evaluation
+    assert train_seeds and max(train_seeds) < EVAL_SEED_START
+    assert eval_seeds == {EVAL_SEED_START + i for i in range(3)}
 
 
 def test_sub_env_crash_drops_only_that_episode_and_recollects_it():

@@ -21,8 +21,16 @@ from pirl.algorithms.buffer import RolloutBatch
 from pirl.algorithms.config import OptimizerConfig, PPOConfig
 
 
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
 class RatioCheckError(RuntimeError):
     """The first ratio of an update is not 1: re-evaluation does not reproduce the rollout."""
+
+
+def _per_row(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` [B] (per sample) or shaped like ``like`` ([B] or [B, M]), made to broadcast against ``like``."""
+    return x.view(-1, *([1] * (like.dim() - 1))) if x.dim() == 1 else x
 
 
 def ppo_loss(
@@ -35,8 +43,14 @@ def ppo_loss(
     old_value: Optional[Tensor] = None,
     returns: Optional[Tensor] = None,
     entropy: Optional[Tensor] = None,
+    log_prob_terms: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO loss and its (detached) diagnostics.
+
+    The trust region is the chain's: when the log-probs are averages (``log_prob_terms``), the chain's
+    log-ratio is n times the averaged one, so the clip bounds (``cfg.chain_clip``), the dual clip, the
+    KL penalty and every ``policy/*`` diagnostic act on that; the surrogate's gradient keeps the
+    averaged scale. With summed log-probs (the default) nothing is scaled.
 
     Args:
         log_prob: [B] chunk log-probs under the current policy, or [B, M] per element
@@ -46,6 +60,8 @@ def ppo_loss(
         value, old_value, returns: [B]; value loss only when ``value`` and ``returns`` are given
             and ``cfg.value_coef > 0``; clipping needs ``old_value``.
         entropy: [B] per-sample entropy (Flow-Noise); None adds no bonus.
+        log_prob_terms: [B] number of terms each log-prob averages (``EvalOutput.log_prob_terms``);
+            None when the log-probs are sums.
     Returns:
         (loss, diagnostics) with diagnostics ``loss/*`` and ``policy/*`` scalars.
     """
@@ -65,13 +81,23 @@ def ppo_loss(
     log_ratio = log_prob.float() - old_log_prob.float()
     ratio = torch.exp(log_ratio)
     lo, hi = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
-    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
-    if cfg.dual_clip is not None:
+    if log_prob_terms is None:
+        chain_log_ratio, lo_r, hi_r, dual = log_ratio, lo, hi, cfg.dual_clip
+    else:
+        n = log_prob_terms.float().view(-1, *([1] * (log_ratio.dim() - 1)))
+        chain_log_ratio = log_ratio * n
+        lo_r, hi_r, dual = lo, hi, cfg.dual_clip
+        if cfg.chain_clip:  # the averaged ratio is clipped exactly where the chain's reaches 1 +- eps
+            lo_r, hi_r = (lo ** (1.0 / n)).expand_as(ratio), (hi ** (1.0 / n)).expand_as(ratio)
+            dual = None if dual is None else dual ** (1.0 / n)
+    chain_ratio = torch.exp(chain_log_ratio)
+    pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lo_r, hi_r))
+    if dual is not None:
         # Dual clip (Ye et al. 2020): a huge ratio on a negative advantage cannot dominate the batch.
-        pg = torch.where(adv < 0, torch.minimum(pg, -cfg.dual_clip * adv), pg)
+        pg = torch.where(adv < 0, torch.minimum(pg, -dual * adv), pg)
     policy_loss = pg.mean()
-    # k3 estimator of KL(old || new): unbiased, always >= 0 (Schulman's "approximating KL").
-    kl = ((ratio - 1.0) - log_ratio).mean()
+    # k3 estimator of the chain's KL(old || new): unbiased, always >= 0 (Schulman's "approximating KL").
+    kl = ((chain_ratio - 1.0) - chain_log_ratio).mean()
     loss = policy_loss
     if cfg.kl_coef > 0:
         loss = loss + cfg.kl_coef * kl
@@ -100,9 +126,9 @@ def ppo_loss(
             "loss/kl": kl.detach(),
             "loss/total": loss.detach(),
             "policy/approx_kl": kl.detach(),
-            "policy/clip_fraction": ((ratio < lo) | (ratio > hi)).float().mean(),
-            "policy/ratio_mean": ratio.mean(),
-            "policy/ratio_max": ratio.max(),
+            "policy/clip_fraction": ((chain_ratio < lo) | (chain_ratio > hi)).float().mean(),
+            "policy/ratio_mean": chain_ratio.mean(),
+            "policy/ratio_max": chain_ratio.max(),
         }
     return loss, diag
 
@@ -181,22 +207,54 @@ class PPOUpdater:
                 raise ValueError(f"batch.{name} contains NaN/inf; check rewards and the rollout's log-probs")
 
     @torch.no_grad()
-    def check_ratio(self, batch: RolloutBatch) -> float:
-        """Max |ratio - 1| on ``batch`` under the current parameters; raises RatioCheckError above tolerance."""
+    def check_ratio(self, batch: RolloutBatch) -> dict[str, float]:
+        """Re-scores ``batch`` under the current parameters; raises RatioCheckError where a log-prob moved more
+        than float32 round-off explains. Returns ``policy/ratio_check`` and ``policy/ratio_check_tol``
+        (:meth:`ratio_deviation`)."""
+        metrics, _, error = self.ratio_deviation(batch)
+        if error:
+            raise RatioCheckError(error)
+        return metrics
+
+    @torch.no_grad()
+    def ratio_deviation(self, batch: RolloutBatch) -> tuple[dict[str, float], float, Optional[str]]:
+        """How far re-scoring moves the rollout's log-probs, against what float32 round-off explains.
+
+        Batched inference and minibatch re-scoring sum in different orders, so a log-prob may move by a few
+        units in the last place of its terms (~1e-5 for a MetaWorld MLP chain), while a wrong time grid or
+        changed inputs move it by 1e-2 and more. Each sample must satisfy |log pi - log pi_old| <= tol with
+        tol = ``ratio_check_tol + ratio_check_factor x roundoff`` (``EvalOutput.roundoff``, the float32 scale of
+        the summed terms; eps x |log pi_old| when the policy reports none).
+
+        Returns (metrics, used, error): on the chain's (summed) scale ``policy/ratio_check`` = the largest
+        |log-ratio| and ``policy/ratio_check_tol`` = the smallest tolerance; ``used`` = the largest
+        |log-ratio| / tolerance (NaN propagates); ``error`` = the failure's message when ``used`` is not <= 1.
+        """
         out = self.policy.evaluate(batch.obs, batch.chain)
         if out.log_prob.shape != batch.old_log_prob.shape:
             raise ValueError(
                 f"the policy's log-probs {tuple(out.log_prob.shape)} and the rollout's {tuple(batch.old_log_prob.shape)} "
                 "differ in shape (chunk-level [B] vs per-element [B, M]?)"
             )
-        dev = (torch.exp(out.log_prob.float() - batch.old_log_prob.float()) - 1.0).abs()
-        worst = float(dev.max()) if dev.numel() else 0.0
-        if not worst <= self.cfg.ratio_check_tol:  # also catches NaN
-            raise RatioCheckError(
-                f"PPO ratio check failed before the first update: max |ratio - 1| = {worst:.3g} "
-                f"> {self.cfg.ratio_check_tol:g} on {len(batch)} samples; {_RATIO_HELP}"
-            )
-        return worst
+        old = batch.old_log_prob.float()
+        if old.numel() == 0:
+            return {"policy/ratio_check": 0.0, "policy/ratio_check_tol": 0.0}, 0.0, None
+        roundoff = out.roundoff if out.roundoff is not None else FLOAT32_EPS * old.abs()
+        tol = self.cfg.ratio_check_tol + self.cfg.ratio_check_factor * _per_row(roundoff.float(), old)
+        terms = _per_row(out.log_prob_terms.float(), old) if out.log_prob_terms is not None else torch.ones(())
+        dev = (out.log_prob.float() - old).abs()
+        chain_dev, chain_tol = (dev * terms).expand_as(dev), (tol * terms).expand_as(dev)
+        used = dev / tol
+        metrics = {"policy/ratio_check": float(chain_dev.max()), "policy/ratio_check_tol": float(chain_tol.min())}
+        worst = float(used.max())
+        if worst <= 1.0:
+            return metrics, worst, None
+        i = int(used.flatten().argmax())  # a NaN deviation is the argmax
+        return metrics, worst, (
+            f"PPO ratio check failed before the first update: |log pi - log pi_old| = {float(chain_dev.flatten()[i]):.3g}"
+            f" > {float(chain_tol.flatten()[i]):.3g} (the tolerance: {self.cfg.ratio_check_tol:g} + "
+            f"{self.cfg.ratio_check_factor:g} x the log-prob's float32 round-off) on {len(batch)} samples; {_RATIO_HELP}"
+        )
 
     # -- the loop --------------------------------------------------------------------------
     def update(self, batch: RolloutBatch) -> dict[str, float]:
@@ -213,13 +271,13 @@ class PPOUpdater:
         sums: dict[str, float] = defaultdict(float)
         ratio_max, steps, skipped, samples = 0.0, 0, 0, 0
         early_stop = False
-        ratio_dev = None
+        ratio_check = None
         for epoch in range(cfg.epochs):
             perm = torch.randperm(B, generator=self.generator).to(adv.device)
             for s in range(0, B, mb_size):
                 mb = batch.index(perm[s : s + mb_size])
-                if ratio_dev is None:
-                    ratio_dev = self.check_ratio(mb)
+                if ratio_check is None:
+                    ratio_check = self.check_ratio(mb)
                 diag, finite = self._accumulate(mb, micro)
                 if finite:
                     gnorm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or math.inf)
@@ -237,6 +295,7 @@ class PPOUpdater:
                     sums[k] += float(v)
                 sums["loss/grad_norm"] += float(gnorm)
                 ratio_max = max(ratio_max, float(diag["policy/ratio_max"]))
+                # the chain's KL (ppo_loss), whatever the aggregation: an averaged log-prob understates it ~(K+1)^2
                 if cfg.target_kl is not None and float(diag["policy/approx_kl"]) > cfg.target_kl:
                     early_stop = True
                     break
@@ -248,7 +307,7 @@ class PPOUpdater:
         metrics = {k: v / max(steps, 1) for k, v in sums.items()}
         metrics.update({
             "policy/ratio_max": ratio_max,
-            "policy/ratio_check": float(ratio_dev or 0.0),
+            **(ratio_check or {}),
             "policy/explained_variance": explained_variance(batch.old_value, batch.returns)
             if batch.old_value is not None else float("nan"),
             "policy/adv_mean": float(raw_adv.mean()),
@@ -267,17 +326,22 @@ class PPOUpdater:
             metrics[f"perf/lr_{g.get('name', 'group')}"] = float(g["lr"])
         return metrics
 
+    def loss(self, part: RolloutBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Re-scores ``part`` and returns :func:`ppo_loss` on it (loss, diagnostics)."""
+        out = self.policy.evaluate(part.obs, part.chain)
+        return ppo_loss(
+            out.log_prob, part.old_log_prob, part.advantages, self.cfg,
+            value=out.value, old_value=part.old_value, returns=part.returns, entropy=out.entropy,
+            log_prob_terms=out.log_prob_terms,
+        )
+
     def _accumulate(self, mb: RolloutBatch, micro: int) -> tuple[dict[str, Tensor], bool]:
         """Forward/backward over micro-batches; returns (size-weighted diagnostics, all losses finite)."""
         n = len(mb)
         diag_sum: dict[str, Tensor] = {}
         for s in range(0, n, micro):
             part = mb.index(torch.arange(s, min(s + micro, n), device=mb.advantages.device))
-            out = self.policy.evaluate(part.obs, part.chain)
-            loss, diag = ppo_loss(
-                out.log_prob, part.old_log_prob, part.advantages, self.cfg,
-                value=out.value, old_value=part.old_value, returns=part.returns, entropy=out.entropy,
-            )
+            loss, diag = self.loss(part)
             if not bool(torch.isfinite(loss)):
                 return diag, False
             (loss * (len(part) / n)).backward()

@@ -19,6 +19,7 @@ otherwise hang or fail obscurely).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import socket
 from datetime import timedelta
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pirl.algorithms.buffer import RolloutBatch
-from pirl.algorithms.ppo import PPOUpdater, RatioCheckError, ppo_loss
+from pirl.algorithms.ppo import PPOUpdater, RatioCheckError
 from pirl.distributed.store import from_store, to_store
 
 
@@ -164,16 +165,20 @@ class DistributedPPOUpdater(PPOUpdater):
         return mb.index(torch.arange(1, device=mb.advantages.device))
 
     @torch.no_grad()
-    def check_ratio(self, batch: RolloutBatch) -> float:
+    def check_ratio(self, batch: RolloutBatch) -> dict[str, float]:
+        """This rank's share checked, the results reduced (max deviation and use, min tolerance): every rank
+        decides and reports alike."""
         shard = self._shard(batch)
-        try:  # a filler row is another rank's: its deviation is that rank's too
-            worst = torch.tensor(super().check_ratio(shard if len(shard) else self._filler(batch)), device=self.device)
-        except RatioCheckError:
-            worst = torch.tensor(float("inf"), device=self.device)
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=self.group)  # every rank decides alike
-        if not float(worst) <= self.cfg.ratio_check_tol:
+        # a filler row is another rank's: its deviation is that rank's too
+        m, used, _ = self.ratio_deviation(shard if len(shard) else self._filler(batch))
+        # MAX of (deviation, -tolerance, use) in one collective; a NaN use fails the check on every rank
+        used = used if used == used else math.inf
+        vec = torch.tensor([m["policy/ratio_check"], -m["policy/ratio_check_tol"], used], device=self.device)
+        dist.all_reduce(vec, op=dist.ReduceOp.MAX, group=self.group)
+        dev, neg_tol, used = vec.tolist()
+        if not used <= 1.0:
             return super().check_ratio(batch)  # raises with the full message
-        return float(worst)
+        return {"policy/ratio_check": dev, "policy/ratio_check_tol": -neg_tol}
 
     def _parts(self, mb: RolloutBatch, micro: int) -> list[tuple[RolloutBatch, float]]:
         """This rank's micro-batches of ``mb`` with their loss weights (fraction of the whole minibatch),
@@ -193,11 +198,7 @@ class DistributedPPOUpdater(PPOUpdater):
         diag_sum: dict[str, Tensor] = {"policy/ratio_max": zero.clone()}  # reduced in place below
         finite = True
         for part, w in self._parts(mb, micro):
-            out = self.policy.evaluate(part.obs, part.chain)
-            loss, diag = ppo_loss(
-                out.log_prob, part.old_log_prob, part.advantages, self.cfg,
-                value=out.value, old_value=part.old_value, returns=part.returns, entropy=out.entropy,
-            )
+            loss, diag = self.loss(part)
             # a non-finite loss still runs its backward (every rank joins every pass); the step is dropped
             finite = finite and bool(torch.isfinite(loss))
             (loss * w).backward()

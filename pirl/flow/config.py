@@ -17,11 +17,12 @@ class SamplerConfig:
     steps: int = 4
     """K, denoising steps per action chunk (πRL ablation: 2-4 best on LIBERO)."""
     noise_level: float = 0.5
-    """Flow-SDE noise level a (πRL reference 0.5; ignored by other methods)."""
+    """Flow-SDE noise level a, 0 < a < sqrt(2) (πRL reference 0.5; ignored by other methods)."""
     sde_steps: Literal["one", "all"] = "one"
     """Flow-SDE: 'one' = hybrid ODE-SDE (one random stochastic transition), 'all' = every step."""
     reduce: Literal["sum", "mean"] = "sum"
-    """Aggregation of the chain's transition log-probs (the πRL Flow-Noise reference averages)."""
+    """Aggregation of the chain's transition log-probs (the πRL Flow-Noise reference averages). PPO's clip, KL and
+    target_kl act on the chain's summed log-ratio either way (PPOConfig.chain_clip): mean only rescales gradients."""
     logp_steps: Optional[int] = None
     """Leading actions of the chunk that count in log-probs (the executed ones); None = all H."""
 

@@ -171,20 +171,59 @@ def aggregate(
 ) -> Tensor:
     """Chain log-likelihood [B] from per-transition log-probs [B, K].
 
-    ``sum``: sum over the stochastic transitions, plus log N(x^0; 0, I) for Flow-Noise.
-    ``mean``: that sum divided by the number of its terms (the πRL reference averages
-    over the K + 1 terms of Flow-Noise).
+    ``sum`` (default): sum over the stochastic transitions, plus log N(x^0; 0, I) for Flow-Noise.
+    ``mean``: that sum divided by the number of its terms (:func:`num_terms`; the πRL reference
+    averages over the K + 1 terms of Flow-Noise). PPO's clip and KL act on the chain's (summed)
+    log-ratio either way: a flow policy reports the divisor (``EvalOutput.log_prob_terms``) and the
+    loss scales its clip bounds by it, so averaging changes the gradient's scale, not the trust region.
     """
     total = (log_probs * stochastic).sum(dim=1)
-    n_terms = stochastic.sum(dim=1).to(log_probs.dtype)
     if method == "flow_noise":
         total = total + init_log_prob
-        n_terms = n_terms + 1
     if reduce == "sum":
         return total
     if reduce == "mean":
-        return total / n_terms.clamp(min=1)
+        return total / num_terms(stochastic, method).to(total.dtype)
     raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+
+def num_terms(stochastic: Tensor, method: str) -> Tensor:
+    """[B] number of terms of a chain's log-likelihood (at least 1): its stochastic transitions, plus N(x^0)
+    for Flow-Noise. ``reduce="mean"`` divides the sum by it: the chain's log-ratio is this times the averaged one.
+    """
+    n = stochastic.sum(dim=1).to(torch.float32)
+    return (n + 1 if method == "flow_noise" else n).clamp(min=1)
+
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def log_prob_roundoff(chain: Chain) -> Tensor:
+    """[B] first-order float32 round-off of ``chain.log_prob`` (same aggregation): eps x the magnitude of its terms.
+
+    Re-scoring a chain repeats the sampler's arithmetic, but batched matrix products may sum in another
+    order at another batch size, so the velocity, the mean, and every element's log-density can move by
+    a few units in the last place. An element's log-density -log s - log sqrt(2 pi) - z^2 / 2 with
+    z = (x' - mu) / s moves by about eps x (|log s| + 1 + z^2 / 2 + |z| (|x| + |mu| + |x'|) / s): the
+    last term is the subtraction x' - mu (mu itself computed from x and the velocity) seen through 1 / s.
+    Summed over the counted elements and the chain's terms, this is the scale below which a ratio-1 check
+    cannot tell a mismatch from round-off; a shifted time grid or changed inputs move the log-prob by
+    orders of magnitude more. The network's own round-off adds a constant factor (PPOConfig.ratio_check_factor).
+    """
+    stoch = chain.stochastic
+    x, x_next = chain.xs[:, :-1].float(), chain.xs[:, 1:].float()
+    mean, std = chain.means.float(), chain.stds.float()
+    sb = stoch.view(*stoch.shape, *([1] * (x.dim() - 2)))
+    std = torch.where(sb, std, torch.ones_like(std))  # deterministic steps count nothing (zeroed below)
+    z = (x_next - mean) / std
+    elem = std.log().abs() + 1.0 + 0.5 * z * z + z.abs() * (x.abs() + mean.abs() + x_next.abs()) / std
+    if chain.mask is not None:  # [...] or per row [B, ...]: broadcast over the K transitions
+        m = chain.mask
+        elem = elem * (m.unsqueeze(1) if m.dim() == x.dim() - 1 else m).to(elem.dtype)
+    per_step = elem.flatten(2).sum(dim=2)
+    x0 = chain.xs[:, 0].float()
+    init = _masked_sum(1.0 + 0.5 * x0 * x0 + x0.abs() * x0.abs(), chain.mask)
+    return FLOAT32_EPS * aggregate(per_step, stoch, init, chain.method, chain.reduce)
 
 
 def _check_steps(steps: int) -> None:
@@ -201,6 +240,10 @@ def _validate(method: str, steps: int, noise_level: Optional[float], sde_steps: 
             raise ValueError("method 'flow_sde' needs noise_level (the SDE's a, reference 0.5)")
         if not (isinstance(noise_level, (int, float)) and math.isfinite(noise_level) and noise_level > 0):
             raise ValueError(f"noise_level must be a finite number > 0, got {noise_level!r}")
+        if noise_level >= math.sqrt(2.0):
+            # the SDE mean's coefficient of x at t = 1 is 1 - a^2 / 2 (MATH.md): a >= sqrt(2) flips x's sign
+            raise ValueError(f"noise_level must be < sqrt(2) ~ 1.414 (the first SDE step's mean keeps x's sign only "
+                             f"while 1 - a^2/2 > 0), got {noise_level!r}; the πRL reference uses 0.5")
         if sde_steps not in ("one", "all"):
             raise ValueError(f"sde_steps must be 'one' (hybrid) or 'all', got {sde_steps!r}")
     if reduce not in ("sum", "mean"):

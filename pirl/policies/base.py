@@ -96,7 +96,14 @@ class EvalOutput:
     value: Optional[Tensor]
     """[B] value (differentiable), or None."""
     entropy: Optional[Tensor]
-    """[B] entropy per element, averaged (Flow-Noise transitions, head distributions), or None for Flow-SDE/ODE."""
+    """[B] entropy per element, averaged over the elements whose log-probs count (executed actions, the env's
+    action dims; Flow-Noise transitions, head distributions), or None for Flow-SDE/ODE."""
+    log_prob_terms: Optional[Tensor] = None
+    """[B] when ``log_prob`` is an average (a flow chain with ``reduce="mean"``): the number of terms averaged,
+    so that the chain's log-ratio is the log-ratio times this. None: ``log_prob`` is already the chain's (a sum)."""
+    roundoff: Optional[Tensor] = None
+    """[B] float32 round-off scale of ``log_prob`` (:func:`pirl.flow.log_prob_roundoff`), which the ratio-1 check
+    tolerates; None: the check estimates it from ``|log_prob|``."""
 
 
 class Policy(nn.Module):
@@ -198,6 +205,11 @@ class FlowPolicy(Policy):
 
     noise_head: Optional[NoiseHead]
 
+    detach_noise_features: bool = True
+    """The Flow-Noise head reads ``velocity``'s features without moving them: sigma's policy gradient (and an
+    entropy bonus) would otherwise reshape the velocity network through the features it shares. Only gradients
+    change: the sampled chains and their log-probs are the same. Set False to train shared features with sigma."""
+
     def __init__(self) -> None:
         super().__init__()
         self.noise_head = None
@@ -213,7 +225,8 @@ class FlowPolicy(Policy):
 
     # -- provided ---------------------------------------------------------------------------
     def attach_noise_head(self, in_features: int, std_min: float = 0.08, std_max: float = 0.16) -> NoiseHead:
-        """Adds a Flow-Noise head reading ``velocity``'s features (trained by RL only)."""
+        """Adds a Flow-Noise head reading ``velocity``'s features, detached (``detach_noise_features``), and the
+        time; trained by RL only."""
         self.noise_head = NoiseHead(in_features, self.action_shape, std_min=std_min, std_max=std_max)
         return self.noise_head
 
@@ -225,7 +238,7 @@ class FlowPolicy(Policy):
             if with_std:
                 if self.noise_head is None:
                     raise ValueError("method 'flow_noise' needs a noise head: call policy.attach_noise_head(...)")
-                return v, self.noise_head(features, t)
+                return v, self.noise_head(features.detach() if self.detach_noise_features else features, t)
             return v
 
         return fn
@@ -267,19 +280,27 @@ class FlowPolicy(Policy):
         return ActOutput(self.unnormalize_actions(chain.actions), chain, chain.log_prob, value)
 
     def evaluate(self, obs: Obs, chain: Chain, *, with_value: bool = True) -> EvalOutput:
-        """Re-scores stored chains under the current parameters (differentiable)."""
+        """Re-scores stored chains under the current parameters (differentiable).
+
+        The entropy (Flow-Noise) averages 1/2 log(2 pi e sigma^2) over the transitions and the elements whose
+        log-probs count (``chain.mask``: executed actions, the env's action dims): a bonus on padding or
+        non-executed actions would only inflate sigma where it is never used (MATH.md).
+        """
         ctx = self.encode(obs)
         with_std = chain.method == "flow_noise"
         lps, stds = flow.transition_log_probs(self.velocity_fn(ctx, with_std), chain, return_std=True)
         log_prob = flow.aggregate(lps, chain.stochastic, chain.init_log_prob, chain.method, chain.reduce)
         entropy = None
         if with_std:
-            ent = flow.gaussian_entropy(stds.clamp(min=1e-12))
-            entropy = ent.flatten(1).mean(dim=1)
+            ent = flow.gaussian_entropy(stds.clamp(min=1e-12))  # [B, K, ...]
+            entropy = _masked_mean(ent, chain.mask)
         value = None
         if with_value and self.value_head is not None:
             value = self._value(ctx)
-        return EvalOutput(log_prob, value, entropy)
+        terms = flow.num_terms(chain.stochastic, chain.method) if chain.reduce == "mean" else None
+        with torch.no_grad():
+            roundoff = flow.log_prob_roundoff(chain)
+        return EvalOutput(log_prob, value, entropy, log_prob_terms=terms, roundoff=roundoff)
 
     def flow_matching_loss(
         self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None
@@ -311,6 +332,14 @@ class FlowPolicy(Policy):
     ) -> Tensor:
         """The flow-matching loss (:meth:`flow_matching_loss`)."""
         return self.flow_matching_loss(obs, actions, generator=generator, mask=mask)
+
+
+def _masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """[B] mean of x [B, K, ...] over its K transitions and the elements ``mask`` ([...] or per row [B, ...]) keeps."""
+    if mask is None:
+        return x.flatten(1).mean(dim=1)
+    m = (mask.unsqueeze(1) if mask.dim() == x.dim() - 1 else mask).to(x.dtype).expand_as(x)
+    return (x * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp(min=1)
 
 
 def _batch_size(obs: Obs) -> int:
