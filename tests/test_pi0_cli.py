@@ -203,3 +203,51 @@ def test_missing_camera_and_missing_tokenizer_are_refused(tmp_path):
         policy.prepare(_obs())
     with pytest.raises(ValueError, match="does not have"):
         Pi0Options(cameras={"head_cam": "image"}).config_overrides(cfg.cameras, ())
+
+
+def _bf16_rollout(method: str, rows: int = 12):
+    """A tiny π0 with bf16 weights that acted on one observation at a time (batch-1 inference in bf16)."""
+    from pirl.algorithms import RolloutBatch
+    from pirl.flow import Chain
+
+    torch.manual_seed(0)
+    cfg = new_config("pi0", "tiny", state_dim=39, action_dim=4, action_horizon=4, cameras=("base_0_rgb",),
+                     camera_keys=("image",), tokenizer="hash")
+    policy = Pi0Policy(cfg)
+    policy.attach_value_head(policy.value_feature_dim)
+    policy.attach_noise_head(policy.feature_dim, 0.2, 0.4)
+    policy.to_bf16()
+    policy.eval()
+    obs = policy.prepare(_obs(batch=2) | {"image": np.random.default_rng(1).integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8),
+                                          "state": np.random.default_rng(2).normal(size=(rows, 39)).astype(np.float32),
+                                          "instruction": np.array(["reach the goal"] * rows, dtype=object)})
+    sampler = SamplerConfig(method=method, steps=4, noise_level=0.5, logp_steps=2)
+    g = torch.Generator().manual_seed(0)
+    outs = [policy.act({k: v[i : i + 1] for k, v in obs.items()}, sampler, generator=g) for i in range(rows)]
+    zeros = torch.zeros(rows)
+    return policy, RolloutBatch(obs, Chain.cat([o.chain for o in outs]), torch.cat([o.log_prob for o in outs]),
+                                torch.cat([o.value for o in outs]), zeros, zeros, zeros.long(), zeros.long())
+
+
+@pytest.mark.parametrize("method", ["flow_sde", "flow_noise"])
+def test_bf16_ratio_check_tolerates_rescoring_and_catches_a_shifted_grid(method, monkeypatch):
+    """bf16 weights (the GPU recipe): batch-1 rollouts re-scored in other batch sizes and orders pass the ratio-1
+    check (on an H200 the old float32 bound failed at |dlogp| = 0.012); a shifted time grid still fails it."""
+    from pirl.algorithms import PPOConfig, PPOUpdater
+    from pirl.algorithms.ppo import RatioCheckError
+    from pirl.flow import sampler as flow_sampler
+
+    policy, batch = _bf16_rollout(method)
+    assert policy.velocity_eps() == torch.finfo(torch.bfloat16).eps
+    updater = PPOUpdater(policy, PPOConfig())
+    g = torch.Generator().manual_seed(0)
+    for size in (1, 5, len(batch)):
+        perm = torch.randperm(len(batch), generator=g)
+        for s in range(0, len(batch), size):
+            metrics = updater.check_ratio(batch.index(perm[s : s + size]))
+            assert metrics["policy/ratio_check"] <= metrics["policy/ratio_check_tol"]
+    grid = flow_sampler.time_grid
+    monkeypatch.setattr(flow_sampler, "time_grid", lambda steps, device=None: torch.cat([grid(steps, device)[1:],
+                                                                                           grid(steps, device)[-1:]]))
+    with pytest.raises(RatioCheckError):
+        updater.check_ratio(batch)

@@ -198,8 +198,12 @@ def num_terms(stochastic: Tensor, method: str) -> Tensor:
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
-def log_prob_roundoff(chain: Chain) -> Tensor:
-    """[B] first-order float32 round-off of ``chain.log_prob`` (same aggregation): eps x the magnitude of its terms.
+def log_prob_roundoff(chain: Chain, velocity_eps: float = 0.0) -> Tensor:
+    """[B] first-order round-off of ``chain.log_prob`` (same aggregation): eps x the magnitude of its terms.
+
+    ``velocity_eps``: the relative precision of the velocity network when it computes in a lower precision than
+    float32 (bf16 weights: 2^-7). Its error moves each mean by about velocity_eps x |x - mu| (the step's drift),
+    hence each element's log-density by velocity_eps x |z| |x - mu| / s; this dominates float32's terms.
 
     Re-scoring a chain repeats the sampler's arithmetic, but batched matrix products may sum in another
     order at another batch size, so the velocity, the mean, and every element's log-density can move by
@@ -217,6 +221,8 @@ def log_prob_roundoff(chain: Chain) -> Tensor:
     std = torch.where(sb, std, torch.ones_like(std))  # deterministic steps count nothing (zeroed below)
     z = (x_next - mean) / std
     elem = std.log().abs() + 1.0 + 0.5 * z * z + z.abs() * (x.abs() + mean.abs() + x_next.abs()) / std
+    if velocity_eps:
+        elem = elem + (velocity_eps / FLOAT32_EPS) * z.abs() * (x - mean).abs() / std
     if chain.mask is not None:  # [...] or per row [B, ...]: broadcast over the K transitions
         m = chain.mask
         elem = elem * (m.unsqueeze(1) if m.dim() == x.dim() - 1 else m).to(elem.dtype)

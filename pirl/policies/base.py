@@ -224,6 +224,12 @@ class FlowPolicy(Policy):
         raise NotImplementedError
 
     # -- provided ---------------------------------------------------------------------------
+    def velocity_eps(self) -> float:
+        """Relative precision of the velocity when some weights are below float32 (π0's bf16 backbone), else 0:
+        the ratio-1 check's round-off scale grows with it (:func:`pirl.flow.log_prob_roundoff`)."""
+        low = [p.dtype for p in self.parameters() if p.is_floating_point() and torch.finfo(p.dtype).bits < 32]
+        return max((torch.finfo(d).eps for d in set(low)), default=0.0)
+
     def attach_noise_head(self, in_features: int, std_min: float = 0.08, std_max: float = 0.16) -> NoiseHead:
         """Adds a Flow-Noise head reading ``velocity``'s features, detached (``detach_noise_features``), and the
         time; trained by RL only."""
@@ -299,7 +305,7 @@ class FlowPolicy(Policy):
             value = self._value(ctx)
         terms = flow.num_terms(chain.stochastic, chain.method) if chain.reduce == "mean" else None
         with torch.no_grad():
-            roundoff = flow.log_prob_roundoff(chain)
+            roundoff = flow.log_prob_roundoff(chain, self.velocity_eps())
         return EvalOutput(log_prob, value, entropy, log_prob_terms=terms, roundoff=roundoff)
 
     def flow_matching_loss(
