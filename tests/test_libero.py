@@ -10,6 +10,7 @@ with pixels and a task switch) and the async vector; ``-m slow`` covers every ta
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -334,3 +335,32 @@ def test_official_protocol_tiny_budget(assets, tmp_path, monkeypatch):
     table = (tmp_path / "run" / "eval.md").read_text()
     assert "libero_official (2 episodes per task)" in table and "mean over 2 tasks" in table
     assert all(f"| {n} | " in table for n in names)
+
+
+def test_libero_pi0_preset_drives_an_openpi_directory(assets, tmp_path, capsys):
+    """`--config libero_pi0` on a tiny openpi-format π0 (what openpi's pi0_libero looks like, at test size): both
+    cameras and the masked padding camera, delta actions, one PPO iteration and the official protocol's evaluation."""
+    pytest.importorskip("transformers")
+    from pirl.cli.main import main as pirl
+    from pirl.policies.pi0 import Pi0Policy
+    from pirl.policies.pi0.checkpoint import save_openpi
+    from pirl.policies.pi0.configuration import DEFAULT_CAMERAS, new_config
+
+    torch.manual_seed(0)
+    cfg = new_config("pi0", "tiny", state_dim=8, action_dim=7, action_horizon=10, cameras=DEFAULT_CAMERAS)
+    save_openpi(Pi0Policy(cfg), tmp_path / "openpi")
+    run = tmp_path / "run"
+    assert pirl(["train", "--config", "libero_pi0", "--run-dir", str(run), f"policy={tmp_path / 'openpi'}",
+                 "pi0.size=tiny", "pi0.action_horizon=10", "pi0.tokenizer=hash", "pi0.dtype=float32",
+                 "pi0.gradient_checkpointing=false", "device=cpu", f"env.assets_path={assets}",
+                 "env.tasks=libero_spatial:0", "env.image_size=32", "env.max_episode_steps=10", "iterations=1",
+                 "num_groups=2", "eval_episodes_per_task=1", "eval_num_envs=1", "eval_steps=2", "videos_per_task=0",
+                 "ppo.micro_batch_size=4"]) == 0
+    out = capsys.readouterr().out
+    assert "openpi checkpoint directory (pi0)" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["eval_protocol"].startswith("libero_official")
+    from pirl.policies.io import load_policy
+
+    policy, _ = load_policy(run / "policy_latest_lerobot")
+    assert policy.cfg.delta_action_dims == 6 and policy.cfg.camera_keys == ("image", "wrist_image", "")

@@ -164,6 +164,9 @@ class TrainConfig:
     """Evaluate (eval_protocol) every this many iterations (and before the first and after the last)."""
     eval_episodes_per_task: int = 10
     """Episodes per task at each evaluation (libero_official publishes 50)."""
+    eval_steps: Optional[int] = None
+    """K of the evaluation's deterministic ODE; None = sampler.steps (openpi evaluates its LIBERO checkpoints at
+    K = 10 while πRL's rollouts use K = 4)."""
     eval_protocol: ProtocolName = "held_out"
     """held_out: held-out seeds (LIBERO: its held-out init states); libero_official: LIBERO's published protocol
     (init states 0.. in order, the suite's step limit after 10 settling steps, stop at success). summary.json names it."""
@@ -228,6 +231,8 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "eval_episodes_per_task", "eval_num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 or None, got {self.eval_steps}")
         self.eval_protocol_of().env_config(self.env)  # fails early: libero_official on another simulator
 
     def eval_protocol_of(self) -> EvalProtocol:
@@ -289,6 +294,7 @@ class Trainer:
             check_fits(self.policy, cfg, log=print)
         self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)
         self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
+        self.eval_sampler = replace(self.sampler.deterministic(), steps=cfg.eval_steps or cfg.sampler.steps)
         self.collector_cfg = CollectorConfig(
             num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
             max_tries=cfg.max_tries, seed=cfg.seed, task_sampling=cfg.task_sampling,
@@ -387,7 +393,7 @@ class Trainer:
             self.eval_env = make_env(protocol.env_config(cfg.env), cfg.eval_num_envs)
         # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
         contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
-        result = evaluate_policy(self.policy, self.eval_env, contexts, self.sampler.deterministic(), seed=cfg.seed)
+        result = evaluate_policy(self.policy, self.eval_env, contexts, self.eval_sampler, seed=cfg.seed)
         per_task = result.per_task()
         metrics = {f"eval/success/{task}": rate for task, rate in per_task.items()}
         metrics["eval/success"] = result.task_mean()
@@ -397,7 +403,7 @@ class Trainer:
     def record_videos(self, tag: str) -> None:
         """Videos of the same held-out episodes (seeds and noise) each time, so before and after RL compare."""
         if self.cfg.videos_per_task > 0:
-            record_videos(self.policy, self.cfg.eval_protocol_of().env_config(self.cfg.env), self.sampler.deterministic(),
+            record_videos(self.policy, self.cfg.eval_protocol_of().env_config(self.cfg.env), self.eval_sampler,
                           self.run_dir / "videos",
                           per_task=self.cfg.videos_per_task, seed=self.cfg.seed, tag=tag)
 
