@@ -15,7 +15,7 @@ class Pi0Options:
 
     size: Optional[Literal["tiny", "small", "full"]] = None
     """Architecture of a new model (sft; None = small) or of an openpi directory (None = full). tiny: tests; small:
-    the real structure at ~2.4M parameters, learns on a CPU in minutes; full: the released 3.3B (PaliGemma-3B +
+    the real structure at ~0.8M parameters, learns on a CPU in minutes; full: the released 3.3B (PaliGemma-3B +
     Gemma-300M expert)."""
     tokenizer: str = ""
     """Prompt tokenizer: PaliGemma's tokenizer.json or openpi's paligemma_tokenizer.model (a path), or 'hash'

@@ -211,7 +211,7 @@ def tiny_config(variant: Variant = "pi0", **overrides: Any) -> Pi0Config:
 
 def small_config(variant: Variant = "pi0", **overrides: Any) -> Pi0Config:
     """The real structure (SigLIP-style vision tower, Gemma VLM and action expert with multi-query joint
-    attention) at a size that learns on a CPU in minutes: 64 px images in 8 px patches, 3 layers, ~2.4M
+    attention) at a size that learns on a CPU in minutes: 64 px images in 8 px patches, 3 layers, ~0.8M
     parameters with a 1024-word hashed vocabulary."""
     base: dict[str, Any] = dict(
         variant=variant,
