@@ -251,3 +251,35 @@ def test_bf16_ratio_check_tolerates_rescoring_and_catches_a_shifted_grid(method,
                                                                                            grid(steps, device)[-1:]]))
     with pytest.raises(RatioCheckError):
         updater.check_ratio(batch)
+
+
+def test_memory_estimate_and_refusal(monkeypatch):
+    """The estimate counts what trains (expert-only < everything; checkpointing shrinks activations), and a run
+    that cannot fit the GPU's free memory is refused naming the settings that shrink it."""
+    from types import SimpleNamespace
+
+    from pirl.algorithms import PPOConfig
+    from pirl.policies.pi0.memory import GPUMemoryError, check_fits, estimate
+
+    torch.manual_seed(0)
+    policy = Pi0Policy(new_config("pi0", "tiny", state_dim=8, action_dim=7, action_horizon=10, cameras=DEFAULT_CAMERAS))
+    n = sum(p.numel() for p in policy.parameters())
+    policy.set_trainable("all")
+    full = estimate(policy, micro_batch=8, rollout_batch=16)
+    assert full.weights == 4 * n and full.gradients == 4 * n and full.optimizer == 8 * n
+    assert full.activations_checkpointed < full.activations
+    policy.set_trainable("expert")
+    expert = estimate(policy, micro_batch=8, rollout_batch=16)
+    assert expert.gradients < full.gradients / 2 and expert.activations < full.activations
+    cfg = SimpleNamespace(ppo=PPOConfig(minibatch_size=8), num_groups=16, group_size=1, device="cuda",
+                          pi0=Pi0Options(train_scope="expert"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 80 * 2**30))
+    with pytest.raises(GPUMemoryError, match="gradient_checkpointing=true.*micro_batch_size"):
+        check_fits(policy, cfg, log=None)
+
+
+def test_a_hub_id_offline_names_the_files_to_place(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PolicyLoadError, match="Offline.*config.json, model.safetensors"):
+        load_policy("lerobot/pi0_libero_missing_here")

@@ -15,7 +15,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from pirl.errors import InputError
+
 GB = 1024**3
+
+
+class GPUMemoryError(InputError):
+    """The configured run cannot fit the GPU; the message names the settings that shrink it."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,9 @@ def check_fits(policy: Any, cfg: Any, log: Optional[Callable[[str], None]] = pri
                 hints.append(f"ppo.micro_batch_size={max(1, micro // 4)}")
             if not any(p.dtype == torch.bfloat16 for p in policy.parameters()):
                 hints.append("pi0.dtype=bfloat16")
-            raise MemoryError(f"this run needs ~{needed / GB:.1f} GiB more GPU memory and {free / GB:.1f} of "
+            raise GPUMemoryError(f"this run needs ~{needed / GB:.1f} GiB more GPU memory and {free / GB:.1f} of "
                               f"{total / GB:.1f} GiB are free on {device}; try {', '.join(hints) or 'a larger GPU'}")
     return est
 
 
-__all__ = ["MemoryEstimate", "check_fits", "estimate"]
+__all__ = ["GPUMemoryError", "MemoryEstimate", "check_fits", "estimate"]
