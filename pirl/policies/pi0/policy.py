@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pirl.errors import InputError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy, Obs
 from pirl.policies.pi0.configuration import Pi0Config
@@ -128,7 +129,7 @@ class Pi0Policy(FlowPolicy):
             token_mask = torch.as_tensor(np.asarray(obs["token_mask"])).bool()
         else:
             if self.tokenizer is None:
-                raise ValueError(TOKENIZER_HELP)
+                raise InputError(TOKENIZER_HELP)
             text = obs.get("instruction", obs.get("task"))
             if text is None:
                 raise ValueError("π0 needs the instruction: obs['instruction'] (or obs['task'])")
@@ -157,7 +158,11 @@ class Pi0Policy(FlowPolicy):
                 continue
             if key not in source:
                 have = sorted(k for k, v in source.items() if getattr(v, "ndim", 0) >= 3)
-                raise ValueError(
+                if not have:
+                    raise InputError(f"the environment gives no camera images, and the policy's camera {cam!r} reads "
+                                     f"observation key {key!r}: set env.camera (e.g. corner2 on MetaWorld, agentview "
+                                     "on LIBERO)")
+                raise InputError(
                     f"the policy's camera {cam!r} reads observation key {key!r}, which the environment does not "
                     f"provide (its images: {have}); feed it from another key with pi0.cameras={{{cam}: KEY}}, or a "
                     f"masked black image with pi0.cameras={{{cam}: ''}}")
