@@ -221,20 +221,18 @@ class Pi0Policy(FlowPolicy):
 
     def absolute_actions(self, actions: Tensor, obs: Obs) -> Tensor:
         """Env actions [B, H, D] with ``raw_state[:, :n]`` added to dims ``:n`` (n = ``delta_action_dims``)."""
-        n = self.cfg.delta_action_dims
-        if not n:
-            return actions
-        actions = actions.clone()
-        actions[..., :n] += obs["raw_state"][:, None, :n].to(actions.dtype)
-        return actions
+        return self._shift_by_state(actions, obs, 1.0)
 
     def delta_actions(self, actions: Tensor, obs: Obs) -> Tensor:
         """The inverse of :meth:`absolute_actions` (SFT targets)."""
+        return self._shift_by_state(actions, obs, -1.0)
+
+    def _shift_by_state(self, actions: Tensor, obs: Obs, sign: float) -> Tensor:
         n = self.cfg.delta_action_dims
         if not n:
             return actions
         actions = actions.clone()
-        actions[..., :n] -= obs["raw_state"][:, None, :n].to(actions.device, actions.dtype)
+        actions[..., :n] += sign * obs["raw_state"][:, None, :n].to(actions.device, actions.dtype)
         return actions
 
     def normalize_actions(self, actions: Tensor) -> Tensor:
