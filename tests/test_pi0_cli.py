@@ -283,3 +283,14 @@ def test_a_hub_id_offline_names_the_files_to_place(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PolicyLoadError, match="Offline.*config.json, model.safetensors"):
         load_policy("lerobot/pi0_libero_missing_here")
+
+
+def test_a_lerobot_config_json_wins_over_a_preset(tmp_path, capsys):
+    """PI0.md: a LeRobot copy's config.json may differ from openpi's recipe; what it states is kept (and said)."""
+    torch.manual_seed(0)
+    cfg = new_config("pi05", "tiny", state_dim=8, action_dim=7, action_horizon=4, cameras=DEFAULT_CAMERAS,
+                     tokenizer="hash")
+    save_lerobot(Pi0Policy(cfg), tmp_path / "lerobot")
+    policy, _ = load_policy(tmp_path / "lerobot", pi0=Pi0Options(action_horizon=10, state_in_prompt=False))
+    assert policy.cfg.action_horizon == 4 and not policy.cfg.state_in_prompt  # config.json says nothing of the state
+    assert "chunk_size=4 kept over the configured action_horizon=10" in capsys.readouterr().out

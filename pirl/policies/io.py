@@ -241,8 +241,18 @@ def _load_pi0_dir(fmt: str, path: Path, pi0: Pi0Options) -> Policy:
 
     try:
         if fmt == "lerobot":
-            base = from_lerobot_dict(json.loads((path / "config.json").read_text()))
-            return ck.load_lerobot(path, **pi0.config_overrides(base.cameras, base.camera_keys))
+            raw = json.loads((path / "config.json").read_text())
+            base = from_lerobot_dict(raw)
+            overrides = pi0.config_overrides(base.cameras, base.camera_keys)
+            # what the checkpoint's own config.json states wins over a preset (PI0.md: LeRobot's copies may differ
+            # from openpi's recipe, so read them rather than assume)
+            stated = {"action_horizon": "chunk_size", "delta_action_dims": "pirl_delta_action_dims",
+                      "discrete_state": "pirl_discrete_state", "camera_keys": "pirl_camera_keys"}
+            for field, key in stated.items():
+                if field in overrides and key in raw and overrides[field] != getattr(base, field):
+                    print(f"policy: {path}/config.json's {key}={raw[key]!r} kept over the configured "
+                          f"{field}={overrides.pop(field)!r}")
+            return ck.load_lerobot(path, **overrides)
         if pi0.variant is None:
             raise PolicyLoadError(f"{path} is an openpi checkpoint, which holds no architecture config: set "
                                   "pi0.variant=pi0 or pi0.variant=pi05")
