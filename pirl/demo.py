@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from pirl.algorithms import OptimizerConfig
 from pirl.envs.registry import EnvConfig
 from pirl.errors import require
 from pirl.flow import SamplerConfig
-from pirl.algorithms import OptimizerConfig
 from pirl.train.rl import RunnerConfig, TrainConfig
 
 
