@@ -220,17 +220,9 @@ def test_trainer_builds_ray_env(cluster, tmp_path):
     cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=1,
                       runner=RunnerConfig(kind="ray", env_workers=2, pipelined=True), eval_num_envs=2,
                       eval_episodes_per_task=2, videos_per_task=0)
-    local = Trainer(dataclasses.replace(cfg, runner=RunnerConfig()), tmp_path / "local")
-    try:
-        expected = local.evaluate()
-    finally:
-        local.close()
     trainer = Trainer(cfg, tmp_path / "run")
     try:
         assert isinstance(trainer.env, RayVectorEnv) and isinstance(trainer.collector, PipelinedCollector)
-        # the env workers hold both of the cluster's CPUs: evaluation workers reserve none, and score as locally
-        assert trainer.evaluate() == expected and isinstance(trainer.eval_env, RayVectorEnv)
-        assert len(trainer.eval_env.workers) == 2
         m = trainer.step()
         assert m["rollout/env_worker_restarts"] == 0 and np.isfinite(m["loss/total"])
     finally:

@@ -71,13 +71,6 @@ class RayRunner:
                                 actor_options=self.options("env"))
         return self.env
 
-    def make_eval_env(self, cfg: Any, num_envs: int) -> RayVectorEnv:
-        """Evaluation sub-environments over as many workers as the rollouts use. They reserve no CPU: evaluation
-        runs between iterations, while the rollout env workers wait, so both sets never compete for a core (and
-        reserving CPUs would leave the evaluation actors unscheduled on a machine the rollout workers fill)."""
-        return RayVectorEnv(cfg, num_envs, min(self.counts["env"], num_envs), cpus_per_worker=0,
-                            actor_options=self.options("env"))
-
     def rollout_policy(self, policy: torch.nn.Module) -> Any:
         """What the collector should call for actions: ``policy`` itself, or a proxy over rollout workers."""
         if not self.counts["rollout"]:

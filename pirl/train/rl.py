@@ -168,7 +168,7 @@ class TrainConfig:
     """held_out: held-out seeds (LIBERO: its held-out init states); libero_official: LIBERO's published protocol
     (init states 0.. in order, the suite's step limit after 10 settling steps, stop at success). summary.json names it."""
     eval_num_envs: int = 10
-    """Sub-environments used for evaluation (runner.kind=ray: spread over as many Ray workers as the rollouts)."""
+    """Sub-environments used for evaluation."""
     videos_per_task: int = 1
     """Held-out episodes recorded to mp4 per task before RL and at the end, on the same seeds (videos/before*,
     videos/after*; frames at env.render_size; 0 = none)."""
@@ -384,10 +384,7 @@ class Trainer:
         cfg = self.cfg
         protocol = cfg.eval_protocol_of()
         if self.eval_env is None:
-            env_cfg = protocol.env_config(cfg.env)
-            # with Ray the env workers idle while the policy is evaluated: evaluation episodes step there too
-            self.eval_env = (self.ray.make_eval_env(env_cfg, cfg.eval_num_envs) if self.ray
-                             else make_env(env_cfg, cfg.eval_num_envs))
+            self.eval_env = make_env(protocol.env_config(cfg.env), cfg.eval_num_envs)
         # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
         contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
         result = evaluate_policy(self.policy, self.eval_env, contexts, self.sampler.deterministic(), seed=cfg.seed)
