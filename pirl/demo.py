@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from pirl.algorithms import OptimizerConfig
 from pirl.envs.registry import EnvConfig
+from pirl.errors import require
 from pirl.flow import SamplerConfig
+from pirl.train.rl import RunnerConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class DemoConfig:
     """Seed of every stage."""
     threads: int = 1
     """torch CPU threads (small policies run fastest on one)."""
+    runner: RunnerConfig = field(default_factory=lambda: RunnerConfig(kind="ray", env_workers=2))
+    """Where RL simulates: two Ray env-worker processes use both cores of a 2-core machine (the simulators are
+    ~90 % of an iteration; the policy's inference and update stay in this process); runner.kind=local keeps
+    everything in one process."""
 
 
 def demo_main(cfg: DemoConfig, args) -> int:
@@ -64,11 +71,12 @@ def demo_main(cfg: DemoConfig, args) -> int:
     import torch
 
     from pirl.data.collect import CollectConfig, collect
-    from pirl.algorithms import OptimizerConfig
-    from pirl.train.rl import TrainConfig, train
+    from pirl.train.rl import train
     from pirl.train.rundir import RunDir
     from pirl.train.sft import SFTConfig, sft
 
+    if cfg.runner.kind == "ray":  # say so before collection and SFT, not after them
+        require("ray", extra="ray", purpose="pirl demo with runner.kind=ray (runner.kind=local needs no Ray)")
     torch.set_num_threads(cfg.threads)
     run = RunDir.create(getattr(args, "run_dir", None), name="demo")
     run.save_config(cfg)
@@ -92,20 +100,26 @@ def demo_main(cfg: DemoConfig, args) -> int:
 
     print(f"[demo] 3/3 RL: {cfg.algorithm} + {cfg.sampler.method}, {cfg.iterations} iterations", flush=True)
     rl_dir = run.path / "rl"
-    train_cfg = TrainConfig(
-        policy=str(result.checkpoint),
-        env=EnvConfig(suite="metaworld", tasks=cfg.tasks, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps),
-        algorithm=cfg.algorithm, sampler=cfg.sampler, num_groups=cfg.num_groups, group_size=cfg.group_size,
-        group_filter="nonuniform" if cfg.algorithm in ("grpo", "loop") else "none",
-        optim=OptimizerConfig(lr=cfg.lr, value_lr=1e-3), iterations=cfg.iterations, eval_every=cfg.eval_every, eval_episodes_per_task=cfg.eval_episodes_per_task,
-        eval_num_envs=15, checkpoint_every=cfg.eval_every, seed=cfg.seed,
-    )
+    train_cfg = rl_config(cfg, str(result.checkpoint))
     rc = train(train_cfg, rl_dir)
     if rc != 0:
         return rc
     summary = json.loads((rl_dir / "summary.json").read_text())
     print(format_table(summary, time.perf_counter() - t_start), flush=True)
     return 0
+
+
+def rl_config(cfg: DemoConfig, policy: str) -> TrainConfig:
+    """The RL stage's TrainConfig (what `pirl train` would be given to repeat it)."""
+    return TrainConfig(
+        policy=policy,
+        env=EnvConfig(suite="metaworld", tasks=cfg.tasks, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps),
+        algorithm=cfg.algorithm, sampler=cfg.sampler, num_groups=cfg.num_groups, group_size=cfg.group_size,
+        group_filter="nonuniform" if cfg.algorithm in ("grpo", "loop") else "none",
+        optim=OptimizerConfig(lr=cfg.lr, value_lr=1e-3), iterations=cfg.iterations, eval_every=cfg.eval_every,
+        eval_episodes_per_task=cfg.eval_episodes_per_task, eval_num_envs=15, checkpoint_every=cfg.eval_every,
+        seed=cfg.seed, threads=cfg.threads, runner=cfg.runner,
+    )
 
 
 def format_table(summary: dict, wall_s: float) -> str:

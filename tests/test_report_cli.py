@@ -44,6 +44,26 @@ def test_report_png_and_table(tmp_path):
     assert run.tasks == sorted(TASKS) and run.method == "ppo" and len(run.mean) == 5
 
 
+def test_report_links_evaluation_videos(tmp_path):
+    """report.md links each run's videos, the same held-out episode before and after RL on one row, relative to
+    the report's directory; half-written videos (hidden temporaries) and a run without videos are left out."""
+    a = _fake_run(tmp_path / "runs" / "ppo_run", "ppo", 0.2)
+    b = _fake_run(tmp_path / "runs" / "grpo_run", "grpo", 0.1)
+    names = ["before0_push-v3_failure.mp4", "after0_push-v3_success.mp4", "before0_reach-v3_failure.mp4",
+             "after0_reach-v3_failure.mp4", "before1_reach-v3_success.mp4", ".after1_reach-v3_success.tmp.mp4"]
+    (a / "videos").mkdir()
+    for name in names:
+        (a / "videos" / name).write_bytes(b"")
+    md = make_report([a, b], ReportConfig(out=tmp_path / "out")).markdown.read_text()
+    videos = md[md.index("## Evaluation videos"):]
+    assert "| task | episode | before | after |" in videos and "grpo_run" not in videos
+    assert ("| push-v3 | 0 | [failure](../runs/ppo_run/videos/before0_push-v3_failure.mp4) | "
+            "[success](../runs/ppo_run/videos/after0_push-v3_success.mp4) |") in videos
+    assert "| reach-v3 | 1 | [success](../runs/ppo_run/videos/before1_reach-v3_success.mp4) | - |" in videos
+    assert videos.count("| reach-v3 |") == 2 and ".tmp" not in videos
+    assert "Evaluation videos" not in make_report([b], ReportConfig(out=tmp_path / "out_b")).markdown.read_text()
+
+
 def test_report_cli(tmp_path, capsys):
     a = _fake_run(tmp_path / "r1", "loop", 0.2)
     assert main(["report", str(a), "per_task=false", "x_axes=[env_steps]"]) == 0

@@ -7,13 +7,16 @@ Reads each run's ``metrics.jsonl`` (evaluation records: ``eval/success`` and per
 - ``success_vs_env_steps.png`` and ``success_vs_wall_time.png``: one panel for the mean and
   one per task, runs overlaid;
 - ``report.md``: per run, success before -> after (first and last evaluation), env steps,
-  wall time and the evaluation protocol that measured it; then the same per task.
+  wall time and the evaluation protocol that measured it; then the same per task; then links to
+  each run's evaluation videos (``videos/before<i>_*``, ``videos/after<i>_*``), the same held-out
+  episode before and after RL side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any, Literal, Optional, Sequence
 import yaml
 
 from pirl.train.logging import iter_eval_records, read_metrics, read_summary
+from pirl.train.video import EvalVideo, find_eval_videos
 
 PLOTS = {"env_steps": "success_vs_env_steps.png", "wall_time": "success_vs_wall_time.png"}
 
@@ -69,6 +73,8 @@ class RunData:
     total_wall_time: Optional[float] = None
     protocol: str = ""
     """Which evaluation protocol produced the figures (the summary's eval_protocol); empty if unknown."""
+    videos: list[EvalVideo] = field(default_factory=list)
+    """The run's evaluation videos (``videos/``)."""
 
 
 def _method(summary: dict, config: dict) -> str:
@@ -98,7 +104,7 @@ def load_run(run_dir: str | Path, key: str = "eval/success") -> RunData:
     prefix = key + "/"
     tasks = sorted({k[len(prefix):] for r in evals for k in r if k.startswith(prefix)})
     run = RunData(path=path, name=str(summary.get("name") or path.name), method=_method(summary, config or {}), tasks=tasks,
-                  protocol=str(summary.get("eval_protocol", "")))
+                  protocol=str(summary.get("eval_protocol", "")), videos=find_eval_videos(path / "videos"))
     for r in evals:
         per = {t: float(r[prefix + t]) for t in tasks if prefix + t in r}
         mean = float(r[key]) if key in r else (sum(per.values()) / len(per) if per else math.nan)
@@ -172,6 +178,35 @@ def markdown_table(runs: Sequence[RunData]) -> str:
             cells = [_before_after(r.per_task.get(t, [])) for r in runs]
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+PHASE_ORDER = {"before": 0, "after": 1}
+"""Video columns: before RL, after RL, then any other phase (e.g. `pirl eval`'s) by name."""
+
+
+def _video_link(video: Optional[EvalVideo], out: Path) -> str:
+    if video is None:
+        return "-"
+    return f"[{'success' if video.success else 'failure'}]({Path(os.path.relpath(video.path, out)).as_posix()})"
+
+
+def video_links(runs: Sequence[RunData], out: Path) -> str:
+    """Markdown: per run with videos, one row per held-out episode (task, episode index) and one link per phase,
+    labelled with its outcome; links are relative to ``out``, where report.md lies. Empty if no run has videos."""
+    lines = []
+    for run, label in zip(runs, _unique_labels(runs)):
+        if not run.videos:
+            continue
+        phases = sorted({v.phase for v in run.videos}, key=lambda p: (PHASE_ORDER.get(p, len(PHASE_ORDER)), p))
+        cells: dict[tuple[str, int], dict[str, EvalVideo]] = {}
+        for v in run.videos:
+            cells.setdefault((v.task, v.episode), {})[v.phase] = v
+        lines += ["", f"### {label}", "", "| task | episode | " + " | ".join(phases) + " |",
+                  "|---|---|" + "---|" * len(phases)]
+        for (task, episode), by_phase in cells.items():
+            links = [_video_link(by_phase.get(p), out) for p in phases]
+            lines.append(f"| {task} | {episode} | " + " | ".join(links) + " |")
+    return "\n".join(["## Evaluation videos", *lines]) + "\n" if lines else ""
 
 
 def plot_runs(runs: Sequence[RunData], path: str | Path, x: str, cfg: ReportConfig = ReportConfig()) -> Path:
@@ -251,6 +286,9 @@ def make_report(run_dirs: Sequence[str | Path], cfg: ReportConfig = ReportConfig
     table = markdown_table(runs)
     md = [f"# {cfg.title or 'pirl report'}", "", "Runs: " + ", ".join(f"`{r.path}`" for r in runs), "", table]
     md += [f"![{p.stem}]({p.name})" for p in plots]
+    videos = video_links(runs, out)
+    if videos:
+        md += ["", videos]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return Report(out=out, plots=plots, markdown=out / "report.md", table=table)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -40,6 +41,33 @@ def video_path(directory: Union[str, Path], task: str, success: bool, tag: Optio
     """``<dir>/<tag>_<task>_<success|failure>.mp4`` (task name made file-safe)."""
     stem = "_".join(x for x in (tag, _slug(task), "success" if success else "failure") if x)
     return Path(directory) / f"{stem}.mp4"
+
+
+@dataclass(frozen=True)
+class EvalVideo:
+    """An evaluation video, as named by :func:`video_path` with tag ``<phase><episode>`` (``before0``, ``after1``)."""
+
+    path: Path
+    phase: str
+    """before / after (RL), or the tag `pirl eval` gave."""
+    episode: int
+    """Index of the held-out episode within its task: the same index shows the same seed in every phase."""
+    task: str
+    """The file-safe task name."""
+    success: bool
+
+
+_EVAL_VIDEO = re.compile(r"^(?P<phase>[A-Za-z]+)(?P<episode>\d+)_(?P<task>.+)_(?P<outcome>success|failure)\.mp4$")
+
+
+def find_eval_videos(directory: Union[str, Path]) -> list[EvalVideo]:
+    """The evaluation videos in ``directory`` (none if it does not exist), by task, episode and phase name."""
+    found = []
+    for path in Path(directory).glob("*.mp4"):
+        m = _EVAL_VIDEO.match(path.name)
+        if m:
+            found.append(EvalVideo(path, m["phase"], int(m["episode"]), m["task"], m["outcome"] == "success"))
+    return sorted(found, key=lambda v: (v.task, v.episode, v.phase))
 
 
 def write_video(

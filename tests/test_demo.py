@@ -1,0 +1,39 @@
+"""`pirl demo`'s set-up: what it runs with, and that the presets say the same as the measured demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from pirl.cli.main import preset_dirs
+from pirl.config import load_config
+from pirl.demo import DemoConfig, rl_config
+from pirl.train.rl import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_preset(name: str) -> TrainConfig:
+    return load_config(TrainConfig, name, search=preset_dirs("train"))
+
+
+def test_demo_rl_uses_both_cores_and_its_setup_installs_ray():
+    runner = rl_config(DemoConfig(), "p.safetensors").runner
+    assert runner.kind == "ray" and runner.env_workers == 2
+    extras = re.search(r"PIRL_EXTRAS:-([\w,]+)", (ROOT / "scripts" / "demo.sh").read_text())[1].split(",")
+    assert {"metaworld", "ray"} <= set(extras)
+
+
+def test_flow_sde_preset_is_the_demos_rl_stage():
+    """The README's demo result is the preset's: the same TrainConfig but for the policy file."""
+    assert train_preset("metaworld_ppo_flow_sde") == dataclasses.replace(rl_config(DemoConfig(), ""), policy="")
+
+
+def test_other_metaworld_presets_as_measured():
+    noise = train_preset("metaworld_ppo_flow_noise")
+    assert noise.sampler.method == "flow_noise" and noise.sampler.reduce == "mean" and noise.std_range == (0.2, 0.4)
+    for name, algorithm in (("metaworld_grpo", "grpo"), ("metaworld_loop", "loop")):
+        cfg = train_preset(name)
+        assert cfg.algorithm == algorithm and cfg.sampler.noise_level == 1.0
+        assert cfg.num_groups * cfg.group_size == 48  # episodes per iteration of bench/bench_learning.py
