@@ -62,8 +62,8 @@ class DemoConfig:
     threads: int = 1
     """torch CPU threads (small policies run fastest on one)."""
     runner: RunnerConfig = field(default_factory=lambda: RunnerConfig(kind="ray", env_workers=2))
-    """Where RL simulates: two Ray env-worker processes use both cores of a 2-core machine (the simulators are
-    ~90 % of an iteration; the policy's inference and update stay in this process); runner.kind=local keeps
+    """Where RL simulates: two Ray env-worker processes use both cores of a 2-core machine (the simulators take
+    about three quarters of an iteration; the policy's inference and update stay in this process); runner.kind=local keeps
     everything in one process."""
 
 
