@@ -63,8 +63,8 @@ class DemoConfig:
     """torch CPU threads (small policies run fastest on one)."""
     runner: RunnerConfig = field(default_factory=lambda: RunnerConfig(kind="ray", env_workers=2))
     """Where RL simulates: two Ray env-worker processes use both cores of a 2-core machine (the simulators take
-    about three quarters of an iteration; the policy's inference and update stay in this process); runner.kind=local keeps
-    everything in one process."""
+    about three quarters of an iteration; the policy's inference and update stay in this process);
+    runner.kind=local keeps everything in one process."""
 
 
 def demo_main(cfg: DemoConfig, args) -> int:
