@@ -81,12 +81,10 @@ def ppo_loss(
     log_ratio = log_prob.float() - old_log_prob.float()
     ratio = torch.exp(log_ratio)
     lo, hi = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
-    if log_prob_terms is None:
-        chain_log_ratio, lo_r, hi_r, dual = log_ratio, lo, hi, cfg.dual_clip
-    else:
-        n = log_prob_terms.float().view(-1, *([1] * (log_ratio.dim() - 1)))
+    chain_log_ratio, lo_r, hi_r, dual = log_ratio, lo, hi, cfg.dual_clip
+    if log_prob_terms is not None:
+        n = _per_row(log_prob_terms.float(), log_ratio)
         chain_log_ratio = log_ratio * n
-        lo_r, hi_r, dual = lo, hi, cfg.dual_clip
         if cfg.chain_clip:  # the averaged ratio is clipped exactly where the chain's reaches 1 +- eps
             lo_r, hi_r = (lo ** (1.0 / n)).expand_as(ratio), (hi ** (1.0 / n)).expand_as(ratio)
             dual = None if dual is None else dual ** (1.0 / n)

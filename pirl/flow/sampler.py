@@ -228,7 +228,7 @@ def log_prob_roundoff(chain: Chain, velocity_eps: float = 0.0) -> Tensor:
         elem = elem * (m.unsqueeze(1) if m.dim() == x.dim() - 1 else m).to(elem.dtype)
     per_step = elem.flatten(2).sum(dim=2)
     x0 = chain.xs[:, 0].float()
-    init = _masked_sum(1.0 + 0.5 * x0 * x0 + x0.abs() * x0.abs(), chain.mask)
+    init = _masked_sum(1.0 + 1.5 * x0 * x0, chain.mask)  # the same for N(x^0; 0, 1): s = 1, mu = 0, z = x^0
     return FLOAT32_EPS * aggregate(per_step, stoch, init, chain.method, chain.reduce)
 
 
