@@ -57,7 +57,9 @@ def main() -> None:
     if a.only in (None, "libero"):
         from pirl.envs.libero import make_libero
 
-        assets = os.environ.get("PIRL_LIBERO_ASSETS", "/work/shared/libero-assets")
+        # beside the checkout, as CI lays out ../shared, unless the variable says otherwise
+        beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "libero-assets")
+        assets = os.environ.get("PIRL_LIBERO_ASSETS", os.path.normpath(beside))
         for name, size in (("state", 0), ("pixels", s)):
             results[f"libero_spatial/0/{name}"] = bench(
                 lambda: make_libero(suite="libero_spatial", tasks=(0,), chunk=c, image_size=size, assets_path=assets), a.steps, c)
