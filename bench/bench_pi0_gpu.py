@@ -122,9 +122,13 @@ def compiled_latency(policy, obs, ode: SamplerConfig, device: torch.device, args
     for mode in args.compile:
         t0 = time.perf_counter()
         try:
-            # the prefix once (no graph: its KV cache must outlive the K suffix replays), the K suffix passes as graphs
-            policy.encode = torch.compile(type(policy).encode.__get__(policy), dynamic=False)
-            policy.suffix_hidden = torch.compile(type(policy).suffix_hidden.__get__(policy), mode=mode, dynamic=False)
+            # "reduce-overhead": the prefix compiled without a graph (its KV cache outlives the K suffix replays), the
+            # K suffix passes replayed as CUDA graphs. "reduce-overhead-all": the prefix a CUDA graph too; the graph
+            # trees then record prefix -> suffix_1 -> ... -> suffix_K as one path replayed per chunk.
+            base = mode.removesuffix("-all")
+            policy.encode = torch.compile(type(policy).encode.__get__(policy), dynamic=False,
+                                          **({"mode": base} if mode.endswith("-all") else {}))
+            policy.suffix_hidden = torch.compile(type(policy).suffix_hidden.__get__(policy), mode=base, dynamic=False)
 
             def act():
                 torch.compiler.cudagraph_mark_step_begin()

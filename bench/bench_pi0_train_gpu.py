@@ -81,7 +81,10 @@ def run_train(policy_dir: Path, run: Path, scope: str, args) -> dict:
     out.update(iteration_s=mean("perf/iteration_s"), rollout_s=mean("perf/rollout_s"), sim_s=mean("perf/sim_s"),
                inference_s=mean("perf/inference_s"), update_s=mean("perf/update_s"),
                env_steps_per_s=mean("perf/env_steps_per_s"), samples=mean("rollout/env_steps") / 5,
-               peak_gb=max(r.get("perf/gpu_peak_gb", 0.0) for r in rows), iterations_measured=len(iters))
+               peak_gb=max(r.get("perf/gpu_peak_gb", 0.0) for r in rows), iterations_measured=len(iters),
+               ratio_check=max(r.get("policy/ratio_check", 0.0) for r in rows),
+               ratio_check_tol=min((r["policy/ratio_check_tol"] for r in rows if "policy/ratio_check_tol" in r),
+                                   default=None))
     return out
 
 
@@ -116,14 +119,15 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             shutil.rmtree(run, ignore_errors=True)  # a full fine-tune's checkpoint holds ~20 GB of AdamW state
         shutil.rmtree(ckpt, ignore_errors=True)
-    lines = ["| variant | scope | peak GPU GB (estimate) | s / iteration | simulation | inference | update | env steps/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | scope | peak GPU GB (estimate) | s / iteration | simulation | inference | update | env steps/s "
+             "| ratio check (tolerance) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["runs"]:
         if r["rc"] != 0:
-            lines.append(f"| {r['variant']} | {r['scope']} | failed: {r.get('error', '')[-120:]!r} | | | | | |")
+            lines.append(f"| {r['variant']} | {r['scope']} | failed: {r.get('error', '')[-120:]!r} | | | | | | |")
             continue
         lines.append(f"| {r['variant']} | {r['scope']} | {r['peak_gb']:.1f} ({r['estimate_gb']}) | {r['iteration_s']:.1f} | "
-                     f"{r['sim_s']:.1f} | {r['inference_s']:.1f} | {r['update_s']:.1f} | {r['env_steps_per_s']:.0f} |")
+                     f"{r['sim_s']:.1f} | {r['inference_s']:.1f} | {r['update_s']:.1f} | {r['env_steps_per_s']:.0f} | "
+                     f"{r['ratio_check']:.2g} ({r['ratio_check_tol'] or 0:.2g}) |")
     note = (f"\n{results['device']}; bf16 weights, random init; MetaWorld reach-v3 with 224 px corner2 images fed to two "
             f"cameras (base, left wrist; right wrist masked); {args.envs} envs x {args.episode_steps} steps, chunk 5, "
             f"PPO + Flow-SDE K=4, 1 epoch, minibatch {args.minibatch}, micro-batch {args.micro}, gradient checkpointing "

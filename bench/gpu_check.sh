@@ -43,9 +43,10 @@ $PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --iterations ${PI0_ITERATIONS:-3}
-step pi0_latency 200 $PY bench/bench_pi0_gpu.py --variants pi0 --latency-only --compile reduce-overhead \
-  --compile-cameras 3 --warmup 2 --iters 5 --out bench/results/pi0_latency.json
+step pi0_train 330 $PY bench/bench_pi0_train_gpu.py --iterations ${PI0_ITERATIONS:-3}
+step pi0_latency 420 $PY bench/bench_pi0_gpu.py --variants ${LATENCY_VARIANTS:-pi0 pi05} --latency-only \
+  --compile ${COMPILE_MODES:-reduce-overhead-all reduce-overhead} --compile-cameras 3 --warmup 2 --iters 5 \
+  --out bench/results/pi0_latency.json
 
 step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
 step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 8 --episode-steps 100 --repeats 1 \
