@@ -34,12 +34,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # MuJoCo renders through EGL. Where the machine has only the NVIDIA driver's libEGL_nvidia (no glvnd dispatcher),
 # glvnd's libEGL / libOpenGL can travel in .gl/ (Debian's libegl1, libglvnd0, libopengl0) with a vendor file.
-if ! $PY -c "from OpenGL import EGL; EGL.eglQueryString" >/dev/null 2>&1 && [ -d .gl ]; then
+if ! PYOPENGL_PLATFORM=egl $PY -c "from OpenGL import EGL; EGL.eglQueryString" >/dev/null 2>&1 && [ -d .gl ]; then
   nv=$(find / -xdev -name 'libEGL_nvidia.so.0' 2>/dev/null | head -1)
   export LD_LIBRARY_PATH="$PWD/.gl${nv:+:$(dirname "$nv")}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export __EGL_VENDOR_LIBRARY_FILENAMES="$PWD/.gl/10_nvidia.json"
 fi
-$PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo "no usable libEGL: MuJoCo cannot render"
+PYOPENGL_PLATFORM=egl $PY -c "from OpenGL import EGL; EGL.eglQueryString; print('EGL found')" || echo "no usable libEGL: MuJoCo cannot render"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 

@@ -231,6 +231,29 @@ def test_ratio_check_tolerates_rescoring_at_other_batch_sizes_and_orders(method,
 
 
 @pytest.mark.parametrize("method,reduce", RATIO_CASES)
+def test_ratio_check_re_scores_in_micro_batches(method, reduce):
+    """The check evaluates ppo.micro_batch_size samples at a time (a whole minibatch at once held ~7 GB of
+    activations for full-size π0), and reads the same deviation and tolerance as one pass over the batch."""
+    policy, batch = _rollout_batch(method, reduce, rows=20)
+    sizes = []
+    evaluate = policy.evaluate
+
+    def spy(obs, chain, **kw):
+        sizes.append(len(chain.xs))
+        return evaluate(obs, chain, **kw)
+
+    whole = PPOUpdater(policy, PPOConfig()).check_ratio(batch)
+    policy.evaluate = spy
+    micro = PPOUpdater(policy, PPOConfig(micro_batch_size=8)).check_ratio(batch)
+    assert sizes == [8, 8, 4]
+    assert micro["policy/ratio_check_tol"] == pytest.approx(whole["policy/ratio_check_tol"], rel=1e-5)
+    assert micro["policy/ratio_check"] <= micro["policy/ratio_check_tol"]
+    with pytest.raises(RatioCheckError):  # a corrupted row in the last micro-batch is still caught
+        PPOUpdater(policy, PPOConfig(micro_batch_size=8)).check_ratio(
+            batch.replace(old_log_prob=batch.old_log_prob + torch.arange(20).eq(19).float()))
+
+
+@pytest.mark.parametrize("method,reduce", RATIO_CASES)
 @pytest.mark.parametrize("shift", ["tenth_step", "one_step"])
 def test_ratio_check_catches_a_shifted_time_grid(method, reduce, shift, monkeypatch):
     from pirl.flow import sampler as flow_sampler

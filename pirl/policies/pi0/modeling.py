@@ -239,9 +239,27 @@ class Pi0Model(nn.Module):
                 module.float()
 
     def _ckpt(self, fn, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        # not gated on self.training: RL trains in eval mode (no dropout, so re-scoring reproduces the rollout), and
+        # a train-mode gate silently turned checkpointing off there (H200: 76 GB peak where 26 GB were estimated)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+    def _vision(self, pixels: Tensor) -> Tensor:
+        """SigLIP's last hidden state; checkpointed per layer when enabled, in eval mode too."""
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            return self.vision(pixel_values=pixels).last_hidden_state
+        # transformers checkpoints an encoder layer only when it (and, before 5.x, the encoder) is in train mode:
+        # flag those modules alone for the call, so their submodules (dropout included) stay in eval mode
+        encoder = self.vision.encoder
+        flagged = [m for m in (encoder, *encoder.layers) if not m.training]
+        for m in flagged:
+            m.training = True
+        try:
+            return self.vision(pixel_values=pixels).last_hidden_state
+        finally:
+            for m in flagged:
+                m.training = False
 
     # -- embeddings --------------------------------------------------------------------------
     def embed_prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,7 +267,7 @@ class Pi0Model(nn.Module):
         B, C = images.shape[:2]
         pm = self.paligemma_with_expert.paligemma.model
         pixels = images.flatten(0, 1).to(self.vision.embeddings.patch_embedding.weight.dtype)
-        feats = self.vision(pixel_values=pixels).last_hidden_state
+        feats = self._vision(pixels)
         img = pm.multi_modal_projector.linear(feats)
         n = img.shape[1]
         img = img.reshape(B, C * n, -1)
