@@ -462,6 +462,40 @@ def load_config(
     return _build(cls, data, overrides)
 
 
+def migrate_moved_keys(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A config saved by an older pirl, with keys that have since moved into groups (``cls.moved_keys``, top
+    level), rewritten to the new places; returns (data, ["old -> new", ...]). For a run's own saved config
+    (``--resume``): a user's config still gets the "was moved" error, which teaches the new name."""
+    moved = getattr(cls, MOVED_KEYS, {})
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    notes = []
+    hints = _hints(cls)
+    for f in _fields(cls):  # a group that was one choice (runner: ray): that choice's field in the group
+        sub = _dataclass_in(hints[f.name])
+        value = out.get(f.name)
+        if sub is None or value is None or isinstance(value, Mapping):
+            continue
+        sub_hints = _hints(sub)
+        choice = next((g.name for g in _fields(sub) if typing.get_origin(sub_hints[g.name]) is Literal
+                       and value in typing.get_args(sub_hints[g.name])), None)
+        if choice is not None:
+            out[f.name] = {choice: value}
+            notes.append(f"{f.name}: {value} -> {f.name}.{choice}")
+    for old, new in moved.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        node = out
+        *groups, leaf = new.split(".")
+        for g in groups:
+            node = node.setdefault(g, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{old} was moved to {new}, but {g} is not a group in this config")
+        node.setdefault(leaf, value)
+        notes.append(f"{old} -> {new}")
+    return out, notes
+
+
 def _build(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str]) -> T:
     return from_dict(cls, apply_overrides(cls, data, overrides))
 

@@ -145,3 +145,27 @@ def test_a_bug_is_not_a_user_error(files, monkeypatch):
     monkeypatch.setattr(evaluate, "evaluate_policy", broken)
     with pytest.raises(KeyError, match="a bug"):
         pirl(["eval", "--run-dir", str(files / "bug"), f"policy={files / 'policy.safetensors'}", *PM])
+
+
+def test_resume_reads_a_run_saved_before_keys_moved(files, tmp_path, capsys):
+    """A run directory written when the runner's settings were flat keys (runner: local, env_workers: 2) resumes:
+    its own config is read with the keys' new places (and says so); nothing of the run is lost."""
+    import yaml
+
+    run = tmp_path / "old"
+    assert pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "num_groups=2",
+                 "iterations=1", "checkpoint_every=1", "eval_every=1000", "eval_episodes_per_task=1",
+                 "eval_num_envs=1", "videos_per_task=0"]) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    runner = cfg.pop("runner")
+    cfg.update(runner=runner["kind"], env_workers=runner["env_workers"], iterations=2)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert pirl(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "runner: local -> runner.kind" in out and "env_workers -> runner.env_workers" in out
+    assert (run / "summary.json").exists() and '"iterations": 2' in (run / "summary.json").read_text()
+    # a user's own config with the old key still gets the error that names the new place
+    rc = pirl(["train", "--run-dir", str(tmp_path / "new"), f"policy={files / 'policy.safetensors'}", *PM,
+               "env_workers=2"])
+    _one_line_error(capsys, rc, "env_workers was moved: use runner.env_workers")

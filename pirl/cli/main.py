@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from pirl import __version__
-from pirl.config import PACKAGE_CONFIGS, ConfigError, describe, dump_yaml, list_presets, load_config
+from pirl.config import PACKAGE_CONFIGS, ConfigError, describe, dump_yaml, list_presets, load_config, load_yaml, migrate_moved_keys
 from pirl.errors import UserError
 
 
@@ -187,6 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return fail(f"{args.resume}: not a run directory (no config.yaml)")
     try:
         cls = resolve(cmd.config)
+        if getattr(args, "resume", None) is not None:  # a run saved by an older pirl: its keys' new places
+            source, notes = migrate_moved_keys(cls, load_yaml(source, ()))
+            if notes:
+                print(f"pirl {name}: {args.resume}/config.yaml was saved with keys that have moved since; read as "
+                      f"{', '.join(notes)}")
         cfg = load_config(cls, source, args.overrides, search=preset_dirs(name))
     except Unavailable as e:
         return fail(f"not available yet: {e}")
