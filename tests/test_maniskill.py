@@ -68,6 +68,8 @@ def test_random_actions_pixels_and_truncation():
         rng = np.random.default_rng(0)
         r = env.step(rng.uniform(-1, 1, (1, 4, 8)).astype(np.float32))
         assert len(r.info["frames"]) == 3 and 0 <= r.reward[0] <= 3
+        # videos come from the human render camera at render_size (224), not the policy's 32 px camera
+        assert r.info["frames"][0].shape == (1, 224, 224, 3) and r.info["frames"][0].std() > 5
         r = env.step(rng.uniform(-1, 1, (1, 4, 8)).astype(np.float32))
         assert r.truncated.tolist() == [True] and r.info["episode_length"].tolist() == [6]
         same = env.reset([Context(0, 1)])
@@ -126,3 +128,14 @@ def test_demos_with_images_in_absolute_joint_mode(tmp_path):
         pytest.skip("pirl.data.lerobot (the shared LeRobot writer) is not in this branch")
     root = D.write_lerobot(tmp_path / "ds", eps)
     assert (root / "meta/info.json").exists()
+
+
+def test_a_state_policy_gets_videos_at_render_size():
+    env = M.make_maniskill(tasks="PushCube-v1", chunk=2, image_size=0, record=True, render_size=64)
+    try:
+        o = env.reset([Context(0, 3)])
+        assert "image" not in o
+        r = env.step(np.zeros((1, 2, env.action_dim), np.float32))
+        assert [f.shape for f in r.info["frames"]] == [(1, 64, 64, 3)] * 2 and r.info["frames"][1].std() > 5
+    finally:
+        env.close()

@@ -68,7 +68,10 @@ class ManiSkillConfig:
     image_size: int = 0
     """Height and width of the 'base_camera' image; 0 = state only (no rendering)."""
     record: bool = False
-    """Put every executed action's image into info['frames'] (needs image_size > 0)."""
+    """Put every executed action's picture into info['frames']: ManiSkill's human render camera at render_size
+    (state policies get videos too)."""
+    render_size: int = 224
+    """Height and width of the recorded frames (videos), independent of the policy's image_size."""
     backend: Literal["cpu", "gpu"] = "cpu"
     """cpu: PhysX CPU, one scene per sub-environment; gpu: ManiSkill's GPU-parallel PhysX (CUDA)."""
     vector: VectorKind = "sync"
@@ -86,8 +89,9 @@ class ManiSkillConfig:
             raise ValueError(f"backend must be 'cpu' or 'gpu', got {self.backend!r}")
         if self.backend == "gpu" and len(tasks) != 1:
             raise ValueError(f"the GPU backend simulates one task per vector; got {tasks} (make one vector per task)")
-        if self.image_size < 0 or (self.record and not self.image_size):
-            raise ValueError(f"image_size must be >= 0, and > 0 when record=True; got {self.image_size}")
+        if self.image_size < 0 or not 8 <= self.render_size <= 1024:
+            raise ValueError(f"image_size must be >= 0 and render_size in [8, 1024]; got {self.image_size}, "
+                             f"{self.render_size}")
 
     @property
     def task_tuple(self) -> tuple[str, ...]:
@@ -113,7 +117,7 @@ def episode_limit(cfg: ManiSkillConfig, task: str) -> int:
 
 
 def make_raw(task: str, *, num_envs: int, control_mode: str, image_size: int, reward: str, gpu: bool,
-             render: bool = False) -> gym.Env:
+             render: bool = False, render_size: int = 0) -> gym.Env:
     """The underlying ManiSkill env (batched torch tensors; leading dim num_envs)."""
     _registered(task)
     kw: dict[str, Any] = dict(
@@ -124,7 +128,14 @@ def make_raw(task: str, *, num_envs: int, control_mode: str, image_size: int, re
     )
     if image_size:
         kw["sensor_configs"] = dict(width=image_size, height=image_size)
+    if render and render_size:
+        kw["human_render_camera_configs"] = dict(width=render_size, height=render_size)
     return gym.make(task, **kw)
+
+
+def _render(env: gym.Env) -> np.ndarray:
+    """[N, s, s, 3] uint8 from the human render camera (render_mode='rgb_array')."""
+    return _np(env.render()).astype(np.uint8)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -168,7 +179,11 @@ class ManiSkillSubEnv(ChunkSubEnv):
         name = self.cfg.task_tuple[task]
         self.max_episode_steps = episode_limit(self.cfg, name)
         self._env = make_raw(name, num_envs=1, control_mode=self.cfg.control_mode, image_size=self.cfg.image_size,
-                             reward=self.cfg.reward, gpu=False)
+                             reward=self.cfg.reward, gpu=False, render=self.cfg.record, render_size=self.cfg.render_size)
+
+    def frame(self) -> np.ndarray:
+        """The human render camera at render_size (videos), not the policy's camera."""
+        return _render(self._env)[0]
 
     def start(self, seed: int) -> None:
         self._raw, _ = self._env.reset(seed=seed)
@@ -251,7 +266,7 @@ class ManiSkillGPUVectorEnv:
         self._limit = episode_limit(cfg, task)
         self.max_chunk_steps = -(-self._limit // cfg.chunk)
         self._env = make_raw(task, num_envs=cfg.num_envs, control_mode=cfg.control_mode, image_size=cfg.image_size,
-                             reward=cfg.reward, gpu=True)
+                             reward=cfg.reward, gpu=True, render=cfg.record, render_size=cfg.render_size)
         self.action_dim = int(self._env.action_space.shape[-1])
         self._device = self._env.unwrapped.device
         self._raw: Any = None
@@ -298,7 +313,7 @@ class ManiSkillGPUVectorEnv:
             self._length += live
             success |= ok & live
             if self.cfg.record:
-                frames.append(extract_obs(self._raw, True)["image"])
+                frames.append(_render(self._env))
             bad = live & ~np.isfinite(extract_obs(self._raw, self.cfg.image_size > 0)["state"]).all(-1)
             crashed |= bad
             term = live & (bad | (ok & self.cfg.terminate_on_success))

@@ -99,5 +99,6 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         return make_maniskill(ManiSkillConfig(
             tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
             reward=cfg.reward, image_size=cfg.image_size if cfg.camera else 0, record=record, vector=cfg.vector,
+            render_size=cfg.render_size,
         ))
     raise ValueError(f"unknown env suite {cfg.suite!r}; choose one of {SUITES}")
