@@ -102,6 +102,13 @@ def test_unknown_task_in_collect_and_eval(files, capsys):
     _one_line_error(capsys, rc, "'pussh-v3'", "did you mean 'push-v3'")
 
 
+def test_collect_with_an_episode_limit_the_expert_cannot_meet(files, capsys):
+    pytest.importorskip("metaworld")
+    rc = pirl(["collect", "--run-dir", str(files / "short"), "tasks=reach-v3", "episodes_per_task=1", "num_envs=1",
+               "max_episode_steps=5", "max_attempts_per_task=2"])
+    _one_line_error(capsys, rc, "solved 0/2 episodes within max_episode_steps=5", "raise max_episode_steps")
+
+
 def test_simulator_or_extra_not_installed(files, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "libero", None)  # `import libero` fails as if it were not installed
     rc = pirl(["eval", "--run-dir", str(files / "l"), f"policy={files / 'policy.safetensors'}", "env.suite=libero"])

@@ -175,9 +175,11 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
             queue = [t for t in kept if len(kept[t]) < per_task]
             for t in queue:
                 if attempts[t] >= max_attempts:
-                    raise RuntimeError(
-                        f"expert for {task_names[t]!r} solved {successes[t]}/{attempts[t]} episodes, too few for "
-                        f"{per_task} successful ones; lower action_noise or raise max_attempts_per_task"
+                    limit = f"max_episode_steps={cfg.max_episode_steps}" if cfg.max_episode_steps else "the task's limit"
+                    raise InputError(
+                        f"expert for {task_names[t]!r} solved {successes[t]}/{attempts[t]} episodes within {limit}, "
+                        f"too few for {per_task} successful ones; raise max_episode_steps (0 = the task's limit), "
+                        "lower action_noise or raise max_attempts_per_task"
                     )
             if not queue:
                 break
