@@ -109,6 +109,16 @@ def test_collect_with_an_episode_limit_the_expert_cannot_meet(files, capsys):
     _one_line_error(capsys, rc, "solved 0/2 episodes within max_episode_steps=5", "raise max_episode_steps")
 
 
+def test_a_run_that_failed_at_start_can_be_rerun_and_a_real_one_is_kept(files, tmp_path, capsys):
+    run = tmp_path / "sft"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={tmp_path / 'missing'}", "steps=2"])
+    _one_line_error(capsys, rc, "missing")
+    assert pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=2", "batch_size=2",
+                 "eval_every=-1"]) == 0  # the corrected command reuses the directory
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=2"])
+    _one_line_error(capsys, rc, "already holds a run", "--resume")
+
+
 def test_simulator_or_extra_not_installed(files, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "libero", None)  # `import libero` fails as if it were not installed
     rc = pirl(["eval", "--run-dir", str(files / "l"), f"policy={files / 'policy.safetensors'}", "env.suite=libero"])

@@ -52,9 +52,12 @@ class RunDir:
     @classmethod
     def create(cls, path: Optional[str | Path] = None, *, root: str | Path = "runs", name: str = "run") -> "RunDir":
         """A new run directory: ``path``, or ``<root>/<name>-<YYYYmmdd-HHMMSS>``. Refuses a
-        directory that already holds a run (use ``open`` + resume for that)."""
+        directory that already holds a run (use ``open`` + resume for that); one holding only its config.yaml
+        (a run that failed at start) is reused."""
         p = Path(path) if path is not None else Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (p / "config.yaml").exists():
+        # a directory holding only its config is a run that stopped before its first record (a missing dataset,
+        # a wrong file): nothing to lose, so a corrected command may reuse it
+        if (p / "config.yaml").exists() and any(q.name != "config.yaml" for q in p.iterdir()):
             raise ExistingFileError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
         p.mkdir(parents=True, exist_ok=True)
         return cls(p)
