@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from pirl.config import load_config, to_dict
 from pirl.data.collect import CollectConfig, collect
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="RL seed (contexts, sampling noise); SFT is shared")
     ap.add_argument("--std-range", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                     help="Flow-Noise: [std_min, std_max] of the noise head (default TrainConfig's 0.08 0.16)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig overrides, as on pirl train's command line (e.g. optim.lr=1e-5 ppo.target_kl=0.02)")
     ap.add_argument("--label", default="", help="suffix of the run directory and the results row (keeps other rows)")
     ap.add_argument("--compare-at", type=float, default=None,
                     help="also tabulate each method's held-out success at this wall time (seconds)")
@@ -164,6 +167,8 @@ def main() -> None:
             runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers), seed=args.seed,
             **({"std_range": tuple(args.std_range)} if args.std_range else {}), **spec,
         )
+        if args.set:
+            cfg = load_config(TrainConfig, to_dict(cfg), args.set)
         name = name + args.label
         run = root / name
         train(replace(cfg), run, resume=args.resume)
