@@ -10,6 +10,9 @@
 #   bash bench/gpu_check.sh [LOG_DIR]      # logs and result files also copied to LOG_DIR (default: none)
 #   ONLY="pi0_train pi0_latency" bash bench/gpu_check.sh    # a subset of the steps
 #
+# With 15 minutes of device time and 10 minutes per command, run it as two calls on the warm machine:
+# ONLY=pi0_train (4 runs of ~2 minutes on an H200), then ONLY="pi0_latency pi0_gpu" (compiles take 1-2 minutes each).
+#
 # Each step has a time limit so a hang cannot eat the machine; a failed step does not stop the next one.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +46,7 @@ PYOPENGL_PLATFORM=egl $PY -c "from OpenGL import EGL; EGL.eglQueryString; print(
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-step pi0_train 330 $PY bench/bench_pi0_train_gpu.py --iterations ${PI0_ITERATIONS:-3}
+step pi0_train 560 $PY bench/bench_pi0_train_gpu.py --iterations ${PI0_ITERATIONS:-2}
 step pi0_latency 420 $PY bench/bench_pi0_gpu.py --variants ${LATENCY_VARIANTS:-pi0 pi05} --latency-only \
   --compile ${COMPILE_MODES:-reduce-overhead-all reduce-overhead} --compile-cameras 3 --warmup 2 --iters 5 \
   --out bench/results/pi0_latency.json
