@@ -172,8 +172,11 @@ def test_delta_actions_and_camera_mapping_by_hand():
                                                                                dtype=torch.float32))
     torch.testing.assert_close(prepared["images"][1, 1, :, 0, 0],
                                torch.tensor(obs["wrist_image"][1, 0, 0] / 255 * 2 - 1, dtype=torch.float32))
-    assert prepared["image_masks"].tolist() == [[True, True, False]] * 2
-    assert (prepared["images"][:, 2] == -1).all()
+    assert prepared["image_masks"].tolist() == [[True, True]] * 2  # the padding camera is left out of the prefix
+    policy.skip_padding_cameras = False
+    fed = policy.prepare(obs)  # or fed as a masked black image
+    assert fed["image_masks"].tolist() == [[True, True, False]] * 2 and (fed["images"][:, 2] == -1).all()
+    policy.skip_padding_cameras = True
     # delta -> absolute: dims 0-5 get state[:6] added after unnormalising, the gripper (dim 6) stays absolute
     deltas = torch.full((2, 4, 7), 0.5)
     absolute = policy.absolute_actions(deltas, prepared)
@@ -344,3 +347,26 @@ def test_gradient_checkpointing_holds_in_eval_mode(scope):
     # the estimate covers what the graph keeps, with and without checkpointing, and is not wildly above it
     assert kept <= est.activations_checkpointed and plain <= est.activations, (kept, plain, est)
     assert est.activations <= 3 * plain and est.activations_checkpointed <= 3 * kept, (kept, plain, est)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_padding_cameras_left_out_of_the_prefix_change_nothing(variant):
+    """LIBERO's padding camera ('' in camera_keys) is left out of the prefix instead of fed as a masked black
+    image: the same actions, log-probs and values (its tokens were excluded from attention and positions)."""
+    torch.manual_seed(0)
+    cfg = new_config(variant, "tiny", state_dim=39, action_dim=4, action_horizon=4, cameras=DEFAULT_CAMERAS,
+                     camera_keys=("image", "", "image"), tokenizer="hash")
+    policy = Pi0Policy(cfg).eval()
+    policy.attach_value_head(policy.value_feature_dim)
+    assert policy.fed_cameras == ("base_0_rgb", "right_wrist_0_rgb")
+    obs = _obs()
+    sampler = SamplerConfig(method="flow_sde", steps=3, noise_level=0.5)
+    fast = policy.act(policy.prepare(obs), sampler, generator=torch.Generator().manual_seed(0))
+    assert policy.prepare(obs)["images"].shape[1] == 2
+    policy.skip_padding_cameras = False
+    full_obs = policy.prepare(obs)
+    assert full_obs["images"].shape[1] == 3 and not full_obs["image_masks"][:, 1].any()
+    full = policy.act(full_obs, sampler, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast.actions, full.actions, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.log_prob, full.log_prob, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast.value, full.value, atol=1e-5, rtol=1e-5)

@@ -87,8 +87,8 @@ def estimate(policy: Any, *, micro_batch: int, rollout_batch: int, checkpointing
     optimizer = 2 * gradients
     act_bytes = 2 if any(p.dtype == torch.bfloat16 for p in params) else 4
     vlm, ex, vis = cfg.vlm, cfg.expert, cfg.vision
-    prefix, suffix = cfg.prefix_len, cfg.suffix_len
-    cams = len(cfg.cameras)
+    cams = len(getattr(policy, "fed_cameras", cfg.cameras))  # padding cameras are left out of the prefix
+    prefix, suffix = cams * vis.tokens_per_image + cfg.token_len, cfg.suffix_len
     kv_per_token = 2 * vlm.depth * vlm.num_kv_heads * vlm.head_dim * act_bytes
     # the rollout: its prefix KV cache, and the largest layer's no-grad transient (the ratio check re-scores
     # micro-batches, so the update's no-grad passes are bounded by the same at micro_batch)
