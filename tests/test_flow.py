@@ -382,3 +382,35 @@ def test_policy_act_evaluate_ratio_one_all_methods():
         assert out.actions.shape == (16, 3, 2) and out.value.shape == (16,)
         assert torch.equal(ev.log_prob, out.log_prob)
         assert (ev.entropy is not None) == (cfg.method == "flow_noise")
+
+
+@pytest.mark.parametrize("method,kw", METHOD_CASES[1:], ids=lambda c: str(c))
+@pytest.mark.parametrize("per_row", [False, True])
+def test_noise_only_where_log_probs_count(method, kw, per_row):
+    """noise_where='counted': elements outside the mask take the Euler step (no draw), counted ones are drawn as
+    before, and re-scoring gives back the chain's log-probs."""
+    torch.manual_seed(0)
+    model = MLPVelocity()
+    vel = _velocity_for(model, method)
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[:2, :2] = True  # two executed actions, two real dims
+    if per_row:
+        mask = mask.expand(6, 4, 3).clone()
+        mask[0] = False
+        mask[0, 0, 0] = True
+    x0 = torch.randn(6, 4, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        chain = flow.sample(vel, x0, steps=4, method=method, generator=torch.Generator().manual_seed(2), mask=mask,
+                            noise_where="counted", **kw)
+        again = flow.log_prob(vel, chain)
+        full = flow.sample(vel, x0, steps=4, method=method, generator=torch.Generator().manual_seed(2), mask=mask, **kw)
+    m = mask if per_row else mask.expand(6, 4, 3)
+    for k in range(4):
+        x, x_next = chain.xs[:, k], chain.xs[:, k + 1]
+        euler = x - 0.25 * (model(x, flow.time_grid(4)[k].expand(6)))
+        torch.testing.assert_close(x_next[~m], euler[~m])  # no noise where nothing is counted
+    stochastic_moved = (chain.xs[:, 1:] - chain.xs[:, :-1]).abs()[chain.stochastic]
+    assert stochastic_moved.numel() and bool((full.xs[:, -1] != chain.xs[:, -1])[~m].any())  # 'all' draws there
+    torch.testing.assert_close(again, chain.log_prob, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="noise_where"):
+        SamplerConfig(noise_where="padding")

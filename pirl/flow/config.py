@@ -25,11 +25,18 @@ class SamplerConfig:
     target_kl act on the chain's summed log-ratio either way (PPOConfig.chain_clip): mean only rescales gradients."""
     logp_steps: Optional[int] = None
     """Leading actions of the chunk that count in log-probs (the executed ones); None = all H."""
+    noise_where: Literal["all", "counted"] = "all"
+    """Where stochastic transitions inject noise: 'all' elements of the chunk, or only the 'counted' ones (the
+    executed actions' real dims, whose log-probs the chain sums); the others follow the ODE, so the chain's
+    log-prob accounts for every draw that depends on the weights (π0 pads actions to 32 dims: noise there
+    reaches the executed actions through attention without being counted)."""
 
     def __post_init__(self) -> None:
         _validate(self.method, self.steps, self.noise_level, self.sde_steps, self.reduce)
         if self.logp_steps is not None and self.logp_steps < 1:
             raise ValueError(f"logp_steps must be >= 1 or None, got {self.logp_steps}")
+        if self.noise_where not in ("all", "counted"):
+            raise ValueError(f"noise_where must be 'all' or 'counted', got {self.noise_where!r}")
 
     def deterministic(self) -> "SamplerConfig":
         """The same K with the ODE, used for evaluation and deployment."""

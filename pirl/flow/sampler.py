@@ -322,6 +322,7 @@ def sample(
     reduce: Reduce = "sum",
     mask: Optional[Tensor] = None,
     check_finite: bool = True,
+    noise_where: str = "all",
 ) -> Chain:
     """Integrate from ``x_init`` (noise at t = 1) to t = 0 in ``steps`` steps and record the chain.
 
@@ -339,8 +340,15 @@ def sample(
         reduce: how :attr:`Chain.log_prob` aggregates transitions (``"sum"`` or ``"mean"``).
         mask: elements of x that count in log-probabilities (e.g. executed actions, unpadded dims).
         check_finite: raise ``ValueError`` on non-finite velocities or non-positive stds.
+        noise_where: ``"all"``: stochastic transitions draw noise for every element; ``"counted"``: only where
+            ``mask`` is true, the other elements taking the Euler (ODE) step.
     """
     _validate(method, steps, noise_level, sde_steps, reduce)
+    if noise_where not in ("all", "counted"):
+        raise ValueError(f"noise_where must be 'all' or 'counted', got {noise_where!r}")
+    counted = None  # [B or 1, ...] float: where noise is drawn
+    if noise_where == "counted" and mask is not None:
+        counted = (mask if mask.dim() == x_init.dim() else mask.unsqueeze(0)).to(torch.float32)
     if not isinstance(x_init, Tensor) or x_init.dim() < 1 or x_init.shape[0] < 1:
         raise ValueError("x_init must be a tensor [B, ...] with B >= 1")
     B, device = x_init.shape[0], x_init.device
@@ -376,7 +384,11 @@ def sample(
             if idx.numel():
                 sde_mean = x[idx] * cx[k] - v[idx] * cv[k]
                 eps = torch.randn(sde_mean.shape, device=device, generator=generator, dtype=torch.float32)
-                x_next = mean.index_copy(0, idx, sde_mean + eps * sd[k])
+                drawn = sde_mean + eps * sd[k]
+                if counted is not None:  # uncounted elements take the Euler step
+                    c = counted[idx] if counted.shape[0] == B and B > 1 else counted
+                    drawn = torch.where(c.bool(), drawn, mean[idx])
+                x_next = mean.index_copy(0, idx, drawn)
                 sde_means.append(sde_mean)
             step_std, lp = None, None
         else:
@@ -386,6 +398,8 @@ def sample(
             else:
                 eps = torch.randn(x.shape, device=device, generator=generator, dtype=torch.float32)
                 x_next = mean + step_std * eps
+                if counted is not None:  # uncounted elements take the Euler step
+                    x_next = torch.where(counted.bool(), x_next, x - delta * v)
                 lp = _masked_sum(gaussian_log_prob(x_next, mean, step_std), mask)
         xs.append(x_next)
         means.append(mean)

@@ -275,6 +275,7 @@ class FlowPolicy(Policy):
             generator=generator,
             reduce=cfg.reduce,
             mask=self.logp_mask(cfg, device),
+            noise_where=cfg.noise_where,
         )
 
     @torch.no_grad()
