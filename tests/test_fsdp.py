@@ -14,11 +14,22 @@ import torch
 from learner_check import run_fsdp_check
 
 TOL = 1e-5
-KEY_BIAS_TOL = 1e-4
+KEY_BIAS_TOL = 2 * 3e-4 * 2
 """Attention key biases: softmax ignores them, so their gradient is 0 up to float noise, which Adam divides by
-its own RMS: they move by ~lr in a direction set by summation order (VLA-mini: 1e-5 after two updates, while
-the value half of the same tensor matches exactly)."""
+its own RMS: each optimiser step moves them by up to ~lr (the ppo preset's 3e-4) in a direction set by
+summation order, so two runs may differ by 2 lr per step (two steps per update here; VLA-mini measured 9e-5 after
+one update, 1.2e-4 after two). Only the key half of a fused key/value bias gets this tolerance."""
 KEY_BIASES = ("attn.kv.bias", "k_proj.bias")
+
+
+def _check_weight(ours: torch.Tensor, ref: torch.Tensor, name: str, msg: str) -> None:
+    if name.endswith("attn.kv.bias"):  # [keys | values]: the value half must match like any weight
+        (k, v), (k_ref, v_ref) = ours.chunk(2), ref.chunk(2)
+        torch.testing.assert_close(k, k_ref, rtol=0, atol=KEY_BIAS_TOL, msg=msg)
+        torch.testing.assert_close(v, v_ref, rtol=0, atol=TOL, msg=msg)
+    else:
+        torch.testing.assert_close(ours, ref, rtol=0, atol=KEY_BIAS_TOL if name.endswith(KEY_BIASES) else TOL,
+                                   msg=msg)
 CASES = ["mlp", "vla", pytest.param("pi05", marks=pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None, reason="the π0 models need the 'pi0' extra"))]
 
@@ -42,8 +53,7 @@ def test_fsdp_updates_match_single_process(fsdp_run, name):
         w, w_ref = ours[f"weights{i}"], ref[f"weights{i}"]
         assert w.keys() == w_ref.keys()
         for k in w_ref:
-            tol = KEY_BIAS_TOL if k.endswith(KEY_BIASES) else TOL
-            torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=tol, msg=f"update {i}: {k}")
+            _check_weight(w[k], w_ref[k], k, f"update {i}: {k}")
         m, m_ref = ours[f"metrics{i}"], ref[f"metrics{i}"]
         for k, v in m_ref.items():
             if not k.startswith("perf/"):

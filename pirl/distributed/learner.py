@@ -169,8 +169,16 @@ class DistributedPPOUpdater(PPOUpdater):
         """This rank's share checked, the results reduced (max deviation and use, min tolerance): every rank
         decides and reports alike."""
         shard = self._shard(batch)
-        # a filler row is another rank's: its deviation is that rank's too
-        m, used, _ = self.ratio_deviation(shard if len(shard) else self._filler(batch))
+        # every rank re-scores in as many passes as the largest share needs (a sharded policy all-gathers its
+        # weights in every forward: unequal pass counts would hang the collectives)
+        micro = self.cfg.micro_batch_size
+        self._ratio_passes = -(-(-(-len(batch) // self.world)) // micro) if micro else 1
+        self._ratio_filler = self._filler(batch)
+        try:
+            # a filler row is another rank's: its deviation is that rank's too
+            m, used, _ = self.ratio_deviation(shard if len(shard) else self._filler(batch))
+        finally:
+            self._ratio_passes = 0
         # MAX of (deviation, -tolerance, use) in one collective; a NaN use fails the check on every rank
         used = used if used == used else math.inf
         vec = torch.tensor([m["policy/ratio_check"], -m["policy/ratio_check_tol"], used], device=self.device)
@@ -179,6 +187,17 @@ class DistributedPPOUpdater(PPOUpdater):
         if not used <= 1.0:
             return super().check_ratio(batch)  # raises with the full message
         return {"policy/ratio_check": dev, "policy/ratio_check_tol": -neg_tol}
+
+    _ratio_passes = 0
+    """During check_ratio: the evaluate passes every rank makes (the rest are weightless filler passes)."""
+
+    def _evaluate_in_micro_batches(self, batch: RolloutBatch):
+        out = super()._evaluate_in_micro_batches(batch)
+        micro = self.cfg.micro_batch_size
+        done = -(-len(batch) // micro) if micro and micro < len(batch) else 1
+        for _ in range(self._ratio_passes - done):
+            self.policy.evaluate(self._ratio_filler.obs, self._ratio_filler.chain)
+        return out
 
     def _parts(self, mb: RolloutBatch, micro: int) -> list[tuple[RolloutBatch, float]]:
         """This rank's micro-batches of ``mb`` with their loss weights (fraction of the whole minibatch),
