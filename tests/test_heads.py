@@ -300,7 +300,8 @@ def test_scale_floor_bounds_sampling_and_log_probs():
     obs = _obs(B=64)
     p.set_scale_floor(0.2)
     assert p.cfg.scale_min == 0.2 and p.cfg.scale_init >= 0.2
-    mean, log_scale = p.params(p.encode(obs))
+    with torch.no_grad():
+        mean, log_scale = p.params(p.encode(obs))
     assert float(log_scale.min()) >= math.log(0.2) - 1e-6
     out = p.act(obs, HeadSamplerConfig(), generator=torch.Generator().manual_seed(0))
     x = p.normalize_actions(out.actions)

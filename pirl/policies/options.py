@@ -76,8 +76,8 @@ class HeadOptions:
     """RL settings of the regression and tokenized heads (`pirl train`; flow policies ignore them).
 
     Defaults: the best settings measured under LOOP on MetaWorld reach + push in the demo's few-shot setting
-    (bench/results/heads_metaworld.md): they lift each head by a few points in 300k env steps (+7 to +10 at
-    best), not by the +20 issue 17 asks for; widening, the nominal density and a larger lr did no better.
+    (bench/results/heads_metaworld.md): they lift the heads by a few points in 300k env steps (+3.5 regression,
+    +6 tokenized, over 2 seeds), not by the +20 issue 17 asks for; widening, the nominal density and a larger lr did no better.
     """
 
     ratio_level: Literal["chunk", "element"] = "element"
