@@ -114,17 +114,52 @@ def metaworld_setup(args: argparse.Namespace) -> Setup:
 
 
 def samplers(head: str, args: argparse.Namespace) -> Any:
-    """The rollout sampler of a head; only the executed (first ``chunk``) actions count in log-probs."""
+    """The rollout sampler of a head; only the executed (first ``chunk``) actions count in log-probs.
+
+    ``--ratio-level element`` makes the heads report one log-prob per executed element ([B, M]) for PPO's
+    per-element ratio; the flow policy's chain has one log-prob per chunk whatever the flag."""
     logp_steps = args.chunk if args.chunk < args.horizon else None
+    level = args.ratio_level
     if head == "regression":
-        return HeadSamplerConfig(widen=args.widen, ratio_density=args.ratio_density, logp_steps=logp_steps)
+        return HeadSamplerConfig(widen=args.widen, ratio_density=args.ratio_density, logp_steps=logp_steps,
+                                 log_prob_level=level)
     if head == "tokenized":
-        return HeadSamplerConfig(widen=args.temperature, ratio_density=args.ratio_density, logp_steps=logp_steps)
+        return HeadSamplerConfig(widen=args.temperature, ratio_density=args.ratio_density, logp_steps=logp_steps,
+                                 log_prob_level=level)
     return SamplerConfig(method="flow_sde", sde_steps="one", steps=4, noise_level=args.noise_level, logp_steps=logp_steps)
 
 
+def ppo_config(head: str, args: argparse.Namespace):
+    """LOOP's preset with the bench's epochs, minibatch, clip, target KL and (heads only) ratio level."""
+    algo = preset("loop")
+    level = args.ratio_level if head != "flow" else "chunk"
+    return dataclasses.replace(algo.ppo, epochs=args.epochs, minibatch_size=args.minibatch, ratio_level=level,
+                               clip_low=args.clip, clip_high=args.clip, target_kl=args.target_kl)
+
+
 def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
-    """(policy fitted by SFT, SFT seconds)."""
+    """(policy fitted by SFT, SFT seconds); with ``--sft-cache`` an SFT policy of the same settings is reused
+    (its recorded SFT seconds are reported again)."""
+    cache = None
+    if args.sft_cache and setup.dataset is not None:
+        key = (f"{head}_{pathlib.Path(setup.dataset).name}_h{args.horizon}c{args.chunk}_w{args.hidden}d{args.depth}"
+               f"_s{args.sft_steps}_seed{seed}")
+        cache = pathlib.Path(args.sft_cache) / f"{key}.safetensors"
+        if cache.exists():
+            from pirl.policies.io import load_policy
+
+            policy, extra = load_policy(cache)
+            return policy, float(extra.get("sft_s", float("nan")))
+    policy, sft_s = _build(head, setup, args, seed)
+    if cache is not None:
+        from pirl.policies.io import save_policy
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_policy(policy, cache, extra={"sft_s": sft_s})
+    return policy, sft_s
+
+
+def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     torch.manual_seed(seed)
     if setup.dataset is not None:
         from pirl.train.sft import SFTConfig, sft
@@ -150,14 +185,21 @@ def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     return policy, time.perf_counter() - start
 
 
+def prepare(policy: Any, head: str, args: argparse.Namespace) -> Any:
+    """RL-time settings of an SFT policy: the regression head's scale floor."""
+    if head == "regression" and args.scale_floor:
+        policy.set_scale_floor(args.scale_floor)
+    return policy
+
+
 def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     t_start = time.perf_counter()
     policy, sft_s = build(head, setup, args, seed)
+    prepare(policy, head, args)
     policy.eval()  # rollouts and re-scoring must agree (ratio-1 check)
     sampler = samplers(head, args)
     algo = preset("loop")
-    algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=lr),
-                               ppo=dataclasses.replace(algo.ppo, epochs=args.epochs, minibatch_size=args.minibatch))
+    algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=lr), ppo=ppo_config(head, args))
     env = setup.make_env(args.groups * args.group_size)
     eval_env = setup.make_env(args.eval_envs) if args.eval_episodes > 0 else None
     collector = RolloutCollector(env, policy, sampler, CollectorConfig(
@@ -188,11 +230,17 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
         updates.append({"rollout_success": rollout.metrics["rollout/success_rate"],
                         "groups_kept": rollout.metrics["rollout/groups_kept"],
                         "approx_kl": m.get("policy/approx_kl", float("nan")),
-                        "clip_fraction": m.get("policy/clip_fraction", float("nan"))})
+                        "clip_fraction": m.get("policy/clip_fraction", float("nan")),
+                        "optimizer_steps": m.get("loss/optimizer_steps", float("nan")),
+                        "early_stopped": m.get("policy/early_stopped", float("nan")),
+                        "entropy": m.get("loss/entropy", float("nan"))})
         print(f"  {head} it {it + 1}: rollout success {updates[-1]['rollout_success']:.2f}, "
               f"{updates[-1]['groups_kept']:.0f} groups kept, approx-KL {updates[-1]['approx_kl']:.4f}, "
-              f"clip {updates[-1]['clip_fraction']:.3f}, {env_steps:,.0f} env steps, {rl_s:.0f} s", flush=True)
-        last = it + 1 == args.iterations or (args.time_limit and rl_s >= args.time_limit)
+              f"clip {updates[-1]['clip_fraction']:.3f}, {updates[-1]['optimizer_steps']:.0f} steps, "
+              f"entropy {updates[-1]['entropy']:.3f}, "
+              f"{env_steps:,.0f} env steps, {rl_s:.0f} s", flush=True)
+        last = (it + 1 == args.iterations or (args.time_limit and rl_s >= args.time_limit)
+                or (args.env_steps and env_steps >= args.env_steps))
         if last:
             break
         if eval_env is not None and (it + 1) % args.eval_every == 0:
@@ -222,6 +270,7 @@ def kl_check(head: str, lrs: list[float], setup: Setup, args: argparse.Namespace
     rollout sampler explores around what evaluation does.
     """
     policy, _ = build(head, setup, args, seed)
+    prepare(policy, head, args)
     policy.eval()
     sampler = samplers(head, args)
     algo = preset("loop")
@@ -239,21 +288,32 @@ def kl_check(head: str, lrs: list[float], setup: Setup, args: argparse.Namespace
         greedy = policy.normalize_actions(policy.act(obs, sampler.deterministic(), generator=g).actions)[:, : args.chunk]
     out: dict[str, Any] = {"samples": len(batch), "rollout_success": rollout.metrics["rollout/success_rate"],
                            "exploration": float((sampled - greedy).square().mean().sqrt()), "lrs": {}}
+    if head == "regression":  # the sampling scale per action dim (executed actions), quartiles over the batch
+        with torch.no_grad():
+            b = policy.params(policy.encode(obs))[1][:, : args.chunk].exp().flatten(0, 1)
+        q = torch.quantile(b, torch.tensor([0.25, 0.5, 0.75]), dim=0)
+        out["scale_quartiles_per_dim"] = q.T.tolist()
+        print(f"  regression scale per dim (q25/q50/q75): {[[round(v, 3) for v in d] for d in q.T.tolist()]}")
     print(f"  {head}: {len(batch)} samples, rollout success {out['rollout_success']:.2f}, exploration "
           f"{out['exploration']:.3f} (RMS sampled - greedy, normalised units)", flush=True)
     for lr in lrs:
         p = copy.deepcopy(policy)
-        ppo = dataclasses.replace(algo.ppo, epochs=args.epochs, minibatch_size=args.minibatch)
+        ppo = ppo_config(head, args)
         m = PPOUpdater(p, ppo, OptimizerConfig(lr=lr), seed=seed).update(batch)
         with torch.no_grad():
             log_ratio = p.evaluate(batch.obs, batch.chain, with_value=False).log_prob - batch.old_log_prob
         ratio = log_ratio.exp()
+        # per element with --ratio-level element; the chunk's (summed) log-ratio gives the chunk KL either way
+        chunk = log_ratio.sum(dim=1) if log_ratio.dim() == 2 else log_ratio
         out["lrs"][lr] = {"approx_kl_mean": m["policy/approx_kl"], "clip_fraction_mean": m["policy/clip_fraction"],
                           "approx_kl_after": float(((ratio - 1) - log_ratio).mean()),
-                          "clip_fraction_after": float(((ratio - 1).abs() > ppo.clip_low).float().mean())}
+                          "chunk_kl_after": float(((chunk.exp() - 1) - chunk).mean()),
+                          "clip_fraction_after": float(((ratio - 1).abs() > ppo.clip_low).float().mean()),
+                          "optimizer_steps": m["loss/optimizer_steps"]}
         print(f"  {head} lr {lr:g}: approx-KL {out['lrs'][lr]['approx_kl_after']:.4f} after the update "
-              f"(mean over its minibatches {m['policy/approx_kl']:.4f}), ratio outside the clip "
-              f"{out['lrs'][lr]['clip_fraction_after']:.3f}", flush=True)
+              f"(chunk {out['lrs'][lr]['chunk_kl_after']:.4f}; mean over its minibatches {m['policy/approx_kl']:.4f}), "
+              f"ratio outside the clip {out['lrs'][lr]['clip_fraction_after']:.3f}, "
+              f"{m['loss/optimizer_steps']:.0f} steps", flush=True)
     return out
 
 
@@ -286,6 +346,16 @@ def main() -> None:
     p.add_argument("--widen", type=float, default=1.0, help="regression: sampling scale factor")
     p.add_argument("--temperature", type=float, default=0.5, help="tokenized: sampling softmax temperature")
     p.add_argument("--ratio-density", choices=("behaviour", "nominal"), default="behaviour")
+    p.add_argument("--ratio-level", choices=("chunk", "element"), default="chunk",
+                   help="heads: one PPO ratio per chunk, or one per executed action element (clipped each)")
+    p.add_argument("--clip", type=float, default=0.2, help="PPO clip eps (both sides)")
+    p.add_argument("--target-kl", type=float, default=None,
+                   help="stop an update's remaining minibatches once a minibatch's approx-KL exceeds this "
+                        "(per element with --ratio-level element)")
+    p.add_argument("--scale-floor", type=float, default=0.0,
+                   help="regression: lower clip of the Laplace scale during RL (normalised units; 0 = the SFT policy's)")
+    p.add_argument("--env-steps", type=float, default=0.0, help="stop a head's LOOP once it has used this many env steps (0 = none)")
+    p.add_argument("--sft-cache", default=None, help="metaworld: directory where SFT policies are saved and reused")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out seeds per task (0 = no evaluation)")
     p.add_argument("--eval-envs", type=int, default=16, help="sub-envs of the evaluation env")
     p.add_argument("--eval-every", type=int, default=10, help="LOOP iterations between curve points")

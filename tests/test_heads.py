@@ -288,3 +288,66 @@ def test_critic_reads_detached_features_by_default():
         encoder_grad = sum(float(p.grad.abs().sum()) for p in policy.obs_encoder.parameters() if p.grad is not None)
         assert (encoder_grad == 0) == detach
         assert all(p.grad is not None for p in policy.value_head.parameters())
+
+
+# -- RL settings of the heads: scale floor, `pirl train`'s head block ----------------------------
+def test_scale_floor_bounds_sampling_and_log_probs():
+    """After set_scale_floor(f) every sampled and scored scale is >= f: log-probs are those of the floored Laplace
+    and act / evaluate still agree (ratio 1)."""
+    p = _reg()
+    with torch.no_grad():
+        p.scale_head.bias.fill_(math.log(0.01))  # far below the floor
+    obs = _obs(B=64)
+    p.set_scale_floor(0.2)
+    assert p.cfg.scale_min == 0.2 and p.cfg.scale_init >= 0.2
+    with torch.no_grad():
+        mean, log_scale = p.params(p.encode(obs))
+    assert float(log_scale.min()) >= math.log(0.2) - 1e-6
+    out = p.act(obs, HeadSamplerConfig(), generator=torch.Generator().manual_seed(0))
+    x = p.normalize_actions(out.actions)
+    expected = Laplace(mean, log_scale.exp()).log_prob(x).sum(dim=(1, 2))
+    torch.testing.assert_close(out.log_prob, expected, rtol=1e-5, atol=1e-4)
+    assert float((x - mean).abs().mean()) > 0.1  # drawn at the floored scale (mean |noise| = b >= 0.2)
+    torch.testing.assert_close(p.evaluate(obs, out.chain).log_prob, out.log_prob)
+    with pytest.raises(ValueError, match="scale floor"):
+        p.set_scale_floor(0.0)
+
+
+@pytest.mark.parametrize("kind", ["regression", "tokenized"])
+def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
+    """`pirl train` on a head policy: the sampler's log-prob level and PPO's ratio level follow head.ratio_level
+    (element by default), widening / lr / target KL come from the head block, and an iteration runs on them."""
+    from pirl.envs.registry import EnvConfig
+    from pirl.policies.io import save_policy
+    from pirl.policies.options import HeadOptions
+    from pirl.train import rl
+
+    torch.manual_seed(0)
+    make = make_regression_policy if kind == "regression" else make_tokenized_policy
+    path = save_policy(make(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "p.safetensors")
+    base = dict(policy=str(path), env=EnvConfig(suite="point_mass", tasks=("a",), chunk=2, max_episode_steps=16),
+                algorithm="loop", group_size=2, num_groups=4, iterations=1, eval_episodes_per_task=2,
+                eval_num_envs=2, videos_per_task=0, logger="none")
+    t = rl.Trainer(rl.TrainConfig(**base), tmp_path / "run")
+    try:
+        assert isinstance(t.sampler, HeadSamplerConfig) and t.sampler.log_prob_level == "element"
+        assert t.sampler.logp_steps == 2 and t.sampler.widen == HeadOptions.DEFAULT_WIDEN[kind]
+        assert t.algo.ppo.ratio_level == "element" and t.updater.cfg.ratio_level == "element"
+        assert t.updater.optimizer.param_groups[0]["lr"] == HeadOptions.DEFAULT_LR[kind]
+        assert t.eval_sampler.greedy
+        if kind == "regression":  # the head block's scale floor reached the policy before the first rollout
+            assert t.policy.cfg.scale_min == HeadOptions().scale_floor
+        m = t.step()
+        assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
+    finally:
+        t.close()
+    head = HeadOptions(ratio_level="chunk", widen=0.7, lr=3e-6, target_kl=0.05, scale_floor=None)
+    t = rl.Trainer(rl.TrainConfig(**base, head=head), tmp_path / "run2")
+    try:
+        assert t.sampler.log_prob_level == "chunk" and t.algo.ppo.ratio_level == "chunk" and t.sampler.widen == 0.7
+        assert t.algo.optim.lr == 3e-6 and t.algo.ppo.target_kl == 0.05
+        assert t.updater.optimizer.param_groups[0]["lr"] == 3e-6
+        if kind == "regression":  # scale_floor=None keeps the checkpoint's clip
+            assert t.policy.cfg.scale_min == RegressionPolicyConfig(S, D).scale_min
+    finally:
+        t.close()

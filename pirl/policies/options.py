@@ -1,4 +1,5 @@
-"""The ``pi0`` block of `pirl sft / train / eval`: how a π0 / π0.5 is built, loaded and trained.
+"""The ``pi0`` block of `pirl sft / train / eval` (how a π0 / π0.5 is built, loaded and trained) and the ``head``
+block of `pirl train` (how the regression and tokenized heads sample and are updated).
 
 Kept free of heavy imports (transformers) so that every command's config parses without the ``pi0`` extra.
 """
@@ -6,7 +7,7 @@ Kept free of heavy imports (transformers) so that every command's config parses 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,59 @@ class Pi0Options:
         return out
 
 
+@dataclass(frozen=True)
+class HeadOptions:
+    """RL settings of the regression and tokenized heads (`pirl train`; flow policies ignore them).
+
+    Defaults: the best settings measured under LOOP on MetaWorld reach + push in the demo's few-shot setting
+    (bench/results/heads_metaworld.md): they lift the heads by a few points in 300k env steps (+3.5 regression,
+    +6 tokenized, over 2 seeds), not by the +20 issue 17 asks for; widening, the nominal density and a larger lr did no better.
+    """
+
+    ratio_level: Literal["chunk", "element"] = "element"
+    """element: one PPO ratio per executed action element ([B, H x D] log-probs), each clipped on its own, the
+    objective averaged (token-level PPO, as RIPT-VLA trains QueST); chunk: one ratio for the chunk's summed
+    log-prob (16 terms for 4 executed 4-D actions). Measured: no difference in lift between the two for the
+    regression head (with the scale floor); target_kl and the clip fraction are per element with element."""
+    widen: Optional[float] = None
+    """Sampling widening: the regression head's scale x widen, the tokenized head's softmax temperature. None = the
+    kind's default (regression 1.0, tokenized 0.5)."""
+    ratio_density: Literal["behaviour", "nominal"] = "behaviour"
+    """Which density the log-probs use: the widened one the actions were drawn from, or the unwidened (RIPT-VLA)."""
+    scale_floor: Optional[float] = 0.135
+    """Regression head: lower clip of the Laplace / Gaussian scale during RL (normalised units; RIPT-VLA clips the
+    log-scale at -2, i.e. 0.135). The NLL-fitted scales have a tail far below it (13 % of them on the
+    demonstrations, down to 0.002), whose elements then dominate the ratios (first-update approx-KL ~100x larger
+    without it). None = the checkpoint's own clip."""
+    lr: Optional[float] = None
+    """The policy's learning rate for a head (it replaces optim.lr, the flow policies' lr). None = the kind's measured
+    default: regression 3e-5, tokenized 1e-5 (first-update approx-KL ~0.01-0.05 per element; 1e-4 did no better)."""
+    target_kl: Optional[float] = None
+    """ppo.target_kl for a head (per element with ratio_level=element); None = ppo.target_kl."""
+
+    DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5}
+    """widen when it is None, per policy kind (measured: bench/results/heads_metaworld.md)."""
+
+    def __post_init__(self) -> None:
+        if self.ratio_level not in ("chunk", "element"):
+            raise ValueError(f"head.ratio_level must be 'chunk' or 'element', got {self.ratio_level!r}")
+        if self.ratio_density not in ("behaviour", "nominal"):
+            raise ValueError(f"head.ratio_density must be 'behaviour' or 'nominal', got {self.ratio_density!r}")
+        for name in ("widen", "scale_floor", "lr", "target_kl"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"head.{name} must be > 0 or None, got {v!r}")
+
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"regression": 3e-5, "tokenized": 1e-5}
+    """lr when it is None, per policy kind."""
+
+    def widen_for(self, kind: str) -> float:
+        return self.widen if self.widen is not None else self.DEFAULT_WIDEN.get(kind, 1.0)
+
+    def lr_for(self, kind: str, fallback: float) -> float:
+        return self.lr if self.lr is not None else self.DEFAULT_LR.get(kind, fallback)
+
+
 OPENPI_LIBERO_CAMERAS = {"base_0_rgb": "image", "left_wrist_0_rgb": "wrist_image", "right_wrist_0_rgb": ""}
 """openpi's LIBERO inputs: agentview -> base, wrist -> left wrist, the right wrist a masked zero image."""
 
@@ -81,4 +135,4 @@ def default_camera_key(camera: str) -> str:
     return OPENPI_LIBERO_CAMERAS.get(camera, camera)
 
 
-__all__ = ["OPENPI_LIBERO_CAMERAS", "Pi0Options", "default_camera_key"]
+__all__ = ["HeadOptions", "OPENPI_LIBERO_CAMERAS", "Pi0Options", "default_camera_key"]

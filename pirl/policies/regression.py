@@ -18,7 +18,7 @@ log-scale is clipped to [log scale_min, log scale_max]. Sampling may widen the s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import torch
@@ -70,6 +70,15 @@ class RegressionPolicy(HeadPolicy):
         # Starts state-independent and low: exploration grows only as far as the NLL fit asks.
         nn.init.zeros_(self.scale_head.weight)
         nn.init.constant_(self.scale_head.bias, math.log(cfg.scale_init))
+
+    def set_scale_floor(self, floor: float) -> None:
+        """Raises the scale's lower clip (``cfg.scale_min``, normalised units) to ``floor``, for sampling and log-probs
+        alike. Call it before a rollout, never between a rollout and its update (the ratio-1 check would fail)."""
+        if not (isinstance(floor, (int, float)) and 0 < floor):
+            raise ValueError(f"scale floor must be a number > 0, got {floor!r}")
+        c = self.cfg
+        self.cfg = replace(c, scale_min=float(floor), scale_init=max(c.scale_init, float(floor)),
+                           scale_max=max(c.scale_max, float(floor)))
 
     def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_scale), each [B, H, D] in normalised units."""

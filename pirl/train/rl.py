@@ -29,7 +29,8 @@ from pirl.errors import InputError, MissingFileError, require
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
-from pirl.policies.options import Pi0Options
+from pirl.policies.heads import HeadPolicy, HeadSamplerConfig
+from pirl.policies.options import HeadOptions, Pi0Options
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
 from pirl.train.evaluate import EvalProtocol, ProtocolName, check_policy_fits_env, evaluate_policy, record_videos
 from pirl.train.logging import MetricsLogger, Progress, read_summary, wandb_module, write_summary
@@ -144,6 +145,9 @@ class TrainConfig:
     """GAE lambda."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Rollout sampler: flow_sde (hybrid by default) or flow_noise, K steps; evaluation uses the ODE."""
+    head: HeadOptions = field(default_factory=HeadOptions)
+    """Regression / tokenized heads: ratio level, sampling widening, ratio density, lr and target KL (flow policies
+    ignore it; evaluation takes the mean / argmax)."""
     num_groups: int = 8
     """Contexts (task, seed) per rollout batch."""
     group_size: int = 1
@@ -272,6 +276,18 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
     return policy.to(cfg.device)
 
 
+def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[HeadSamplerConfig, AlgorithmConfig]:
+    """The rollout sampler and algorithm of a regression / tokenized head from ``cfg.head``: the sampler's log-prob
+    level and PPO's ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
+    target KL is the head's where it sets one."""
+    h = cfg.head
+    sampler = HeadSamplerConfig(widen=h.widen_for(kind), ratio_density=h.ratio_density,
+                                logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=h.ratio_level)
+    ppo = replace(algo.ppo, ratio_level=h.ratio_level, target_kl=h.target_kl if h.target_kl is not None
+                  else algo.ppo.target_kl)
+    return sampler, replace(algo, ppo=ppo, optim=replace(algo.optim, lr=h.lr_for(kind, algo.optim.lr)))
+
+
 class Trainer:
     """Holds a run's live objects; `run()` executes iterations until done or interrupted."""
 
@@ -293,8 +309,14 @@ class Trainer:
 
             check_fits(self.policy, cfg, log=print)
         self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)
-        self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
-        self.eval_sampler = replace(self.sampler.deterministic(), steps=cfg.eval_steps or cfg.sampler.steps)
+        if isinstance(self.policy, HeadPolicy):
+            if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
+                self.policy.set_scale_floor(cfg.head.scale_floor)  # before any rollout: the ratio sees it too
+            self.sampler, self.algo = head_settings(cfg, policy_kind(self.policy), self.algo)
+            self.eval_sampler = self.sampler.deterministic()
+        else:
+            self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
+            self.eval_sampler = replace(self.sampler.deterministic(), steps=cfg.eval_steps or cfg.sampler.steps)
         self.collector_cfg = CollectorConfig(
             num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
             max_tries=cfg.max_tries, seed=cfg.seed, task_sampling=cfg.task_sampling,
