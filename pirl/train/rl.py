@@ -313,6 +313,9 @@ class Trainer:
             if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
                 self.policy.set_scale_floor(cfg.head.scale_floor)  # before any rollout: the ratio sees it too
             self.sampler, self.algo = head_settings(cfg, policy_kind(self.policy), self.algo)
+            print(f"{policy_kind(self.policy)} head: lr {self.algo.optim.lr:g} "
+                  f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
+                  f"flow policies'), {cfg.head.ratio_level}-level ratios, widen {self.sampler.widen:g}")
             self.eval_sampler = self.sampler.deterministic()
         else:
             self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
