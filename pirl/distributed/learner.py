@@ -172,11 +172,12 @@ class DistributedPPOUpdater(PPOUpdater):
         # every rank re-scores in as many passes as the largest share needs (a sharded policy all-gathers its
         # weights in every forward: unequal pass counts would hang the collectives)
         micro = self.cfg.micro_batch_size
-        self._ratio_passes = -(-(-(-len(batch) // self.world)) // micro) if micro else 1
+        largest = math.ceil(len(batch) / self.world)  # the largest share's row count
+        self._ratio_passes = math.ceil(largest / micro) if micro else 1
         self._ratio_filler = self._filler(batch)
         try:
             # a filler row is another rank's: its deviation is that rank's too
-            m, used, _ = self.ratio_deviation(shard if len(shard) else self._filler(batch))
+            m, used, _ = self.ratio_deviation(shard if len(shard) else self._ratio_filler)
         finally:
             self._ratio_passes = 0
         # MAX of (deviation, -tolerance, use) in one collective; a NaN use fails the check on every rank
