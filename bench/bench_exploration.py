@@ -35,6 +35,8 @@ CASES = [
     ("flow_noise 0.2-0.4", dict(method="flow_noise", reduce="mean"), (0.2, 0.4)),
     ("flow_noise 0.1-0.2", dict(method="flow_noise", reduce="mean"), (0.1, 0.2)),
     ("flow_noise 0.08-0.16", dict(method="flow_noise", reduce="mean"), (0.08, 0.16)),
+    ("flow_noise one step 0.35-0.7", dict(method="flow_noise", noise_steps="one"), (0.35, 0.7)),
+    ("flow_noise one step 0.2-0.4", dict(method="flow_noise", noise_steps="one"), (0.2, 0.4)),
 ]
 
 
@@ -78,14 +80,49 @@ def main() -> None:
         rows.append({"sampler": name, "rms_gap": float(np.mean(gaps)), "std": float(np.mean(stds)) if stds else 0.0})
         print(f"{name:22s} RMS gap to the ODE chunk {rows[-1]['rms_gap']:.3f}   mean std of a stochastic step "
               f"{rows[-1]['std']:.3f}", flush=True)
+    transfer = step_transfer(policy, obs, args.steps, args.chunk, dims, args.repeats, g)
     md = ["| sampler (K = %d) | RMS gap to the ODE chunk | mean std of a stochastic transition |" % args.steps,
           "| --- | ---: | ---: |"]
     md += [f"| {r['sampler']} | {r['rms_gap']:.3f} | {r['std']:.3f} |" for r in rows]
+    md += ["", "What noise injected at one denoising step does to the executed actions: the RMS displacement of the "
+           "final chunk per unit of injected std (1 = passed on whole; below 1, the later steps pull it back):", "",
+           "| noise after step | t | transfer |", "| --- | --- | ---: |"]
+    md += [f"| {k} | {a:.2f} → {b:.2f} | {v:.3f} |" for k, (a, b, v) in enumerate(transfer)]
     md.append(f"\n{args.policy}; {args.observations} held-out observations of {', '.join(args.tasks)}, "
               f"{args.repeats} draws each; executed actions ({args.chunk}) x real dims ({dims}), normalised units; "
               f"noise_where={args.noise_where}.")
-    write_results(f"exploration_{Path(args.policy).parent.parent.name}", {"rows": rows, "args": vars(args)},
+    write_results(f"exploration_{Path(args.policy).parent.parent.name}",
+                  {"rows": rows, "transfer": [v for _, _, v in transfer], "args": vars(args)},
                   "\n".join(md))
+
+
+@torch.no_grad()
+def step_transfer(policy, obs, steps: int, chunk: int, dims: int, repeats: int, g: torch.Generator,
+                  std: float = 0.28) -> list[tuple[float, float, float]]:
+    """Per denoising step k: Euler chain with N(0, std^2) added after step k alone, RMS gap of the executed actions
+    to the noiseless chain from the same x^0, divided by std."""
+    from pirl.flow.sampler import time_grid
+
+    fn = policy.velocity_fn(policy.encode(obs), False)
+    grid = time_grid(steps)
+    B = next(v.shape[0] for v in obs.values() if isinstance(v, torch.Tensor))
+
+    def run(x0, k_noise=None, eps=None):
+        x = x0
+        for k in range(steps):
+            x = x - fn(x, grid[k].expand(B)) / steps
+            if k == k_noise:
+                x = x + std * eps
+        return x[:, :chunk, :dims]
+
+    gaps = [[] for _ in range(steps)]
+    for _ in range(repeats):
+        x0 = torch.randn((B, *policy.action_shape), generator=g)
+        base = run(x0)
+        for k in range(steps):
+            out = run(x0, k, torch.randn(x0.shape, generator=g))
+            gaps[k].append(float((out - base).pow(2).mean().sqrt()) / std)
+    return [(float(grid[k]), float(grid[k + 1]), float(np.mean(gaps[k]))) for k in range(steps)]
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ METHOD_CASES = [
     ("flow_sde", {"noise_level": 0.5, "sde_steps": "one"}),
     ("flow_sde", {"noise_level": 0.5, "sde_steps": "all"}),
     ("flow_noise", {}),
+    ("flow_noise", {"noise_steps": "one"}),
 ]
 
 
@@ -220,6 +221,7 @@ AGGREGATION_CASES = [
     ("flow_noise", {}),
     ("flow_sde", {"noise_level": 0.5, "sde_steps": "all"}),
     ("flow_sde", {"noise_level": 0.5, "sde_steps": "one"}),
+    ("flow_noise", {"noise_steps": "one"}),
 ]
 
 
@@ -246,7 +248,8 @@ def test_chain_log_prob_equals_a_sum_built_by_hand(method, kw, reduce):
     by_hand = torch.stack(terms, 1).sum(1)
     if reduce == "mean":
         by_hand = by_hand / (chain.stochastic.sum(1) + (method == "flow_noise"))
-    assert chain.stochastic.sum(1).tolist() == [4 if kw.get("sde_steps") != "one" else 1] * 16
+    one = "one" in (kw.get("sde_steps"), kw.get("noise_steps"))
+    assert chain.stochastic.sum(1).tolist() == [1 if one else 4] * 16
     torch.testing.assert_close(chain.log_prob, by_hand, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(flow.log_prob(vel, chain), by_hand, rtol=1e-5, atol=1e-4)
 
@@ -272,6 +275,47 @@ def test_flow_noise_entropy_counts_only_the_executed_elements():
     with torch.no_grad():
         head.bias.view(4, 3)[~mask] += 3.0  # sigma of the elements that do not count
     torch.testing.assert_close(policy.evaluate(obs, out.chain).entropy, ent)
+
+
+def test_flow_noise_with_one_noisy_step():
+    """noise_steps='one': one random transition per sample draws the learned noise, the others are exact Euler
+    steps with std 0; re-scoring is one batched velocity call; the entropy averages over the noisy transition."""
+    from pirl.policies import make_mlp_policy
+
+    model = MLPVelocity()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        chain = flow.sample(model.with_std, torch.randn(64, 4, 3, generator=g), steps=4, method="flow_noise",
+                            noise_steps="one", generator=g)
+    assert (chain.stochastic.sum(1) == 1).all() and len(set(chain.stochastic.float().argmax(1).tolist())) > 1
+    grid = flow.time_grid(4)
+    for k in range(4):
+        quiet = ~chain.stochastic[:, k]
+        x = chain.xs[quiet, k]
+        euler = x - 0.25 * model(x, grid[k].expand(x.shape[0]))
+        torch.testing.assert_close(chain.xs[quiet, k + 1], euler)
+        assert (chain.stds[quiet, k] == 0).all() and (chain.stds[~quiet, k] > 0).all()
+    calls = []
+
+    def counting(x, t):
+        calls.append(x.shape[0])
+        return model.with_std(x, t)
+
+    assert torch.equal(flow.log_prob(counting, chain), chain.log_prob) and calls == [64]
+
+    torch.manual_seed(0)
+    policy = make_mlp_policy(6, 3, action_horizon=4, hidden=32)
+    head = policy.noise_head.net[-1]
+    with torch.no_grad():
+        head.weight.normal_()  # sigma depends on t, so the noisy step's sigma differs from the others'
+    obs = {"state": torch.randn(8, 6)}
+    out = policy.act(obs, SamplerConfig(method="flow_noise", noise_steps="one"),
+                     generator=torch.Generator().manual_seed(0))
+    ent = policy.evaluate(obs, out.chain).entropy
+    noisy = out.chain.stds[out.chain.stochastic]  # [B, H, D]: the noisy transition of each sample
+    torch.testing.assert_close(ent, flow.gaussian_entropy(noisy).flatten(1).mean(1))
+    with pytest.raises(ValueError, match="noise_steps"):
+        SamplerConfig(method="flow_noise", noise_steps="two")
 
 
 @pytest.mark.parametrize("kind", ["mlp", "vla"])

@@ -20,6 +20,9 @@ class SamplerConfig:
     """Flow-SDE noise level a, 0 < a < sqrt(2) (πRL reference 0.5; ignored by other methods)."""
     sde_steps: Literal["one", "all"] = "one"
     """Flow-SDE: 'one' = hybrid ODE-SDE (one random stochastic transition), 'all' = every step."""
+    noise_steps: Literal["all", "one"] = "all"
+    """Flow-Noise: 'all' = every transition noisy (πRL's joint log-likelihood of the chain), 'one' = one random
+    noisy transition per sample, the others Euler (RLinf's joint_logprob false, hybrid Flow-SDE's structure)."""
     reduce: Literal["sum", "mean"] = "sum"
     """Aggregation of the chain's transition log-probs (the πRL Flow-Noise reference averages). PPO's clip, KL and
     target_kl act on the chain's summed log-ratio either way (PPOConfig.chain_clip): mean only rescales gradients."""
@@ -32,7 +35,7 @@ class SamplerConfig:
     reaches the executed actions through attention without being counted)."""
 
     def __post_init__(self) -> None:
-        _validate(self.method, self.steps, self.noise_level, self.sde_steps, self.reduce)
+        _validate(self.method, self.steps, self.noise_level, self.sde_steps, self.reduce, self.noise_steps)
         if self.logp_steps is not None and self.logp_steps < 1:
             raise ValueError(f"logp_steps must be >= 1 or None, got {self.logp_steps}")
         if self.noise_where not in ("all", "counted"):

@@ -22,6 +22,7 @@ from torch import Tensor
 
 Method = Literal["ode", "flow_sde", "flow_noise"]
 SdeSteps = Literal["one", "all"]
+NoiseSteps = Literal["all", "one"]
 Reduce = Literal["sum", "mean"]
 VelocityOut = Union[Tensor, tuple[Tensor, Tensor]]
 VelocityFn = Callable[[Tensor, Tensor], VelocityOut]
@@ -237,7 +238,9 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-def _validate(method: str, steps: int, noise_level: Optional[float], sde_steps: str, reduce: str) -> None:
+def _validate(
+    method: str, steps: int, noise_level: Optional[float], sde_steps: str, reduce: str, noise_steps: str = "all"
+) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     _check_steps(steps)
@@ -252,6 +255,9 @@ def _validate(method: str, steps: int, noise_level: Optional[float], sde_steps: 
                              f"while 1 - a^2/2 > 0), got {noise_level!r}; the πRL reference uses 0.5")
         if sde_steps not in ("one", "all"):
             raise ValueError(f"sde_steps must be 'one' (hybrid) or 'all', got {sde_steps!r}")
+    if method == "flow_noise" and noise_steps not in ("all", "one"):
+        raise ValueError(f"noise_steps must be 'all' (the joint chain) or 'one' (one random noisy step), "
+                         f"got {noise_steps!r}")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
 
@@ -323,6 +329,7 @@ def sample(
     mask: Optional[Tensor] = None,
     check_finite: bool = True,
     noise_where: str = "all",
+    noise_steps: NoiseSteps = "all",
 ) -> Chain:
     """Integrate from ``x_init`` (noise at t = 1) to t = 0 in ``steps`` steps and record the chain.
 
@@ -342,8 +349,11 @@ def sample(
         check_finite: raise ``ValueError`` on non-finite velocities or non-positive stds.
         noise_where: ``"all"``: stochastic transitions draw noise for every element; ``"counted"``: only where
             ``mask`` is true, the other elements taking the Euler (ODE) step.
+        noise_steps: Flow-Noise only; ``"all"`` = every transition draws the learned noise (πRL's joint
+            log-likelihood), ``"one"`` = one random transition per sample does, the others take the Euler step
+            (RLinf's ``joint_logprob: false``; the same structure as hybrid Flow-SDE).
     """
-    _validate(method, steps, noise_level, sde_steps, reduce)
+    _validate(method, steps, noise_level, sde_steps, reduce, noise_steps)
     if noise_where not in ("all", "counted"):
         raise ValueError(f"noise_where must be 'all' or 'counted', got {noise_where!r}")
     counted = None  # [B or 1, ...] float: where noise is drawn
@@ -356,7 +366,8 @@ def sample(
     grid = time_grid(steps, device)
     delta = 1.0 / steps
 
-    if method == "flow_sde" and sde_steps == "one":
+    one_step = (method == "flow_sde" and sde_steps == "one") or (method == "flow_noise" and noise_steps == "one")
+    if one_step:
         r = torch.randint(0, steps, (B,), device=device, generator=generator)
         stochastic = torch.nn.functional.one_hot(r, steps).bool()
     elif method == "ode":
@@ -400,7 +411,14 @@ def sample(
                 x_next = mean + step_std * eps
                 if counted is not None:  # uncounted elements take the Euler step
                     x_next = torch.where(counted.bool(), x_next, x - delta * v)
-                lp = _masked_sum(gaussian_log_prob(x_next, mean, step_std), mask)
+                if one_step:  # Flow-Noise with one noisy step: the other rows take the Euler step
+                    noisy = _rows(stochastic[:, k], x)
+                    x_next = torch.where(noisy, x_next, mean)
+                    step_std = torch.where(noisy, step_std, torch.zeros_like(step_std))
+                    lp = _masked_sum(gaussian_log_prob(x_next, mean, torch.where(noisy, step_std, 1.0)), mask)
+                    lp = torch.where(stochastic[:, k], lp, torch.zeros_like(lp))
+                else:
+                    lp = _masked_sum(gaussian_log_prob(x_next, mean, step_std), mask)
         xs.append(x_next)
         means.append(mean)
         stds.append(step_std)

@@ -276,6 +276,7 @@ class FlowPolicy(Policy):
             reduce=cfg.reduce,
             mask=self.logp_mask(cfg, device),
             noise_where=cfg.noise_where,
+            noise_steps=cfg.noise_steps,
         )
 
     @torch.no_grad()
@@ -300,7 +301,7 @@ class FlowPolicy(Policy):
         entropy = None
         if with_std:
             ent = flow.gaussian_entropy(stds.clamp(min=1e-12))  # [B, K, ...]
-            entropy = _masked_mean(ent, chain.mask)
+            entropy = _masked_mean(ent, chain.mask, chain.stochastic)
         value = None
         if with_value and self.value_head is not None:
             value = self._value(ctx)
@@ -341,11 +342,14 @@ class FlowPolicy(Policy):
         return self.flow_matching_loss(obs, actions, generator=generator, mask=mask)
 
 
-def _masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """[B] mean of x [B, K, ...] over its K transitions and the elements ``mask`` ([...] or per row [B, ...]) keeps."""
-    if mask is None:
-        return x.flatten(1).mean(dim=1)
-    m = (mask.unsqueeze(1) if mask.dim() == x.dim() - 1 else mask).to(x.dtype).expand_as(x)
+def _masked_mean(x: Tensor, mask: Optional[Tensor], stochastic: Optional[Tensor] = None) -> Tensor:
+    """[B] mean of x [B, K, ...] over the transitions ``stochastic`` [B, K] marks (None = all K) and the elements
+    ``mask`` ([...] or per row [B, ...]) keeps."""
+    m = torch.ones_like(x)
+    if mask is not None:
+        m = m * (mask.unsqueeze(1) if mask.dim() == x.dim() - 1 else mask).to(x.dtype)
+    if stochastic is not None:
+        m = m * stochastic.to(x.dtype).view(*stochastic.shape, *([1] * (x.dim() - 2)))
     return (x * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp(min=1)
 
 

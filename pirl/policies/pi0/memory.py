@@ -66,10 +66,12 @@ def _layer_transient(tokens: int, width: int, mlp: int, heads: int, attended: in
 
 def velocity_passes(sampler: Any) -> int:
     """Velocity evaluations per chain when re-scoring (``pirl.flow.transition_log_probs``): one for a hybrid
-    Flow-SDE chain, one per denoising step when every step is stochastic."""
+    Flow-SDE chain or a one-noisy-step Flow-Noise chain, one per denoising step when every step is stochastic."""
     if sampler is None or sampler.method == "ode":
         return 1
     if sampler.method == "flow_sde" and sampler.sde_steps == "one":
+        return 1
+    if sampler.method == "flow_noise" and getattr(sampler, "noise_steps", "all") == "one":
         return 1
     return int(sampler.steps)
 
