@@ -35,8 +35,10 @@ CASES = [
     ("flow_noise 0.2-0.4", dict(method="flow_noise", reduce="mean"), (0.2, 0.4)),
     ("flow_noise 0.1-0.2", dict(method="flow_noise", reduce="mean"), (0.1, 0.2)),
     ("flow_noise 0.08-0.16", dict(method="flow_noise", reduce="mean"), (0.08, 0.16)),
-    ("flow_noise one step 0.35-0.7", dict(method="flow_noise", noise_steps="one"), (0.35, 0.7)),
+    ("flow_noise 0.4-0.8", dict(method="flow_noise", reduce="mean"), (0.4, 0.8)),
     ("flow_noise one step 0.2-0.4", dict(method="flow_noise", noise_steps="one"), (0.2, 0.4)),
+    ("flow_noise one step 0.35-0.7", dict(method="flow_noise", noise_steps="one"), (0.35, 0.7)),
+    ("flow_noise one step 0.7-1.4", dict(method="flow_noise", noise_steps="one"), (0.7, 1.4)),
 ]
 
 
@@ -77,13 +79,19 @@ def main() -> None:
             gaps.append(float(gap.pow(2).mean().sqrt()))
             if chain.stochastic.any():
                 stds.append(float(chain.stds[:, :, : args.chunk, :dims][chain.stochastic].mean()))
-        rows.append({"sampler": name, "rms_gap": float(np.mean(gaps)), "std": float(np.mean(stds)) if stds else 0.0})
+        share, total = credited_share(policy, obs, cfg, args.chunk, dims, args.repeats, g)
+        rows.append({"sampler": name, "rms_gap": float(np.mean(gaps)), "std": float(np.mean(stds)) if stds else 0.0,
+                     "credited_share": share, "action_var": total})
         print(f"{name:22s} RMS gap to the ODE chunk {rows[-1]['rms_gap']:.3f}   mean std of a stochastic step "
-              f"{rows[-1]['std']:.3f}", flush=True)
+              f"{rows[-1]['std']:.3f}   credited share {share:.2f} of action variance {total:.3f}", flush=True)
     transfer = step_transfer(policy, obs, args.steps, args.chunk, dims, args.repeats, g)
-    md = ["| sampler (K = %d) | RMS gap to the ODE chunk | mean std of a stochastic transition |" % args.steps,
-          "| --- | ---: | ---: |"]
-    md += [f"| {r['sampler']} | {r['rms_gap']:.3f} | {r['std']:.3f} |" for r in rows]
+    md = ["| sampler (K = %d) | RMS gap to the ODE chunk | mean std of a stochastic transition | credited share of "
+          "the action variance | action variance |" % args.steps, "| --- | ---: | ---: | ---: | ---: |"]
+    md += [f"| {r['sampler']} | {r['rms_gap']:.3f} | {r['std']:.3f} | {r['credited_share']:.2f} | "
+           f"{r['action_var']:.3f} |" for r in rows]
+    md += ["", "Credited share: the part of the executed actions' variance (over x^0 and the sampler's noise, per "
+           "observation) that the sampler's noise causes, E_x0[Var(a | x^0)] / Var(a): the part a log-prob credits. "
+           "x^0's part (which mode of the policy a chunk comes from) carries no gradient in any method."]
     md += ["", "What noise injected at one denoising step does to the executed actions: the RMS displacement of the "
            "final chunk per unit of injected std (1 = passed on whole; below 1, the later steps pull it back):", "",
            "| noise after step | t | transfer |", "| --- | --- | ---: |"]
@@ -94,6 +102,27 @@ def main() -> None:
     write_results(f"exploration_{Path(args.policy).parent.parent.name}",
                   {"rows": rows, "transfer": [v for _, _, v in transfer], "args": vars(args)},
                   "\n".join(md))
+
+
+@torch.no_grad()
+def credited_share(policy, obs, cfg: SamplerConfig, chunk: int, dims: int, repeats: int,
+                   g: torch.Generator) -> tuple[float, float]:
+    """(E_x0[Var(a | x^0)] / Var(a), Var(a)) of the executed actions, over ``repeats`` x^0 x ``repeats`` draws."""
+    from pirl import flow
+
+    ctx = policy.encode(obs)
+    B = next(v.shape[0] for v in obs.values() if isinstance(v, torch.Tensor))
+    fn = policy.velocity_fn(ctx, cfg.method == "flow_noise")
+    groups = []
+    for _ in range(repeats):
+        x0 = torch.randn((B, *policy.action_shape), generator=g)
+        draws = [flow.sample(fn, x0, steps=cfg.steps, method=cfg.method, noise_level=cfg.noise_level,
+                             sde_steps=cfg.sde_steps, noise_steps=cfg.noise_steps, generator=g).actions
+                 for _ in range(repeats)]
+        groups.append(torch.stack(draws, 1)[:, :, :chunk, :dims])
+    a = torch.stack(groups, 1)  # [B, x0, draws, chunk, dims]
+    within, total = a.var(2).mean(), a.flatten(1, 2).var(1).mean()
+    return float(within / total), float(total)
 
 
 @torch.no_grad()

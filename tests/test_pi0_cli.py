@@ -282,6 +282,16 @@ def test_memory_estimate_and_refusal(monkeypatch):
         check_fits(policy, cfg, log=None)
 
 
+def test_velocity_passes_per_chain_follow_the_sampler():
+    """Re-scoring a chain costs one velocity pass where one transition is stochastic, K where all are."""
+    from pirl.policies.pi0.memory import velocity_passes
+
+    assert velocity_passes(SamplerConfig(method="flow_sde", steps=5)) == 1
+    assert velocity_passes(SamplerConfig(method="flow_sde", steps=5, sde_steps="all")) == 5
+    assert velocity_passes(SamplerConfig(method="flow_noise", steps=5)) == 5
+    assert velocity_passes(SamplerConfig(method="flow_noise", steps=5, noise_steps="one")) == 1
+
+
 def test_a_hub_id_offline_names_the_files_to_place(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PolicyLoadError, match="Offline.*config.json, model.safetensors"):

@@ -212,5 +212,12 @@ def test_adaptive_task_sampling_favours_tasks_being_learned():
                                                                  "crashed": np.zeros(2, bool)})
     np.testing.assert_allclose(col.task_success, [1.0, 0.35])
     assert _collector(groups=4, G=1).task_probs() is None
+    # what it acts on is logged per task after every collect
+    m = col.collect().metrics
+    names = col.env.task_names
+    probs = [m[f"tasks/draw_prob/{n}"] for n in names]
+    np.testing.assert_allclose(probs, col.task_probs())
+    np.testing.assert_allclose([m[f"tasks/running_success/{n}"] for n in names], col.task_success)
+    assert not any(k.startswith("tasks/") for k in _collector(groups=4, G=1).collect().metrics)
     with pytest.raises(ValueError, match="task_sampling"):
         CollectorConfig(4, 1, task_sampling="greedy")

@@ -282,6 +282,13 @@ class RolloutCollector:
             "perf/sim_s": self.timing["sim_s"],
             "perf/env_steps_per_s": env_steps / elapsed if elapsed > 0 else math.nan,
         }
+        probs = self.task_probs()
+        if probs is not None and len(self.tasks) > 1:
+            # what adaptive sampling acts on: a task whose noisy rollouts fail gets the floor's share of the batch
+            names = self.env.task_names
+            for t, p in zip(self.tasks, probs):
+                metrics[f"tasks/running_success/{names[t]}"] = float(self.task_success[t])
+                metrics[f"tasks/draw_prob/{names[t]}"] = float(p)
         return Rollout(buffers=[b for b in buffers if bool(b.valid.any())], metrics=metrics)
 
     def _filter(self, ep: dict[str, np.ndarray], groups: Tensor) -> tuple[Tensor, int]:
