@@ -128,7 +128,8 @@ def main() -> None:
                     help="Flow-Noise: [std_min, std_max] of the noise head (default TrainConfig's 0.08 0.16)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="TrainConfig overrides, as on pirl train's command line (e.g. optim.lr=1e-5 ppo.target_kl=0.02)")
-    ap.add_argument("--label", default="", help="suffix of the run directory and the results row (keeps other rows)")
+    ap.add_argument("--label", default="", help="suffix of the run directory and the results row (keeps other rows); joined with '_' "
+                         "unless it starts with '_' or '-' (write --label=-x for the latter)")
     ap.add_argument("--compare-at", type=float, default=None,
                     help="also tabulate each method's held-out success at this wall time (seconds)")
     ap.add_argument("--resume", action="store_true",
@@ -169,7 +170,8 @@ def main() -> None:
         )
         if args.set:
             cfg = load_config(TrainConfig, to_dict(cfg), args.set)
-        name = name + args.label
+        label = args.label if not args.label or args.label[0] in "_-" else "_" + args.label
+        name = name + label
         run = root / name
         train(replace(cfg), run, resume=args.resume)
         evals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r]

@@ -59,8 +59,11 @@ def _one_line_error(capsys, rc: int, *names: str) -> str:
 ])
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_bad_policy_files_name_the_file(files, capsys, command, name, words):
-    rc = pirl([command, "--run-dir", str(files / f"run-{command}-{name}"), f"policy={files / name}", *PM])
+    run = files / f"run-{command}-{name}"
+    rc = pirl([command, "--run-dir", str(run), f"policy={files / name}", *PM])
     _one_line_error(capsys, rc, str(files / name), *words)
+    if name == "missing.safetensors":
+        assert not run.exists(), "a wrong policy path left an empty run directory behind"
 
 
 def test_a_policy_that_does_not_fit_the_env(files, capsys):
@@ -90,8 +93,11 @@ def test_damaged_datasets_name_the_file(files, capsys, case, words):
         "truncated_parquet": lambda r: (r / "data/chunk-000/file-000.parquet").write_bytes(b"PAR1 cut short"),
     }[case]
     root = files / "nowhere" if damage is None else _damaged(files, case, damage)
-    rc = pirl(["sft", "--run-dir", str(files / f"sft-{case}"), f"dataset={root}", "steps=1", "eval_every=-1"])
+    run = files / f"sft-{case}"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={root}", "steps=1", "eval_every=-1"])
     _one_line_error(capsys, rc, str(root), *words)
+    if case == "missing":
+        assert not run.exists(), "a wrong dataset path left an empty run directory behind"
 
 
 def test_unknown_task_in_collect_and_eval(files, capsys):

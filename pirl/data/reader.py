@@ -96,13 +96,20 @@ def _check_stats(info: dict, stats: dict, root: Path) -> None:
                 raise DatasetError(f"stats.json's {key!r} {name} has {n} values but info.json gives shape {ft['shape']}; {fix}")
 
 
-def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDataset:
-    """Loads a LeRobot v3.0 dataset (meta, frames, and decoded videos) from a local directory."""
+def check_dataset_root(root: str | Path) -> Path:
+    """Raises :class:`DatasetError` unless ``root`` is a directory with a LeRobot ``meta/info.json`` (cheap: a
+    command checks this before it creates its run directory)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset directory {root} does not exist; set dataset=DIR to a dataset written by "
                            "`pirl collect --run-dir DIR`")
     _require(root / INFO_PATH, "meta/info.json", "Is this a LeRobot dataset root? Create one with pirl.data.collect(...).")
+    return root
+
+
+def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDataset:
+    """Loads a LeRobot v3.0 dataset (meta, frames, and decoded videos) from a local directory."""
+    root = check_dataset_root(root)
     info = _read_json(root / INFO_PATH, _RECOLLECT)
     version = str(info.get("codebase_version", "?"))
     if not version.startswith("v3"):

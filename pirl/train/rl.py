@@ -288,12 +288,15 @@ def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[H
     return sampler, replace(algo, ppo=ppo, optim=replace(algo.optim, lr=h.lr_for(kind, algo.optim.lr)))
 
 
+EMPTY_POLICY = "policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)"
+
+
 class Trainer:
     """Holds a run's live objects; `run()` executes iterations until done or interrupted."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
         if not cfg.policy:
-            raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)")
+            raise InputError(EMPTY_POLICY)
         if cfg.logger in ("wandb", "both"):
             wandb_module()  # not installed: say so now, before simulators and Ray start
         if cfg.threads:
@@ -597,11 +600,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
 
 def train_main(cfg: TrainConfig, args) -> int:
     """CLI entry: `pirl train [--config X] [key=value ...] [--run-dir D] [--resume D]`."""
+    from pirl.policies.io import resolve_source
     from pirl.train.rundir import RunDir
 
     if getattr(args, "resume", None):
         run = RunDir.open(args.resume)
         return train(cfg, run.path, resume=True)
+    if not cfg.policy:
+        raise InputError(EMPTY_POLICY)
+    resolve_source(cfg.policy)  # before the run directory exists: a wrong path leaves no empty run behind
     run = RunDir.create(getattr(args, "run_dir", None), name="train")
     run.save_config(cfg)
     print(f"run directory: {run.path}", flush=True)

@@ -300,10 +300,12 @@ def sft_main(cfg: SFTConfig, args) -> int:
     """CLI entry: `pirl sft dataset=DIR [key=value ...] [--run-dir D]` (checkpoints go to the run directory)."""
     from dataclasses import replace
 
+    from pirl.data.reader import check_dataset_root
     from pirl.train.rundir import RunDir
 
     if not cfg.dataset:
         raise InputError("set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`)")
+    check_dataset_root(cfg.dataset)  # before the run directory exists: a typo leaves no empty run behind
     run = RunDir.create(getattr(args, "run_dir", None), name="sft")
     cfg = replace(cfg, out_dir=cfg.out_dir or str(run.path))
     run.save_config(cfg)
