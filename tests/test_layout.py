@@ -52,3 +52,26 @@ def _loaded_after(module: str) -> set[str]:
 def test_import_boundaries_at_run_time(module, forbidden):
     loaded = _loaded_after(module)
     assert not any(m.startswith(forbidden) for m in loaded), loaded
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as '-'."""
+    text = heading.lstrip("#").strip().lower()
+    return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+def test_readme_keeps_its_results_and_links():
+    """The README is where measured figures are quoted: its sections stay, its in-page links resolve and every
+    results file it cites exists (a bad edit once dropped the Results section and left a dangling link)."""
+    import re
+
+    readme = (ROOT.parent / "README.md").read_text()
+    headings = [line for line in readme.splitlines() if line.startswith("#")]
+    anchors = {_anchor(h) for h in headings}
+    for section in ("Two commands", "Results", "Benchmarks", "Known gaps"):
+        assert any(h.lstrip("#").strip() == section for h in headings), f"README lost its '{section}' section"
+    missing = [a for a in re.findall(r"\]\(#([^)]+)\)", readme) if a not in anchors]
+    assert not missing, f"README links to sections it does not have: {missing}"
+    cited = set(re.findall(r"bench/results/[\w.\-/]+\.(?:md|json)", readme))
+    absent = sorted(c for c in cited if not (ROOT.parent / c).exists())
+    assert not absent, f"README cites results files that do not exist: {absent}"
