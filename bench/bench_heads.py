@@ -122,7 +122,7 @@ def samplers(head: str, args: argparse.Namespace) -> Any:
     level = args.ratio_level
     if head == "regression":
         return HeadSamplerConfig(widen=args.widen, ratio_density=args.ratio_density, logp_steps=logp_steps,
-                                 log_prob_level=level)
+                                 log_prob_level=level, correlation=args.correlation)
     if head == "tokenized":
         return HeadSamplerConfig(widen=args.temperature, ratio_density=args.ratio_density, logp_steps=logp_steps,
                                  log_prob_level=level)
@@ -344,6 +344,8 @@ def main() -> None:
     p.add_argument("--lr", nargs="+", type=float, default=[1e-3], help="RL learning rate: one, or one per head")
     p.add_argument("--noise-level", type=float, default=0.5, help="flow: Flow-SDE noise level a (the demo's: 1.0)")
     p.add_argument("--widen", type=float, default=1.0, help="regression: sampling scale factor")
+    p.add_argument("--correlation", type=float, default=0.0,
+                   help="regression: within-chunk correlation of the exploration noise (Gaussian with the head's std)")
     p.add_argument("--temperature", type=float, default=0.5, help="tokenized: sampling softmax temperature")
     p.add_argument("--ratio-density", choices=("behaviour", "nominal"), default="behaviour")
     p.add_argument("--ratio-level", choices=("chunk", "element"), default="chunk",

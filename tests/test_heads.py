@@ -125,19 +125,75 @@ def test_greedy_is_the_mode():
     assert torch.equal(tok, t.params(t.encode(obs)).argmax(-1))
 
 
+
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+@pytest.mark.parametrize("c,logp_steps", [(0.6, None), (0.9, 2)])
+def test_correlated_regression_log_prob_is_the_multivariate_normal(loss, c, logp_steps):
+    """With a within-chunk correlation the chunk is a Gaussian per action dimension with the head's element std
+    (sqrt(2) b for a Laplace) and covariance std_i std_j (c + (1 - c) [i == j]); the per-element conditionals sum
+    to its log-density and entropy, and dropping later actions leaves the exact marginal."""
+    from torch.distributions import MultivariateNormal
+
+    p, obs = _reg(loss), _obs()
+    cfg = HeadSamplerConfig(widen=1.3, correlation=c, logp_steps=logp_steps)
+    out = p.act(obs, cfg, generator=torch.Generator().manual_seed(0))
+    T = logp_steps or H
+    with torch.no_grad():
+        mean, log_scale = p.params(p.encode(obs))
+        std = log_scale.exp() * 1.3 * (math.sqrt(2.0) if loss == "l1" else 1.0)  # [B, H, D]
+        corr = c * torch.ones(T, T) + (1 - c) * torch.eye(T)
+        x = out.chain.actions[:, :T].transpose(1, 2)  # [B, D, T]
+        s = std[:, :T].transpose(1, 2)
+        mvn = MultivariateNormal(mean[:, :T].transpose(1, 2), covariance_matrix=s.unsqueeze(-1) * corr * s.unsqueeze(-2))
+        ev = p.evaluate(obs, out.chain)
+    torch.testing.assert_close(out.log_prob, mvn.log_prob(x).sum(1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ev.entropy * T * D, mvn.entropy().sum(1), rtol=1e-4, atol=1e-4)
+    assert out.chain.correlation == c
+
+
+def test_correlated_samples_have_the_stated_correlation_and_std():
+    p, obs = _reg("mse"), {"state": torch.zeros(20000, S)}
+    out = p.act(obs, HeadSamplerConfig(correlation=0.7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean, log_scale = p.params(p.encode(obs))
+    e = (out.chain.actions - mean) / log_scale.exp()  # standardised residuals [N, H, D]
+    assert abs(float(e.std()) - 1.0) < 0.02
+    r = torch.corrcoef(torch.stack([e[:, 0, 0], e[:, 3, 0], e[:, 1, 1], e[:, 2, 0]]))
+    assert abs(float(r[0, 1]) - 0.7) < 0.02  # two actions of the chunk, same dimension
+    assert abs(float(r[0, 2])) < 0.03 and abs(float(r[1, 3]) - 0.7) < 0.02  # across dimensions: independent
+    greedy = p.act(obs, HeadSamplerConfig(correlation=0.7).deterministic())
+    torch.testing.assert_close(greedy.chain.actions, mean)
+
+
+def test_correlation_is_validated_and_refused_by_the_tokenized_head():
+    with pytest.raises(ValueError, match="correlation"):
+        HeadSamplerConfig(correlation=1.0)
+    with pytest.raises(ValueError, match="regression head"):
+        _tok().act(_obs(), HeadSamplerConfig(correlation=0.5))
+    a = _reg().act(_obs(), HeadSamplerConfig()).chain
+    b = _reg().act(_obs(), HeadSamplerConfig(correlation=0.5)).chain
+    with pytest.raises(ValueError, match="correlation"):
+        ActionSample.cat([a, b])
+
+
 # -- ratio 1 -------------------------------------------------------------------------------------
 CONFIGS = [
     HeadSamplerConfig(),
     HeadSamplerConfig(widen=2.0, ratio_density="nominal"),
     HeadSamplerConfig(widen=0.5, logp_steps=2),
     HeadSamplerConfig(log_prob_level="element", logp_steps=3),
+    HeadSamplerConfig(log_prob_level="element", logp_steps=3, correlation=0.8),
 ]
 
 
 @pytest.mark.parametrize("make", [_reg, lambda: _reg("mse"), _tok, lambda: _tok(True)], ids=["l1", "mse", "tok", "tok_bin"])
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "nominal", "logp_steps", "element"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "nominal", "logp_steps", "element", "correlated"])
 def test_ratio_one_through_act_and_evaluate(make, cfg):
     p, obs = make(), _obs(B=32)
+    if cfg.correlation and isinstance(p.cfg, TokenizedPolicyConfig):
+        with pytest.raises(ValueError, match="regression head"):
+            p.act(obs, cfg)
+        return
     parts = [p.act({"state": obs["state"][i : i + 8]}, cfg, generator=torch.Generator().manual_seed(i)) for i in range(0, 32, 8)]
     record = ActionSample.cat([o.chain for o in parts])
     old = torch.cat([o.log_prob for o in parts])
@@ -351,3 +407,29 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
             assert t.policy.cfg.scale_min == RegressionPolicyConfig(S, D).scale_min
     finally:
         t.close()
+
+
+def test_train_gives_the_regression_head_its_chunk_correlation(tmp_path):
+    """head.correlation reaches the regression head's rollout sampler (and one iteration runs with it); a
+    tokenized policy is refused with the setting's name."""
+    from pirl.envs.registry import EnvConfig
+    from pirl.errors import InputError
+    from pirl.policies.io import save_policy
+    from pirl.policies.options import HeadOptions
+    from pirl.train import rl
+
+    torch.manual_seed(0)
+    base = dict(env=EnvConfig(suite="point_mass", tasks=("a",), chunk=2, max_episode_steps=16), algorithm="loop",
+                group_size=2, num_groups=4, iterations=1, eval_episodes_per_task=2, eval_num_envs=2,
+                videos_per_task=0, logger="none", head=HeadOptions(correlation=0.5))
+    reg = save_policy(make_regression_policy(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "r.safetensors")
+    t = rl.Trainer(rl.TrainConfig(policy=str(reg), **base), tmp_path / "run")
+    try:
+        assert t.sampler.correlation == 0.5 and t.eval_sampler.greedy
+        m = t.step()
+        assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
+    finally:
+        t.close()
+    tok = save_policy(make_tokenized_policy(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "t.safetensors")
+    with pytest.raises(InputError, match="head.correlation"):
+        rl.Trainer(rl.TrainConfig(policy=str(tok), **base), tmp_path / "run2")

@@ -46,6 +46,10 @@ class HeadSamplerConfig:
     """Leading actions of the chunk that count in log-probs (the executed ones); None = all H."""
     log_prob_level: Literal["chunk", "element"] = "chunk"
     """chunk: one log-prob per chunk [B] (sum over counted elements); element: [B, M] for PPO's element ratio."""
+    correlation: float = 0.0
+    """Regression head only: correlation c in [0, 1) of the exploration noise between the actions of one chunk
+    (each action dimension gets a shared draw of variance c plus an own draw of variance 1 - c), so that a
+    chunk explores as one coherent offset rather than as independent jitter. 0 = independent elements."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.widen, (int, float)) and self.widen > 0):
@@ -56,6 +60,8 @@ class HeadSamplerConfig:
             raise ValueError(f"logp_steps must be >= 1 or None, got {self.logp_steps}")
         if self.log_prob_level not in ("chunk", "element"):
             raise ValueError(f"log_prob_level must be 'chunk' or 'element', got {self.log_prob_level!r}")
+        if not (isinstance(self.correlation, (int, float)) and 0.0 <= self.correlation < 1.0):
+            raise ValueError(f"correlation must be a number in [0, 1), got {self.correlation!r}")
 
     def deterministic(self) -> "HeadSamplerConfig":
         """The greedy version, used for evaluation and deployment."""
@@ -93,9 +99,11 @@ class ActionSample:
     """Leading actions that count in the log-probs; None = all."""
     log_prob_level: str = "chunk"
     """'chunk' ([B] log-probs) or 'element' ([B, M])."""
+    correlation: float = 0.0
+    """Within-chunk correlation of the sampling noise (regression head; 0 = independent elements)."""
 
     def _meta(self) -> tuple:
-        return (self.density_widen, self.logp_steps, self.log_prob_level, self.tokens is None)
+        return (self.density_widen, self.logp_steps, self.log_prob_level, self.tokens is None, self.correlation)
 
     def index(self, idx: Union[Tensor, slice]) -> "ActionSample":
         return replace(self, actions=self.actions[idx], tokens=self.tokens[idx] if self.tokens is not None else None)
@@ -111,7 +119,8 @@ class ActionSample:
         """Concatenates records drawn with the same settings along the batch."""
         first = samples[0]
         if any(s._meta() != first._meta() for s in samples[1:]):
-            raise ValueError("cannot concatenate samples drawn with different widening, logp_steps or log-prob level")
+            raise ValueError("cannot concatenate samples drawn with different widening, logp_steps, log-prob level "
+                             "or correlation")
         tokens = torch.cat([s.tokens for s in samples]) if first.tokens is not None else None
         return replace(first, actions=torch.cat([s.actions for s in samples]), tokens=tokens)
 
@@ -177,8 +186,9 @@ class HeadPolicy(Policy):
         """Samples (or takes the mode of) the distribution; fills in the record's settings."""
         raise NotImplementedError
 
-    def element_entropy(self, params: Any, density_widen: float) -> Tensor:
-        """[B, H, D] entropy of each element's distribution at the given widening."""
+    def element_entropy(self, params: Any, sample: ActionSample) -> Tensor:
+        """[B, H, D] entropy of each element's distribution at the sample's density (widening, correlation); with
+        correlated elements, of each element given the chunk's earlier ones, so that they sum to the joint's."""
         raise NotImplementedError
 
     # -- provided ---------------------------------------------------------------------------
@@ -236,7 +246,7 @@ class HeadPolicy(Policy):
         ctx = self.encode(obs)
         params = self.params(ctx)
         log_prob = self.reduce_log_prob(self.element_log_prob(params, chain), chain)
-        ent = self.element_entropy(params, chain.density_widen)
+        ent = self.element_entropy(params, chain)
         if chain.logp_steps is not None:
             ent = ent[:, : chain.logp_steps]
         value = self._value(ctx) if with_value and self.value_head is not None else None

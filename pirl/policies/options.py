@@ -100,6 +100,10 @@ class HeadOptions:
     default: regression 3e-5, tokenized 1e-5 (first-update approx-KL ~0.01-0.05 per element; 1e-4 did no better)."""
     target_kl: Optional[float] = None
     """ppo.target_kl for a head (per element with ratio_level=element); None = ppo.target_kl."""
+    correlation: float = 0.0
+    """Regression head: correlation in [0, 1) of the exploration noise between the actions of a chunk (a Gaussian
+    with the head's per-element std, each action dimension's offset shared along the chunk to this degree; exact
+    log-probs, see pirl.policies.regression). 0 = independent elements, the head's own Laplace / Gaussian."""
 
     DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5}
     """widen when it is None, per policy kind (measured: bench/results/heads_metaworld.md)."""
@@ -113,6 +117,8 @@ class HeadOptions:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ValueError(f"head.{name} must be > 0 or None, got {v!r}")
+        if not 0.0 <= self.correlation < 1.0:
+            raise ValueError(f"head.correlation must be in [0, 1), got {self.correlation!r}")
 
     DEFAULT_LR: ClassVar[dict[str, float]] = {"regression": 3e-5, "tokenized": 1e-5}
     """lr when it is None, per policy kind."""

@@ -13,6 +13,15 @@ shaping) the scale never moves the mean's representation; its bias starts low an
 log-scale is clipped to [log scale_min, log scale_max]. Sampling may widen the scale by
 ``HeadSamplerConfig.widen``; whether the ratio uses the widened density is
 ``HeadSamplerConfig.ratio_density`` (see :mod:`pirl.policies.heads`).
+
+With ``HeadSamplerConfig.correlation = c > 0`` the rollouts draw each chunk from a Gaussian whose
+elements have the head's standard deviation (sigma, or sqrt(2) b for a Laplace head) and, per action
+dimension, correlation c between any two actions of the chunk: e_t = sqrt(c) z + sqrt(1 - c) eps_t.
+Its log-density is written as a product of conditionals along the chunk, which is exact, keeps one
+term per element (so per-element ratios still apply), and stays exact when later actions are dropped.
+For the standardised residuals e_t = (x_t - mu_t) / s_t and k = t earlier actions with sum S_t,
+
+    e_t | e_<t ~ N(c S_t / (1 - c + k c), (1 - c)(1 + k c) / (1 - c + k c)).
 """
 
 from __future__ import annotations
@@ -98,19 +107,52 @@ class RegressionPolicy(HeadPolicy):
 
     def element_log_prob(self, params: tuple[Tensor, Tensor], sample: ActionSample) -> Tensor:
         mean, log_scale = params
-        return self.log_density(sample.actions, mean, log_scale + math.log(sample.density_widen), self.cfg.family)
+        log_scale = log_scale + math.log(sample.density_widen)
+        if sample.correlation:
+            return self._correlated_log_density(sample.actions, mean, self._log_std(log_scale), sample.correlation)
+        return self.log_density(sample.actions, mean, log_scale, self.cfg.family)
 
-    def element_entropy(self, params: tuple[Tensor, Tensor], density_widen: float) -> Tensor:
-        log_scale = params[1] + math.log(density_widen)
+    def element_entropy(self, params: tuple[Tensor, Tensor], sample: ActionSample) -> Tensor:
+        log_scale = params[1] + math.log(sample.density_widen)
+        if sample.correlation:
+            log_var = self._conditional_log_var(sample.correlation, self.action_horizon, log_scale.device)
+            return 0.5 + _LOG_SQRT_2PI + self._log_std(log_scale) + 0.5 * log_var.view(1, -1, 1)
         if self.cfg.family == "laplace":
             return 1.0 + _LOG2 + log_scale
         return 0.5 + _LOG_SQRT_2PI + log_scale
 
+    def _log_std(self, log_scale: Tensor) -> Tensor:
+        """Log standard deviation of an element: a Laplace of scale b has std sqrt(2) b."""
+        return log_scale + 0.5 * _LOG2 if self.cfg.family == "laplace" else log_scale
+
+    @staticmethod
+    def _conditional_log_var(c: float, horizon: int, device: torch.device) -> Tensor:
+        """[H] log-variance of a standardised element given the chunk's earlier ones (equicorrelation c)."""
+        k = torch.arange(horizon, device=device, dtype=torch.float32)
+        return math.log1p(-c) + torch.log1p(k * c) - torch.log1p(-c + k * c)
+
+    @classmethod
+    def _correlated_log_density(cls, x: Tensor, mean: Tensor, log_std: Tensor, c: float) -> Tensor:
+        """[B, H, D] log p(x_t | x_<t) of a chunk whose elements are equicorrelated (c) along H, per dimension."""
+        e = (x.float() - mean) * torch.exp(-log_std)
+        H = e.shape[1]
+        k = torch.arange(H, device=e.device, dtype=torch.float32).view(1, H, 1)
+        earlier = torch.cumsum(e, dim=1) - e
+        cond_mean = c * earlier / (1.0 - c + k * c)
+        log_var = cls._conditional_log_var(c, H, e.device).view(1, H, 1)
+        return -log_std - _LOG_SQRT_2PI - 0.5 * log_var - 0.5 * (e - cond_mean).square() * torch.exp(-log_var)
+
     def draw(self, params: tuple[Tensor, Tensor], cfg: HeadSamplerConfig,
              generator: Optional[torch.Generator]) -> ActionSample:
         mean, log_scale = params
+        correlation = 0.0 if cfg.greedy else cfg.correlation
         if cfg.greedy:
             x = mean
+        elif correlation:
+            std = torch.exp(self._log_std(log_scale)) * cfg.widen
+            shared = torch.randn((mean.shape[0], 1, mean.shape[2]), generator=generator, device=mean.device)
+            own = torch.randn(mean.shape, generator=generator, device=mean.device)
+            x = mean + std * (math.sqrt(correlation) * shared + math.sqrt(1.0 - correlation) * own)
         else:
             scale = torch.exp(log_scale) * cfg.widen
             if self.cfg.family == "laplace":
@@ -120,7 +162,7 @@ class RegressionPolicy(HeadPolicy):
             else:
                 noise = torch.randn(mean.shape, generator=generator, device=mean.device)
             x = mean + scale * noise
-        return ActionSample(x, None, cfg.density_widen, cfg.logp_steps, cfg.log_prob_level)
+        return ActionSample(x, None, cfg.density_widen, cfg.logp_steps, cfg.log_prob_level, correlation)
 
     # -- supervised losses ------------------------------------------------------------------
     def sft_loss(self, obs: Obs, actions: Tensor, *, generator: Optional[torch.Generator] = None,

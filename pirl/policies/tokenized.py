@@ -98,12 +98,15 @@ class TokenizedPolicy(HeadPolicy):
             lp = lp - torch.log(self.bin_width)
         return lp
 
-    def element_entropy(self, params: Tensor, density_widen: float) -> Tensor:
-        logp = F.log_softmax(params / density_widen, dim=-1)
+    def element_entropy(self, params: Tensor, sample: ActionSample) -> Tensor:
+        logp = F.log_softmax(params / sample.density_widen, dim=-1)
         ent = -(logp.exp() * logp).sum(-1)
         return ent + torch.log(self.bin_width) if self.cfg.within_bin else ent
 
     def draw(self, params: Tensor, cfg: HeadSamplerConfig, generator: Optional[torch.Generator]) -> ActionSample:
+        if cfg.correlation:
+            raise ValueError("the tokenized head draws independent tokens; a within-chunk correlation is for the "
+                             "regression head (set it to 0)")
         if cfg.greedy:
             tokens = params.argmax(-1)
         else:

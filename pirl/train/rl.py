@@ -281,8 +281,12 @@ def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[H
     level and PPO's ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
     target KL is the head's where it sets one."""
     h = cfg.head
+    if h.correlation and kind != "regression":
+        raise InputError(f"head.correlation={h.correlation:g} is for the regression head; a {kind} policy draws "
+                         "independent elements (set head.correlation=0)")
     sampler = HeadSamplerConfig(widen=h.widen_for(kind), ratio_density=h.ratio_density,
-                                logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=h.ratio_level)
+                                logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=h.ratio_level,
+                                correlation=h.correlation)
     ppo = replace(algo.ppo, ratio_level=h.ratio_level, target_kl=h.target_kl if h.target_kl is not None
                   else algo.ppo.target_kl)
     return sampler, replace(algo, ppo=ppo, optim=replace(algo.optim, lr=h.lr_for(kind, algo.optim.lr)))
@@ -318,7 +322,8 @@ class Trainer:
             self.sampler, self.algo = head_settings(cfg, policy_kind(self.policy), self.algo)
             print(f"{policy_kind(self.policy)} head: lr {self.algo.optim.lr:g} "
                   f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
-                  f"flow policies'), {cfg.head.ratio_level}-level ratios, widen {self.sampler.widen:g}")
+                  f"flow policies'), {cfg.head.ratio_level}-level ratios, widen {self.sampler.widen:g}"
+                  + (f", within-chunk correlation {self.sampler.correlation:g}" if self.sampler.correlation else ""))
             self.eval_sampler = self.sampler.deterministic()
         else:
             self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
