@@ -1,13 +1,17 @@
-"""RL on one LIBERO task from a few-shot SFT policy whose demonstrations were made here.
+"""RL on LIBERO tasks from a few-shot SFT policy whose demonstrations were made here.
 
 1. demos: the privileged scripted expert (pirl.envs.libero_expert) on training init states, through
    `collect(suite='libero')`; its success rate over the attempts is recorded;
-2. SFT: state MLP flow policy on the first few demos (robot state + privileged object/target positions);
-3. RL: PPO + hybrid Flow-SDE (noise level 1.0, K = 4, lr 2e-5: the MetaWorld demo's settings), stopped by
-   wall time; success before/after on held-out init states that neither the demos nor RL ever start from.
+2. SFT: state MLP flow policy on the first few demos per task (robot state + privileged object/target positions);
+3. RL, stopped by wall time: PPO + hybrid Flow-SDE (critic, chunk GAE; noise level 1.0, K = 4) or, with
+   ``--method loop`` / ``grpo``, RIPT-VLA's grouped rollouts: ``--group-size`` G rollouts from the same init state
+   of the same task per context, leave-one-out (or group-normalised) advantages, groups whose G outcomes are all
+   equal dropped and re-drawn; success before/after on held-out init states that neither the demos nor RL start from.
 
-Writes bench/results/rl_libero.{json,md}. LIBERO runs ~36 state steps/s per process on a quiet core
-(much less on a busy machine), so the budget is small.
+Writes bench/results/<--name>.{json,md} (default rl_libero for one task and PPO, else rl_libero_<tasks>_<method>).
+Sub-environments step in subprocesses (``--vector async``, both cores). The issue-18 run (libero_spatial, 4 tasks,
+10 demos per task, LOOP with G = 8 from 6 contexts = 48 episodes per iteration, 2 hours):
+  .venv/bin/python bench/bench_rl_libero.py --tasks libero_spatial:0,1,2,3 --method loop --time-limit 7200
 Run: PIRL_LIBERO_ASSETS=/path/to/assets .venv/bin/python bench/bench_rl_libero.py [--time-limit S]
 """
 
@@ -32,25 +36,38 @@ from pirl.train.sft import SFTConfig, sft
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="libero_spatial:0", help="one LIBERO task, 'suite:index'")
+    ap.add_argument("--tasks", default="libero_spatial:0", help="LIBERO tasks, 'suite:index[,index...]'")
+    ap.add_argument("--method", choices=["ppo_flow_sde", "loop", "grpo"], default="ppo_flow_sde")
+    ap.add_argument("--group-size", type=int, default=8, help="loop / grpo: rollouts per (task, init state) context")
+    ap.add_argument("--vector", choices=["sync", "async"], default="async", help="async: sub-envs in subprocesses")
+    ap.add_argument("--name", default=None, help="results file name (bench/results/NAME.{json,md})")
     ap.add_argument("--demos", type=int, default=10, help="expert demonstrations collected")
-    ap.add_argument("--shots", type=int, default=10, help="demonstrations SFT trains on (the first ones)")
+    ap.add_argument("--shots", type=int, default=10, help="demonstrations per task SFT trains on (the first ones)")
     ap.add_argument("--sft-steps", type=int, default=2000)
     ap.add_argument("--held-out", type=int, default=10, help="init states kept for evaluation (of 50)")
     ap.add_argument("--time-limit", type=float, default=1500.0, help="RL wall seconds before the final evaluation")
     ap.add_argument("--iterations", type=int, default=1000)
-    ap.add_argument("--episodes-per-iteration", type=int, default=8)
+    ap.add_argument("--episodes-per-iteration", type=int, default=None,
+                    help="default 8 (ppo_flow_sde) or 6 contexts x --group-size (loop / grpo, RIPT-VLA's 6 x 8)")
     ap.add_argument("--max-episode-steps", type=int, default=0, help="0 = the suite's limit")
     ap.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations (the run ends by time)")
     ap.add_argument("--eval-envs", type=int, default=5)
     ap.add_argument("--noise-level", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--root", default="runs/bench_rl_libero")
+    ap.add_argument("--root", default=None, help="default runs/bench_rl_libero (one task) or runs/bench_rl_libero/<tasks>")
     args = ap.parse_args()
+    grouped = args.method != "ppo_flow_sde"
+    G = args.group_size if grouped else 1
+    episodes = args.episodes_per_iteration or (6 * G if grouped else 8)
+    if episodes % G:
+        ap.error(f"--episodes-per-iteration {episodes} is not a multiple of --group-size {G}")
+    tag = args.tasks.replace(":", "-").replace(",", "")
+    single = "," not in args.tasks
+    name = args.name or ("rl_libero" if single and not grouped else f"rl_libero_{tag}_{args.method}")
     setup_threads(1)
     t_start = time.perf_counter()
-    root = Path(args.root)
+    root = Path(args.root or ("runs/bench_rl_libero" if single else f"runs/bench_rl_libero/{tag}"))
     data = root / "data"
     report_path = root / "collect_report.json"
     if not (data / "meta" / "info.json").exists():
@@ -69,16 +86,18 @@ def main() -> None:
                       episodes_per_task=args.shots, eval_every=-1, seed=args.seed), log=None)
     sft_s = time.perf_counter() - t_sft
     env = EnvConfig(suite="libero", tasks=args.tasks, chunk=4, max_episode_steps=args.max_episode_steps,
-                    object_state=True, held_out_init_states=args.held_out)
+                    object_state=True, held_out_init_states=args.held_out, vector=args.vector)
     cfg = TrainConfig(
-        policy=str(policy), env=env, algorithm="ppo",
+        policy=str(policy), env=env, algorithm="ppo" if not grouped else args.method,
         sampler=SamplerConfig(method="flow_sde", steps=4, noise_level=args.noise_level),
-        optim=OptimizerConfig(lr=args.lr, value_lr=1e-3), num_groups=args.episodes_per_iteration,
+        optim=OptimizerConfig(lr=args.lr, value_lr=1e-3), num_groups=episodes // G, group_size=G,
+        group_filter="nonuniform" if grouped else "none",
         iterations=args.iterations, time_limit_s=args.time_limit, eval_every=args.eval_every,
         eval_episodes_per_task=args.held_out, eval_num_envs=args.eval_envs, videos_per_task=0,
         checkpoint_every=5, seed=args.seed,
     )
-    run = root / "rl"
+    # the single-task PPO run keeps its old directory, so that its checkpoints resume
+    run = root / ("rl" if single and not grouped else args.method)
     t_rl = time.perf_counter()
     rc = train(cfg, run, resume=(run / "checkpoints").is_dir())
     if rc != 0:
@@ -90,7 +109,9 @@ def main() -> None:
     rollout_success = [r["rollout/success_rate"] for r in records if "rollout/success_rate" in r]
     info = json.loads((data / "meta" / "info.json").read_text())
     payload = {
-        "task": args.tasks, "demos": info["total_episodes"], "demo_frames": info["total_frames"], "shots": args.shots,
+        "task": args.tasks, "method": args.method, "group_size": G, "episodes_per_iteration": episodes,
+        "success_before_per_task": summary["success_before"], "success_after_per_task": summary["success_after"],
+        "demos": info["total_episodes"], "demo_frames": info["total_frames"], "shots": args.shots,
         "expert": expert_stats,
         "sft_steps": args.sft_steps, "sft_s": sft_s, "held_out_init_states": args.held_out,
         "success_before": summary["success_before_mean"], "success_after": summary["success_after_mean"],
@@ -100,21 +121,26 @@ def main() -> None:
     }
     expert = (f"{sum(expert_stats['successes'].values())}/{sum(expert_stats['attempts'].values())} training init states"
               if expert_stats else "not recorded")
+    method = ("PPO + hybrid Flow-SDE" if not grouped else
+              f"{args.method.upper()} (G = {G} rollouts per task and init state, uniform groups dropped), hybrid Flow-SDE")
+    tasks_after = " ".join(f"{t} {summary['success_before'][t]:.0%} → {summary['success_after'][t]:.0%};"
+                           for t in summary["success_after"])
     md = "\n".join([
-        f"Task {args.tasks}, state MLP flow policy (robot state + privileged object/target positions), "
-        f"{args.shots} of {info['total_episodes']} expert demos, {args.sft_steps} SFT steps; PPO + hybrid Flow-SDE "
-        f"(a = {args.noise_level}, K = 4, lr {args.lr}), {args.episodes_per_iteration} episodes per iteration; success "
-        f"of the deterministic policy (ODE, K = 4) on {args.held_out} held-out init states.", "",
+        f"Tasks {args.tasks}, state MLP flow policy (robot state + privileged object/target positions), "
+        f"{args.shots} expert demos per task ({info['total_episodes']} collected), {args.sft_steps} SFT steps; {method} "
+        f"(a = {args.noise_level}, K = 4, lr {args.lr}), {episodes} episodes per iteration; success "
+        f"of the deterministic policy (ODE, K = 4) on {args.held_out} held-out init states per task.", "",
         "| expert | SFT (before RL) | after RL | env steps | iterations | RL wall s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| {expert} | {summary['success_before_mean']:.0%} | {summary['success_after_mean']:.0%} | "
         f"{summary['env_steps']:,} | {summary['iterations']} | {rl_s:.0f} |", "",
+        "Per task, before → after: " + tasks_after, "",
         "Held-out success along the run (env steps, wall s, success): "
         + ", ".join(f"({s:,}, {w}, {v:.2f})" for s, w, v in curve) + ".",
         "Rollout success per iteration (stochastic sampler): " + " ".join(f"{x:.2f}" for x in rollout_success) + ".",
     ])
     print(" ".join(sys.argv), flush=True)
-    write_results("rl_libero", payload, md)
+    write_results(name, payload, md)
 
 
 if __name__ == "__main__":
