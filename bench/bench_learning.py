@@ -71,6 +71,34 @@ def _at(curve: list, seconds: float) -> float | None:
     return before[-1] if before else None
 
 
+def _seed_table(rows: list[dict], after_s: float = 300.0) -> list[str]:
+    """Rows labelled ``<method>_s<seed>`` grouped per method: each seed's final success, their mean, and the lowest
+    evaluation after ``after_s`` seconds of wall time against the SFT level (issue 17: never below it after 5 min)."""
+    import re
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        m = re.fullmatch(r"(.+)_s(\d+)", r["method"])
+        if m:
+            groups.setdefault(m.group(1), []).append(r)
+    if not groups:
+        return []
+    md = ["", f"Per method over seeds (`_s<seed>` rows): final held-out success per seed and mean; the lowest evaluation "
+          f"after {after_s / 60:.0f} min of wall time, and whether it stayed at or above the SFT level.", "",
+          "| method | seeds | before | after per seed | mean after | best per seed | lowest after "
+          f"{after_s / 60:.0f} min | ≥ SFT after {after_s / 60:.0f} min | env steps per seed |",
+          "| --- | ---: | ---: | --- | ---: | --- | --- | --- | --- |"]
+    for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["method"])
+        lows = [min((s for _, w, s, _ in r["curve"] if w > after_s), default=float("nan")) for r in rs]
+        ok = all(low >= r["before"] - 1e-9 for low, r in zip(lows, rs))
+        per_seed = lambda key, fmt="{:.3f}": " / ".join(fmt.format(r[key]) for r in rs)  # noqa: E731
+        md.append(f"| {name} | {len(rs)} | {rs[0]['before']:.3f} | {per_seed('after')} | "
+                  f"**{sum(r['after'] for r in rs) / len(rs):.3f}** | {per_seed('best')} | "
+                  f"{' / '.join(f'{x:.3f}' for x in lows)} | {'yes' if ok else 'no'} | {per_seed('env_steps', '{:,}')} |")
+    return md
+
+
 def _markdown(out: dict, compare_at: float | None = None) -> str:
     tasks = sorted({t for r in out["rows"] for t in r.get("after_per_task", {})})
     at = f"at {compare_at / 60:.0f} min" if compare_at else ""
@@ -91,6 +119,7 @@ def _markdown(out: dict, compare_at: float | None = None) -> str:
         md.append(f"| {r['method']} | {r['before']:.2f} | {mid}{r['after']:.2f} | {r['best']:.2f} | "
                   f"{'-' if t90 is None else f'{t90:.0f}'} | {r['env_steps']:,} | {r['wall_s']:.0f} | "
                   f"{r.get('cpu_s', float('nan')):.0f} | `{r['command']}` |")
+    md += _seed_table(out["rows"])
     if tasks:
         md += ["", "Per task after RL (before in brackets):", "", "| method | " + " | ".join(tasks) + " |",
                "| --- |" + " ---: |" * len(tasks)]
