@@ -23,6 +23,8 @@ from pirl.envs.libero import STATE_DIM
 
 POS_GAIN = 10.0
 """Action per metre of position error: the OSC controller moves 5 cm per step at |a| = 1."""
+ROT_GAIN = 1.0
+"""Action per radian of orientation error: the controller turns 0.5 rad per step at |a| = 1."""
 OPEN, CLOSE = -1.0, 1.0
 
 
@@ -32,6 +34,10 @@ class Grasp:
 
     offset: tuple[float, float, float]
     """Grip point minus the object's position."""
+    yaw: float = 0.0
+    """Turn of the hand about the vertical from its starting orientation (radians); at 0 the fingers close along y."""
+    gap: float | None = None
+    """Distance between the fingers on the way down to the grip point (narrower fits between walls); None = open."""
     bottom: float = 0.0
     """Depth of the object's bottom below its origin."""
     hover: float = 0.08
@@ -49,9 +55,18 @@ def _upright(half_height: float, grip: float = 0.02) -> Grasp:
     return Grasp(offset=(0.0, 0.0, grip), bottom=half_height)
 
 
+def _rim(direction_deg: float, gap: float | None = None) -> Grasp:
+    """The Akita bowl taken by its rim on the side ``direction_deg`` from its centre (0 = +x, -90 = -y), the hand
+    turned so that the fingers close across the rim (at -90 they do unturned). Its rim geoms lie 4.7 cm from the
+    centre and end 5.3 cm above its origin."""
+    a = np.radians(direction_deg)
+    yaw = (direction_deg + 180.0) % 180.0 - 90.0  # the hand is symmetric: the smaller of the two turns
+    return Grasp(offset=(round(0.047 * np.cos(a), 4), round(0.047 * np.sin(a), 4), 0.04), yaw=float(np.radians(yaw)),
+                 gap=gap)
+
+
 GRASPS = {
-    # rim geoms of the Akita bowl lie 4.7 cm from its centre and end 5.3 cm above its origin
-    "akita_black_bowl": Grasp(offset=(0.0, -0.047, 0.04)),
+    "akita_black_bowl": _rim(-90.0),
     # libero_object: every object stands with its narrow side along y, the direction the fingers close
     # (widest 6.3 cm, the soup cans); half heights from the collision geoms
     "alphabet_soup": _upright(0.038),
@@ -65,6 +80,15 @@ GRASPS = {
     "milk": _upright(0.070),
     "orange_juice": _upright(0.070),
 }
+TASK_GRASPS = {
+    # the cabinet's top covers the drawer's back half and the drawer's walls stand 2-5 cm from the rim: take the
+    # side facing the robot, across the drawer's width (the cabinet stands turned by about 154 degrees),
+    # fingers half closed
+    "black_bowl_in_the_top_drawer_of_the_wooden_cabinet": _rim(156.0, gap=0.05),
+    # the cabinet's front stands a few cm on the -y side: take the side facing the robot
+    "black_bowl_next_to_the_cookie_box": _rim(180.0),
+}
+"""Grasps for particular tasks (a part of the task's name -> grasp), where the usual one collides."""
 DEFAULT_GRASP = Grasp(offset=(0.0, 0.0, 0.02))
 PLACEMENTS = {
     # the basket's contain region is centred 7 cm above its floor, and its walls end 8 cm above that centre;
@@ -86,8 +110,27 @@ def grasp_for_task(task_name: str) -> Grasp:
     picked, _, placed = task_name.partition("_place_it_")
     # task names say 'black_bowl' for the Akita bowl, and the other objects by their base names
     key = "akita_black_bowl" if "black_bowl" in picked else next((n for n in GRASPS if f"_{n}" in picked), "")
-    grasp = GRASPS.get(key, DEFAULT_GRASP)
+    grasp = next((g for part, g in TASK_GRASPS.items() if part in picked), GRASPS.get(key, DEFAULT_GRASP))
     return next((replace(grasp, **p) for kind, p in PLACEMENTS.items() if placed.endswith(kind)), grasp)
+
+
+def _rotation(v: np.ndarray) -> np.ndarray:
+    """Rotation matrix of an axis-angle vector (Rodrigues)."""
+    angle = np.linalg.norm(v)
+    if angle < 1e-9:
+        return np.eye(3)
+    x, y, z = v / angle
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * k @ k
+
+
+def _axis_angle(r: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix whose angle is below pi."""
+    angle = np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))
+    if angle < 1e-9:
+        return np.zeros(3)
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2.0 * np.sin(angle))
+    return angle * axis
 
 
 APPROACH, DESCEND, CLOSE_GRIP, LIFT, CARRY, LOWER, RELEASE = range(7)
@@ -109,6 +152,8 @@ class PickPlaceExpert:
         self.steps = np.zeros(n, dtype=np.int64)
         self.pick: list[np.ndarray | None] = [None] * n
         """Grip point fixed when the gripper closes: the object then moves with the hand."""
+        self.hand: list[np.ndarray | None] = [None] * n
+        """Orientation the hand keeps, the starting one turned by the grasp's yaw."""
 
     def act(self, state: np.ndarray) -> np.ndarray:
         """Actions [N, 7] for observations ``state`` [N, 14] (robot state + privileged object positions)."""
@@ -120,6 +165,8 @@ class PickPlaceExpert:
     def _act_one(self, i: int, s: np.ndarray) -> np.ndarray:
         g = self.grasps[i]
         eef, obj, target = s[:3], s[8:11], s[11:14]
+        if self.hand[i] is None:
+            self.hand[i] = _rotation(np.array([0.0, 0.0, g.yaw])) @ _rotation(s[3:6])
         offset = np.asarray(g.offset)
         grip = self.pick[i] if self.pick[i] is not None else obj + offset
         # grip heights at which the object's bottom is place_clearance / carry_clearance above the target
@@ -128,12 +175,13 @@ class PickPlaceExpert:
         up = np.array([0.0, 0.0, 1.0])
         phase = self.phase[i]
         goal, gripper, done = eef, OPEN, False
-        if phase == APPROACH:
-            goal = grip + g.hover * up
-            done = np.linalg.norm(goal - eef) < self.tolerance
-        elif phase == DESCEND:
-            goal = grip
-            done = np.linalg.norm(goal - eef) < self.tolerance / 2
+        if phase in (APPROACH, DESCEND):
+            goal = grip + g.hover * up if phase == APPROACH else grip
+            done = np.linalg.norm(goal - eef) < (self.tolerance if phase == APPROACH else self.tolerance / 2)
+            # the gripper's command moves the fingers at a fixed rate; 0 holds them where they are
+            gap = s[6] - s[7]
+            if g.gap is not None and gap > g.gap - 0.005:
+                gripper = CLOSE if gap > g.gap + 0.005 else 0.0
         elif phase == CLOSE_GRIP:
             goal, gripper = grip, CLOSE
             done = self.steps[i] >= self.close_steps
@@ -155,5 +203,6 @@ class PickPlaceExpert:
             self.phase[i], self.steps[i] = phase + 1, 0
         a = np.zeros(7)
         a[:3] = np.clip(POS_GAIN * (goal - eef), -1.0, 1.0)
+        a[3:6] = np.clip(ROT_GAIN * _axis_angle(self.hand[i] @ _rotation(s[3:6]).T), -1.0, 1.0)
         a[6] = gripper
         return a
