@@ -55,14 +55,14 @@ def _upright(half_height: float, grip: float = 0.02) -> Grasp:
     return Grasp(offset=(0.0, 0.0, grip), bottom=half_height)
 
 
-def _rim(direction_deg: float, gap: float | None = None) -> Grasp:
+def _rim(direction_deg: float, gap: float | None = None, height: float = 0.04) -> Grasp:
     """The Akita bowl taken by its rim on the side ``direction_deg`` from its centre (0 = +x, -90 = -y), the hand
     turned so that the fingers close across the rim (at -90 they do unturned). Its rim geoms lie 4.7 cm from the
-    centre and end 5.3 cm above its origin."""
+    centre and stand from 1.5 to 5.3 cm above its origin; ``height`` is the grip point's."""
     a = np.radians(direction_deg)
     yaw = (direction_deg + 180.0) % 180.0 - 90.0  # the hand is symmetric: the smaller of the two turns
-    return Grasp(offset=(round(0.047 * np.cos(a), 4), round(0.047 * np.sin(a), 4), 0.04), yaw=float(np.radians(yaw)),
-                 gap=gap)
+    return Grasp(offset=(round(0.047 * np.cos(a), 4), round(0.047 * np.sin(a), 4), height),
+                 yaw=float(np.radians(yaw)), gap=gap)
 
 
 GRASPS = {
@@ -71,7 +71,8 @@ GRASPS = {
     # (widest 6.3 cm, the soup cans); half heights from the collision geoms
     "alphabet_soup": _upright(0.038),
     "tomato_sauce": _upright(0.038),
-    "cream_cheese": _upright(0.009, grip=0.0),
+    # the hand is wider than the fingers along y: off-centre in x it clears the soup can often beside the box
+    "cream_cheese": replace(_upright(0.009, grip=0.0), offset=(-0.025, 0.0, 0.0)),
     "butter": _upright(0.009, grip=0.0),
     "chocolate_pudding": _upright(0.013, grip=0.0),
     "bbq_sauce": _upright(0.055),
@@ -83,8 +84,8 @@ GRASPS = {
 TASK_GRASPS = {
     # the cabinet's top covers the drawer's back half and the drawer's walls stand 2-5 cm from the rim: take the
     # side facing the robot, across the drawer's width (the cabinet stands turned by about 154 degrees),
-    # fingers half closed
-    "black_bowl_in_the_top_drawer_of_the_wooden_cabinet": _rim(156.0, gap=0.05),
+    # fingers half closed; they pushed the bowl off when taking only the rim's top
+    "black_bowl_in_the_top_drawer_of_the_wooden_cabinet": _rim(156.0, gap=0.05, height=0.03),
     # the cabinet's front stands a few cm on the -y side: take the side facing the robot
     "black_bowl_next_to_the_cookie_box": _rim(180.0),
 }
@@ -141,9 +142,10 @@ class PickPlaceExpert:
     """Vectorised over N sub-environments; call :meth:`reset` at every episode start."""
 
     def __init__(self, grasps: list[Grasp], *, close_steps: int = 12, tolerance: float = 0.01,
-                 phase_timeout: int = 60) -> None:
+                 phase_timeout: int = 60, stall_steps: int = 10, stall_distance: float = 0.002) -> None:
         self.grasps = list(grasps)
         self.close_steps, self.tolerance, self.phase_timeout = close_steps, tolerance, phase_timeout
+        self.stall_steps, self.stall_distance = stall_steps, stall_distance
         self.reset()
 
     def reset(self) -> None:
@@ -154,6 +156,9 @@ class PickPlaceExpert:
         """Grip point fixed when the gripper closes: the object then moves with the hand."""
         self.hand: list[np.ndarray | None] = [None] * n
         """Orientation the hand keeps, the starting one turned by the grasp's yaw."""
+        self.anchor: list[np.ndarray | None] = [None] * n
+        self.still = np.zeros(n, dtype=np.int64)
+        """Steps since the hand last moved stall_distance away from ``anchor``."""
 
     def act(self, state: np.ndarray) -> np.ndarray:
         """Actions [N, 7] for observations ``state`` [N, 14] (robot state + privileged object positions)."""
@@ -177,7 +182,10 @@ class PickPlaceExpert:
         goal, gripper, done = eef, OPEN, False
         if phase in (APPROACH, DESCEND):
             goal = grip + g.hover * up if phase == APPROACH else grip
-            done = np.linalg.norm(goal - eef) < (self.tolerance if phase == APPROACH else self.tolerance / 2)
+            if phase == APPROACH:  # over the grip point, well above it (the hover height may be out of reach)
+                done = np.linalg.norm(goal[:2] - eef[:2]) < self.tolerance and eef[2] > grip[2] + g.hover / 2
+            else:
+                done = np.linalg.norm(goal - eef) < self.tolerance / 2
             # the gripper's command moves the fingers at a fixed rate; 0 holds them where they are
             gap = s[6] - s[7]
             if g.gap is not None and gap > g.gap - 0.005:
@@ -190,17 +198,24 @@ class PickPlaceExpert:
             done = abs(goal[2] - eef[2]) < self.tolerance
         elif phase == CARRY:
             goal, gripper = np.array([place[0], place[1], carry_z]), CLOSE
-            done = np.linalg.norm(goal[:2] - eef[:2]) < self.tolerance / 2
+            done = np.linalg.norm(goal[:2] - eef[:2]) < self.tolerance
         elif phase == LOWER:
             goal, gripper = place, CLOSE
             done = np.linalg.norm(goal - eef) < self.tolerance
         else:  # RELEASE: open and back off upwards
             goal, gripper = place + g.hover * up if self.steps[i] > self.close_steps else place, OPEN
         self.steps[i] += 1
+        if self.anchor[i] is None or np.linalg.norm(eef - self.anchor[i]) > self.stall_distance:
+            self.anchor[i], self.still[i] = eef.copy(), 0
+        else:
+            self.still[i] += 1
+        # a hand that has stopped short of its goal is against something or at the arm's reach: waiting for the
+        # timeout would only spend the episode
+        stalled = self.still[i] >= self.stall_steps
         if phase == CLOSE_GRIP and self.pick[i] is None:
             self.pick[i] = grip
-        if phase < RELEASE and (done or (phase != CLOSE_GRIP and self.steps[i] >= self.phase_timeout)):
-            self.phase[i], self.steps[i] = phase + 1, 0
+        if phase < RELEASE and (done or (phase != CLOSE_GRIP and (stalled or self.steps[i] >= self.phase_timeout))):
+            self.phase[i], self.steps[i], self.still[i] = phase + 1, 0, 0
         a = np.zeros(7)
         a[:3] = np.clip(POS_GAIN * (goal - eef), -1.0, 1.0)
         a[3:6] = np.clip(ROT_GAIN * _axis_angle(self.hand[i] @ _rotation(s[3:6]).T), -1.0, 1.0)
