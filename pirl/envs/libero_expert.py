@@ -7,10 +7,23 @@ and returns the adapter's 7-D delta actions, so a demonstration is exactly what 
 see and do: the collector drops the privileged values from the dataset unless asked to keep them.
 
 It is a state machine per sub-environment: above the grasp point, down, close, up, over the target,
-down, open. Written for libero_spatial ("pick up the black bowl ... and place it on the plate"):
-a bowl is taken by its rim on the side nearest the robot, because the fingers close along y and
-the rim is the only part narrower than the open gripper. Other objects (libero_object's boxes and
-bottles) are taken at their centre; that grasp is untested here.
+down, open; a phase also ends when the hand stalls (against something, or at the arm's reach). The
+hand keeps its starting orientation, turned about the vertical by the grasp's yaw.
+
+Coverage, measured by ``bench/expert_coverage.py`` over init states 0-4 of every task
+(bench/results/expert_coverage.md): libero_spatial 50/50 and libero_object 50/50 episodes.
+
+- libero_spatial ("pick up the black bowl ... and place it on the plate"): the bowl is taken by its
+  rim, on the -y side where the fingers close across it unturned, except where the wooden cabinet is
+  in the way (bowl in its drawer, bowl next to the cookie box): there on the side facing the robot,
+  the hand turned. Task 9 (bowl on the cabinet, near the arm's reach) is the slowest: mean 178, up to
+  211 of 220 actions.
+- libero_object ("pick up the X and place it in the basket"): every object stands with its narrow
+  side along y and is taken near its centre, carried with its bottom above the basket's rim and
+  lowered into it; LIBERO counts success once the object's origin is inside the basket's region,
+  which happens while the gripper still holds it, so episodes end there.
+
+Other suites' objects get a centre grasp (``DEFAULT_GRASP``) that is untested.
 """
 
 from __future__ import annotations
