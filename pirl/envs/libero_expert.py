@@ -86,7 +86,8 @@ GRASPS = {
     # (widest 6.3 cm, the soup cans); half heights from the collision geoms
     "alphabet_soup": _upright(0.038),
     "tomato_sauce": _upright(0.038),
-    # the hand is wider than the fingers along y: off-centre in x it clears the soup can often beside the box
+    # the hand is wider than the fingers along y: off-centre in x it clears the tomato sauce can that stands
+    # beside the box in some init states
     "cream_cheese": replace(_upright(0.009, grip=0.0), offset=(-0.025, 0.0, 0.0)),
     "butter": _upright(0.009, grip=0.0),
     "chocolate_pudding": _upright(0.013, grip=0.0),
@@ -109,7 +110,7 @@ TASK_GRASPS = {
     # slowly: a shorter hover and lift (still clear of the plate far below) leave time to place the bowl
     "black_bowl_on_the_wooden_cabinet": replace(_rim(-90.0), hover=0.05, lift=0.06),
 }
-"""Grasps for particular tasks (a part of the task's name -> grasp), where the usual one collides."""
+"""Grasps for particular tasks (a part of the task's name -> grasp), where the usual one fails."""
 DEFAULT_GRASP = Grasp(offset=(0.0, 0.0, 0.02))
 PLACEMENTS = {
     # the basket's contain region is centred 7 cm above its floor, and its walls end 8 cm above that centre;
@@ -173,7 +174,7 @@ class PickPlaceExpert:
         self.phase = np.zeros(n, dtype=np.int64)
         self.steps = np.zeros(n, dtype=np.int64)
         self.pick: list[np.ndarray | None] = [None] * n
-        """Grip point fixed when the gripper closes: the object then moves with the hand."""
+        """Grip point fixed when the gripper closes (moved by the slide): the object then moves with the hand."""
         self.hand: list[np.ndarray | None] = [None] * n
         """Orientation the hand keeps, the starting one turned by the grasp's yaw."""
         self.anchor: list[np.ndarray | None] = [None] * n
