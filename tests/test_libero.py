@@ -269,6 +269,24 @@ def test_scripted_expert_demo_round_trips(tmp_path, assets):
     np.testing.assert_allclose(ds.data["observation.state"][0, 6:], [0.0387, -0.0387], atol=2e-3)
 
 
+def test_scripted_expert_puts_a_libero_object_in_the_basket(tmp_path, assets):
+    """The expert's per-object grasp and basket placement solve a libero_object task (cream cheese) from a training
+    init state within the suite's limit, the object ending over the basket's contain region."""
+    from pirl.data import load_dataset
+    from pirl.data.collect import CollectConfig, collect
+
+    name = L.suite_tasks("libero_object")[1][0]
+    assert "cream_cheese" in name
+    rep = collect(CollectConfig(suite="libero", tasks="libero_object:1", episodes_per_task=1, max_attempts_per_task=1,
+                                camera=None, num_envs=1, held_out_init_states=20, object_state=True,
+                                assets_path=assets), tmp_path / "demos")
+    assert rep.successes == {name: 1}
+    state = load_dataset(tmp_path / "demos").data["observation.state"]
+    assert state.shape[1] == 14 and 60 < len(state) < L.MAX_STEPS["libero_object"]
+    # the contain region is a box of half-width 6.1 cm around the target position
+    assert np.abs(state[-1, 8:10] - state[-1, 11:13]).max() < 0.061
+
+
 def test_eval_protocol_config():
     from pirl.envs.registry import EnvConfig
     from pirl.train.evaluate import EvalConfig, EvalProtocol

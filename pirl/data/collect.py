@@ -36,7 +36,7 @@ class CollectConfig:
     """What :func:`collect` records."""
 
     suite: Literal["metaworld", "libero"] = "metaworld"
-    """Simulator whose scripted expert plays: metaworld, or libero (pick-and-place expert, libero_spatial)."""
+    """Simulator whose scripted expert plays: metaworld, or libero (pick-and-place expert: libero_spatial, libero_object)."""
     tasks: Union[str, tuple[str, ...]] = "MT10"
     """MetaWorld: task, suite or tuple of tasks (as in MetaWorldConfig); LIBERO: 'suite:task,task' (names or
     indices) or a whole suite, e.g. 'libero_spatial:0'."""
