@@ -93,7 +93,7 @@ def _seed_table(rows: list[dict], after_s: float = 300.0) -> list[str]:
         lows = [min((s for _, w, s, _ in r["curve"] if w > after_s), default=float("nan")) for r in rs]
         ok = all(low >= r["before"] - 1e-9 for low, r in zip(lows, rs))
         per_seed = lambda key, fmt="{:.3f}": " / ".join(fmt.format(r[key]) for r in rs)  # noqa: E731
-        md.append(f"| {name} | {len(rs)} | {rs[0]['before']:.3f} | {per_seed('after')} | "
+        md.append(f"| {name} | {len(rs)} | {per_seed('before')} | {per_seed('after')} | "
                   f"**{sum(r['after'] for r in rs) / len(rs):.3f}** | {per_seed('best')} | "
                   f"{' / '.join(f'{x:.3f}' for x in lows)} | {'yes' if ok else 'no'} | {per_seed('env_steps', '{:,}')} |")
     return md
