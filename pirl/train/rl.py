@@ -613,7 +613,10 @@ def train_main(cfg: TrainConfig, args) -> int:
         return train(cfg, run.path, resume=True)
     if not cfg.policy:
         raise InputError(EMPTY_POLICY)
-    resolve_source(cfg.policy)  # before the run directory exists: a wrong path leaves no empty run behind
+    # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
+    if cfg.logger in ("wandb", "both"):
+        wandb_module()
+    resolve_source(cfg.policy)
     run = RunDir.create(getattr(args, "run_dir", None), name="train")
     run.save_config(cfg)
     print(f"run directory: {run.path}", flush=True)
