@@ -292,17 +292,19 @@ def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[H
     return sampler, replace(algo, ppo=ppo, optim=replace(algo.optim, lr=h.lr_for(kind, algo.optim.lr)))
 
 
-EMPTY_POLICY = "policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)"
+def check_inputs(cfg: TrainConfig) -> None:
+    """The checks that need no simulator or model: a policy is named, and W&B is installed when it logs."""
+    if not cfg.policy:
+        raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)")
+    if cfg.logger in ("wandb", "both"):
+        wandb_module()  # not installed: say so now, before simulators and Ray start
 
 
 class Trainer:
     """Holds a run's live objects; `run()` executes iterations until done or interrupted."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
-        if not cfg.policy:
-            raise InputError(EMPTY_POLICY)
-        if cfg.logger in ("wandb", "both"):
-            wandb_module()  # not installed: say so now, before simulators and Ray start
+        check_inputs(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -611,11 +613,8 @@ def train_main(cfg: TrainConfig, args) -> int:
     if getattr(args, "resume", None):
         run = RunDir.open(args.resume)
         return train(cfg, run.path, resume=True)
-    if not cfg.policy:
-        raise InputError(EMPTY_POLICY)
     # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
-    if cfg.logger in ("wandb", "both"):
-        wandb_module()
+    check_inputs(cfg)
     resolve_source(cfg.policy)
     run = RunDir.create(getattr(args, "run_dir", None), name="train")
     run.save_config(cfg)
