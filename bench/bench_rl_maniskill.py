@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=8, help="H, actions per predicted chunk")
     ap.add_argument("--chunk", type=int, default=4, help="actions executed per chunk")
     ap.add_argument("--reward", choices=["sparse", "dense"], default="sparse")
+    ap.add_argument("--control-mode", choices=["pd_joint_delta_pos", "pd_ee_delta_pos"], default="pd_joint_delta_pos",
+                    help="controller the demos are converted to and the policy acts in")
     ap.add_argument("--noise-level", type=float, default=1.0, help="Flow-SDE noise level a")
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--num-groups", type=int, default=16, help="rollout episodes per iteration")
@@ -63,7 +65,7 @@ def main() -> None:
     else:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        episodes, demo_report = generate_demos(args.task, args.demos, seed=args.seed)
+        episodes, demo_report = generate_demos(args.task, args.demos, seed=args.seed, control_mode=args.control_mode)
         if len(episodes) < args.demos:
             raise SystemExit(f"the planner solved only {len(episodes)} of {demo_report['attempts']} seeds")
         write_lerobot(out / "data", episodes)
@@ -80,7 +82,8 @@ def main() -> None:
     shutil.rmtree(rl_dir, ignore_errors=True)
     sampler = SamplerConfig(method="flow_sde", steps=4, noise_level=args.noise_level)
     cfg = TrainConfig(
-        policy=checkpoint, env=EnvConfig(suite="maniskill", tasks=args.task, chunk=args.chunk, reward=args.reward),
+        policy=checkpoint, env=EnvConfig(suite="maniskill", tasks=args.task, chunk=args.chunk, reward=args.reward,
+                                        control_mode=args.control_mode),
         algorithm="ppo", sampler=sampler, optim=OptimizerConfig(lr=args.lr, value_lr=1e-3),
         num_groups=args.num_groups, iterations=args.iterations, time_limit_s=args.time_limit,
         eval_every=args.eval_every, eval_episodes_per_task=args.eval_episodes, eval_num_envs=10,
@@ -98,14 +101,14 @@ def main() -> None:
     payload = {
         "task": args.task, "demos": args.demos, "demo_report": demo_report, "demo_frames": frames,
         "demo_seconds": demo_s, "sft_steps": args.sft_steps, "sft_seconds": sft_s, "action_horizon": args.horizon,
-        "chunk": args.chunk, "reward": args.reward, "algorithm": "ppo", "sampler": f"flow_sde hybrid K=4 a={args.noise_level}",
+        "chunk": args.chunk, "reward": args.reward, "control_mode": args.control_mode, "algorithm": "ppo", "sampler": f"flow_sde hybrid K=4 a={args.noise_level}",
         "lr": args.lr, "num_groups": args.num_groups, "eval_episodes": args.eval_episodes,
         "success_before": before, "success_after": after, "best_success": summary.get("best_success"),
         "iterations": summary["iterations"], "env_steps": summary["env_steps"], "rl_wall_s": round(rl_s, 1),
         "total_wall_s": round(time.perf_counter() - t_start, 1), "curve_env_steps_success": curve, "run_dir": str(rl_dir),
     }  # fmt: skip
     steps = " → ".join(f"{s:.2f} ({n // 1000}k)" for n, s in curve)
-    md = (f"{args.task}, state MLP flow policy, {args.demos} motion-planner demos (pd_joint_delta_pos), "
+    md = (f"{args.task}, state MLP flow policy, {args.demos} motion-planner demos ({args.control_mode}), "
           f"{args.sft_steps} SFT steps (H = {args.horizon}, chunk {args.chunk}); PPO + hybrid Flow-SDE "
           f"(K = 4, a = {args.noise_level}, lr {args.lr:g}, {args.num_groups} episodes per iteration, {args.reward} reward).\n\n"
           f"| held-out success ({args.eval_episodes} seeds, ODE) | SFT (before RL) | after RL | env steps | RL wall time |\n"

@@ -139,3 +139,41 @@ def test_a_state_policy_gets_videos_at_render_size():
         assert [f.shape for f in r.info["frames"]] == [(1, 64, 64, 3)] * 2 and r.info["frames"][1].std() > 5
     finally:
         env.close()
+
+
+def test_end_effector_demos_replay_through_the_registry_env():
+    """PickCube converted to 'pd_ee_delta_pos' (hand displacement + gripper): the actions are the hand's
+    planned moves over 0.1 m, and replaying them through `make_env(EnvConfig(control_mode=...))` succeeds."""
+    from pirl.envs.registry import EnvConfig, make_env
+
+    eps, report = D.generate_demos("PickCube-v1", 1, seed=0, control_mode="pd_ee_delta_pos", max_attempts=5)
+    assert report["replayed"] == 1, report
+    e = eps[0]
+    assert e.action.shape == (len(e), 4) and np.abs(e.action).max() <= 1.0
+    assert set(np.unique(e.action[:, 3])) <= {-1.0, 1.0}  # gripper: absolute open / closed
+    assert e.action[:, 2].min() < -0.05 < 0.05 < e.action[:, 2].max()  # the hand goes down to the cube and up again
+    env = make_env(EnvConfig(suite="maniskill", tasks="PickCube-v1", chunk=1, control_mode="pd_ee_delta_pos"), 1)
+    try:
+        assert env.action_dim == 4
+        o = env.reset([Context(0, e.seed)])
+        np.testing.assert_allclose(o["state"][0], e.state[0], atol=1e-6)
+        success = False
+        for a in e.action:
+            r = env.step(a[None, None])
+            success |= bool(r.success[0])
+        assert success
+    finally:
+        env.close()
+    assert D.ee_delta(np.r_[0.0, 0, 0, 1, 0, 0, 0], np.r_[0.02, -0.5, 0.0, 1, 0, 0, 0]).tolist() == pytest.approx([0.2, -1.0, 0.0])
+
+
+def test_control_mode_errors():
+    from pirl.envs.registry import EnvConfig
+    from pirl.errors import InputError
+
+    with pytest.raises(ValueError, match="ManiSkill setting"):
+        EnvConfig(suite="metaworld", control_mode="pd_ee_delta_pos")
+    with pytest.raises(InputError, match="control_mode 'pd_ee_delta_poz'.*supported modes"):
+        M.make_raw("PickCube-v1", num_envs=1, control_mode="pd_ee_delta_poz", image_size=0, reward="sparse", gpu=False)
+    with pytest.raises(ValueError, match="demonstrations convert to"):
+        D.generate_demos("PickCube-v1", 1, control_mode="pd_ee_delta_pose")

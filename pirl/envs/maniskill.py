@@ -130,7 +130,12 @@ def make_raw(task: str, *, num_envs: int, control_mode: str, image_size: int, re
         kw["sensor_configs"] = dict(width=image_size, height=image_size)
     if render and render_size:
         kw["human_render_camera_configs"] = dict(width=render_size, height=render_size)
-    return gym.make(task, **kw)
+    try:
+        return gym.make(task, **kw)
+    except AssertionError as e:  # ManiSkill asserts on an unsupported controller
+        if "supported modes" not in str(e):
+            raise
+        raise InputError(f"ManiSkill control_mode {control_mode!r} for {task}: {e}") from None
 
 
 def _render(env: gym.Env) -> np.ndarray:

@@ -4,12 +4,19 @@ Two passes per episode, because ManiSkill's planners (mplib) command absolute jo
 ('pd_joint_pos') while policies usually act in another controller:
 
 1. plan: the official motion-planning solution runs on a seeded env without observations and
-   yields joint targets [T, 8];
+   yields joint targets [T, 8] and the hand (TCP) poses they reach, in the robot's base frame;
 2. replay: a fresh env seeded the same way, built exactly like :class:`~pirl.envs.maniskill.ManiSkillSubEnv`
-   (same observation layout and image size, the target ``control_mode``), executes the targets
-   closed loop, i.e. each action is computed from the replay's own current joint positions, and
-   records (observation, action) pairs up to the first success. Episodes whose replay fails are
-   dropped, so every kept pair is one the RL environment will reproduce exactly.
+   (same observation layout and image size, the target ``control_mode``), executes the plan
+   closed loop, i.e. each action is computed from the replay's own current state (joint positions for
+   the joint controllers, the hand's pose for the end-effector ones), and records (observation, action)
+   pairs up to the first success. Episodes whose replay fails are dropped, so every kept pair is one
+   the RL environment will reproduce exactly.
+
+The end-effector controller 'pd_ee_delta_pos' is what ManiSkill's own imitation baselines learn PickCube
+in: an action there is the hand's next small displacement (its orientation is held), a far simpler
+function of the privileged state (hand and cube positions) than the seven joint deltas the planner's IK
+implies. The planner turns the hand to the cube's yaw; the replay does not, and keeps the episodes whose
+grasp still holds.
 
 Frames come out as plain numpy arrays (:class:`DemoEpisode`); :func:`save_npz` writes them to an
 intermediate file and :func:`to_lerobot_episodes`/:func:`write_lerobot` map them onto LeRobot v3
@@ -36,7 +43,9 @@ SOLVERS = {
 }
 JOINT_DELTA_LIMIT = 0.1
 """Radians per action at |a| = 1 for Panda's 'pd_joint_delta_pos' arm controller."""
-CONTROL_MODES = ("pd_joint_pos", "pd_joint_delta_pos")
+EE_POS_LIMIT = 0.1
+"""Metres per action at |a| = 1 for Panda's 'pd_ee_delta_pos' controller."""
+CONTROL_MODES = ("pd_joint_pos", "pd_joint_delta_pos", "pd_ee_delta_pos")
 
 
 @dataclass
@@ -70,26 +79,52 @@ def _solver(task: str):
     return getattr(solutions, SOLVERS[task])
 
 
+def _tcp_at_base(env: Any) -> np.ndarray:
+    """The hand's (TCP) pose in the robot's base frame, [7] = position, quaternion (w, x, y, z)."""
+    agent = env.unwrapped.agent
+    pose = agent.robot.pose.inv() * agent.tcp.pose
+    return np.concatenate([_flat(pose.p), _flat(pose.q)])
+
+
+def _flat(x: Any) -> np.ndarray:
+    return np.asarray(x.cpu().numpy() if hasattr(x, "cpu") else x, dtype=np.float64).reshape(-1)
+
+
 class _Recorder:
-    """Wraps the planning env and keeps the actions the planner sends (a gym.Wrapper would hide ``unwrapped`` calls the same way)."""
+    """Wraps the planning env and keeps the actions the planner sends and the hand poses they reach (a
+    gym.Wrapper would hide ``unwrapped`` calls the same way)."""
 
     def __init__(self, env: Any) -> None:
-        self.env, self.actions = env, []
+        self.env, self.actions, self.poses = env, [], []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.env, name)
 
     def reset(self, **kw: Any):
-        self.actions = []
+        self.actions, self.poses = [], []
         return self.env.reset(**kw)
 
     def step(self, action: Any):
         self.actions.append(np.asarray(action, dtype=np.float32).reshape(-1))
-        return self.env.step(action)
+        out = self.env.step(action)
+        self.poses.append(_tcp_at_base(self.env))
+        return out
 
 
-def plan(env: Any, task: str, seed: int) -> Optional[np.ndarray]:
-    """Joint targets [T, 8] of a successful motion plan from ``seed``, or None when planning fails."""
+@dataclass
+class Plan:
+    """A successful motion plan: joint targets [T, 8] (7 arm joints + gripper) and the hand poses [T, 7]
+    (base frame, position + wxyz quaternion) the planning env reached after each of them."""
+
+    targets: np.ndarray
+    poses: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def plan(env: Any, task: str, seed: int) -> Optional[Plan]:
+    """The motion plan of ``task`` from ``seed``, or None when planning fails."""
     rec = _Recorder(env)
     try:
         res = _solver(task)(rec, seed=seed, debug=False, vis=False)
@@ -97,22 +132,31 @@ def plan(env: Any, task: str, seed: int) -> Optional[np.ndarray]:
         return None
     if res == -1 or not bool(np.asarray(res[-1]["success"]).reshape(-1)[0]):
         return None
-    return np.stack(rec.actions)
+    return Plan(np.stack(rec.actions), np.stack(rec.poses))
 
 
-def replay(env: Any, targets: np.ndarray, seed: int, control_mode: str, pixels: bool) -> Optional[tuple[np.ndarray, ...]]:
-    """Executes joint targets closed loop in ``control_mode``; (state, action, image|None) up to the
-    first success, or None when the replay does not succeed."""
+def ee_delta(current: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 'pd_ee_delta_pos' arm action [3] that moves the hand from pose ``current`` toward pose ``target``
+    (both [7], base frame): the translation over EE_POS_LIMIT, clipped to [-1, 1]."""
+    return np.clip((target[:3] - current[:3]) / EE_POS_LIMIT, -1.0, 1.0)
+
+
+def replay(env: Any, plan: Plan, seed: int, control_mode: str, pixels: bool) -> Optional[tuple[np.ndarray, ...]]:
+    """Executes a plan closed loop in ``control_mode``; (state, action, image|None) up to the first
+    success, or None when the replay does not succeed."""
     raw, _ = env.reset(seed=seed)
     robot = env.unwrapped.agent.robot
     states, actions, images = [], [], []
-    for target in targets:
+    for target, pose in zip(plan.targets, plan.poses):
         obs = extract_obs(raw, pixels)
         if control_mode == "pd_joint_pos":
             a = target
-        else:  # the delta that moves the arm from where it is now to the planned target
+        elif control_mode == "pd_joint_delta_pos":  # the delta from where the arm is now to the planned target
             qpos = np.asarray(robot.get_qpos().cpu().numpy()).reshape(-1)
             arm = np.clip((target[:7] - qpos[:7]) / JOINT_DELTA_LIMIT, -1.0, 1.0)
+            a = np.concatenate([arm, target[7:]])
+        else:  # the hand's displacement from where it is now to where the plan put it
+            arm = ee_delta(_tcp_at_base(env), pose)
             a = np.concatenate([arm, target[7:]])
         states.append(obs["state"][0])
         actions.append(a.astype(np.float32))
@@ -144,11 +188,11 @@ def generate_demos(task: str, num_episodes: int, *, seed: int = 0, control_mode:
         while len(episodes) < num_episodes and attempts < max_attempts:
             s = seed + attempts
             attempts += 1
-            targets = plan(planner, task, s)
-            if targets is None:
+            p = plan(planner, task, s)
+            if p is None:
                 continue
             planned += 1
-            out = replay(player, targets, s, control_mode, image_size > 0)
+            out = replay(player, p, s, control_mode, image_size > 0)
             if out is not None:
                 episodes.append(DemoEpisode(task, s, out[0], out[1], out[2]))
     finally:

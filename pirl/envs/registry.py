@@ -44,6 +44,9 @@ class EnvConfig:
     """LIBERO: the last this many init states of each task are kept for evaluation seeds only (0 = shared)."""
     object_state: bool = False
     """LIBERO: append privileged object and target positions (from the simulator) to obs['state']."""
+    control_mode: Optional[str] = None
+    """ManiSkill: the controller actions drive, e.g. 'pd_ee_delta_pos' (hand displacement + gripper); None = the
+    adapter's 'pd_joint_delta_pos'. Must be the one the policy's demonstrations were recorded in."""
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -54,6 +57,8 @@ class EnvConfig:
             raise ValueError(f"render_size must lie in [16, 1024] pixels, got {self.render_size}")
         if self.max_episode_steps < 0:
             raise ValueError(f"max_episode_steps must be >= 0 (0 = standard), got {self.max_episode_steps}")
+        if self.control_mode is not None and self.suite != "maniskill":
+            raise ValueError(f"control_mode is a ManiSkill setting; the {self.suite} suite has one controller (drop it)")
 
 
 def require_simulator(suite: str) -> None:
@@ -99,6 +104,6 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         return make_maniskill(ManiSkillConfig(
             tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
             reward=cfg.reward, image_size=cfg.image_size if cfg.camera else 0, record=record, vector=cfg.vector,
-            render_size=cfg.render_size,
+            render_size=cfg.render_size, **({"control_mode": cfg.control_mode} if cfg.control_mode else {}),
         ))
     raise ValueError(f"unknown env suite {cfg.suite!r}; choose one of {SUITES}")
