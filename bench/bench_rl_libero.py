@@ -9,7 +9,9 @@
    equal dropped and re-drawn; success before/after on held-out init states that neither the demos nor RL start from.
 
 Writes bench/results/<--name>.{json,md} (default rl_libero for one task and PPO, else rl_libero_<tasks>_<method>).
-Sub-environments step in subprocesses (``--vector async``, both cores). The issue-18 run (libero_spatial, 4 tasks,
+Both cores: by default the sub-environments step in 2 Ray env workers (``--runner ray``), each hosting its
+share in one process (``--runner local --vector async`` starts one process per sub-environment instead, which
+is refused beyond 8 of them on 2 cores: 48 LIBERO processes need ~27 GB). The issue-18 run (libero_spatial, 4 tasks,
 10 demos per task, LOOP with G = 8 from 6 contexts = 48 episodes per iteration, 2 hours):
   .venv/bin/python bench/bench_rl_libero.py --tasks libero_spatial:0,1,2,3 --method loop --time-limit 7200
 Run: PIRL_LIBERO_ASSETS=/path/to/assets .venv/bin/python bench/bench_rl_libero.py [--time-limit S]
@@ -30,7 +32,7 @@ from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
 from pirl.algorithms import OptimizerConfig
 from pirl.train.logging import read_metrics
-from pirl.train.rl import TrainConfig, train
+from pirl.train.rl import RunnerConfig, TrainConfig, train
 from pirl.train.sft import SFTConfig, sft
 
 
@@ -39,7 +41,10 @@ def main() -> None:
     ap.add_argument("--tasks", default="libero_spatial:0", help="LIBERO tasks, 'suite:index[,index...]'")
     ap.add_argument("--method", choices=["ppo_flow_sde", "loop", "grpo"], default="ppo_flow_sde")
     ap.add_argument("--group-size", type=int, default=8, help="loop / grpo: rollouts per (task, init state) context")
-    ap.add_argument("--vector", choices=["sync", "async"], default="async", help="async: sub-envs in subprocesses")
+    ap.add_argument("--runner", choices=["local", "ray"], default="ray", help="ray: sub-envs in --env-workers processes")
+    ap.add_argument("--env-workers", type=int, default=2)
+    ap.add_argument("--vector", choices=["sync", "async"], default="sync",
+                    help="--runner local: async = one subprocess per sub-env")
     ap.add_argument("--name", default=None, help="results file name (bench/results/NAME.{json,md})")
     ap.add_argument("--demos", type=int, default=10, help="expert demonstrations collected")
     ap.add_argument("--shots", type=int, default=10, help="demonstrations per task SFT trains on (the first ones)")
@@ -94,7 +99,7 @@ def main() -> None:
         group_filter="nonuniform" if grouped else "none",
         iterations=args.iterations, time_limit_s=args.time_limit, eval_every=args.eval_every,
         eval_episodes_per_task=args.held_out, eval_num_envs=args.eval_envs, videos_per_task=0,
-        checkpoint_every=5, seed=args.seed,
+        checkpoint_every=5, seed=args.seed, runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
     )
     # the single-task PPO run keeps its old directory, so that its checkpoints resume
     run = root / ("rl" if single and not grouped else args.method)

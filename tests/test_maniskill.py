@@ -7,6 +7,7 @@ The GPU backend needs CUDA and is only checked for its error message here.
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -177,3 +178,29 @@ def test_control_mode_errors():
         M.make_raw("PickCube-v1", num_envs=1, control_mode="pd_ee_delta_poz", image_size=0, reward="sparse", gpu=False)
     with pytest.raises(ValueError, match="demonstrations convert to"):
         D.generate_demos("PickCube-v1", 1, control_mode="pd_ee_delta_pose")
+
+
+def test_cli_collect_sft_train_in_the_end_effector_controller(tmp_path, capsys):
+    """`pirl collect suite=maniskill control_mode=pd_ee_delta_pos` -> `pirl sft` -> `pirl train env.control_mode=...`;
+    a policy of the other controller is refused naming the action sizes; a task without a planner in one line."""
+    from pirl.cli.main import main as pirl
+
+    data = tmp_path / "data"
+    assert pirl(["collect", "suite=maniskill", "tasks=PickCube-v1", "episodes_per_task=1", "camera=null",
+                 "control_mode=pd_ee_delta_pos", "--run-dir", str(data)]) == 0
+    info = json.loads((data / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 1 and info["features"]["action"]["shape"] == [4]
+    assert pirl(["sft", f"dataset={data}", "steps=5", "action_horizon=4", "chunk=2", "eval_every=-1",
+                 "--run-dir", str(tmp_path / "sft")]) == 0
+    policy = tmp_path / "sft" / "final.safetensors"
+    common = [f"policy={policy}", "env.suite=maniskill", "env.tasks=PickCube-v1", "env.chunk=2", "env.max_episode_steps=4",
+              "iterations=1", "num_groups=2", "eval_episodes_per_task=1", "eval_num_envs=1", "videos_per_task=0"]
+    assert pirl(["train", *common, "env.control_mode=pd_ee_delta_pos", "--run-dir", str(tmp_path / "rl")]) == 0
+    assert json.loads((tmp_path / "rl" / "summary.json").read_text())["iterations"] == 1
+    capsys.readouterr()
+    assert pirl(["train", *common, "--run-dir", str(tmp_path / "rl2")]) != 0  # the default joint controller: 8 actions
+    err = capsys.readouterr().err
+    assert "actions of size 4, the env takes 8" in err and "env.control_mode" in err and "Traceback" not in err
+    assert pirl(["collect", "suite=maniskill", "tasks=PushT-v1", "camera=null", "--run-dir", str(tmp_path / "d2")]) != 0
+    err = capsys.readouterr().err
+    assert "no motion planner" in err and "Traceback" not in err

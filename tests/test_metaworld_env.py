@@ -190,3 +190,17 @@ def test_async_subprocess_vector_matches_sync():
             env.reset(contexts)
             results.append(env.step(actions).obs["state"])
     np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+
+
+def test_async_vector_refuses_more_processes_than_the_machine_holds(monkeypatch):
+    """One simulator process per sub-environment: beyond max(8, 2 x CPUs) the vector is refused (48 LIBERO
+    processes exhausted a 24 GB machine) with the fix named, before any process starts."""
+    from pirl.envs import chunked
+    from pirl.errors import InputError
+
+    monkeypatch.setattr(chunked.os, "cpu_count", lambda: 2)
+    assert chunked.max_async_envs() == 8
+    with pytest.raises(InputError, match=r"48 here, on 2 CPUs.*runner.kind=ray runner.env_workers"):
+        make_metaworld(tasks="reach-v3", num_envs=48, vector="async")
+    monkeypatch.setattr(chunked.os, "cpu_count", lambda: 32)
+    assert chunked.max_async_envs() == 64

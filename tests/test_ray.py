@@ -494,3 +494,18 @@ def test_learner_failure_is_only_a_broken_link():
             group._together([], raising(e), "x")
         assert info.value is e
     assert group._together([], lambda: 7, "x") == 7
+
+
+def test_env_worker_steps_its_share_in_its_own_process():
+    """env.vector=async under a Ray runner would start a simulator process per sub-environment inside each worker
+    (48 LIBERO processes exhausted 24 GB): the worker builds a sync vector whatever env.vector says."""
+    pytest.importorskip("metaworld")
+    import gymnasium as gym
+
+    from pirl.distributed.env import EnvWorker
+
+    worker = EnvWorker(EnvConfig(suite="metaworld", tasks="reach-v3", vector="async"), 2)
+    try:
+        assert isinstance(worker.env._vec, gym.vector.SyncVectorEnv)
+    finally:
+        worker.env.close()

@@ -2,7 +2,8 @@
 
 MetaWorld: its own scripted policies. LIBERO: :class:`pirl.envs.libero_expert.PickPlaceExpert`,
 which reads privileged object positions from the simulator (``object_state``) and acts through the
-adapter; the dataset keeps only the 8-D robot state unless ``object_state=True``.
+adapter; the dataset keeps only the 8-D robot state unless ``object_state=True``. ManiSkill: its motion
+planners, replayed closed loop in the policy's controller (:mod:`pirl.envs.maniskill_demos`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ LIBERO_ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 class CollectConfig:
     """What :func:`collect` records."""
 
-    suite: Literal["metaworld", "libero"] = "metaworld"
-    """Simulator whose scripted expert plays: metaworld, or libero (pick-and-place expert: libero_spatial, libero_object)."""
+    suite: Literal["metaworld", "libero", "maniskill"] = "metaworld"
+    """Simulator whose scripted expert plays: metaworld, libero (pick-and-place expert: libero_spatial, libero_object),
+    or maniskill (motion planners: PickCube, PushCube, StackCube, PegInsertionSide)."""
     tasks: Union[str, tuple[str, ...]] = "MT10"
     """MetaWorld: task, suite or tuple of tasks (as in MetaWorldConfig); LIBERO: 'suite:task,task' (names or
-    indices) or a whole suite, e.g. 'libero_spatial:0'."""
+    indices) or a whole suite, e.g. 'libero_spatial:0'; ManiSkill: task ids, e.g. 'PickCube-v1,PushCube-v1'."""
     episodes_per_task: int = 10
     """Episodes kept per task."""
     action_noise: float = 0.0
@@ -70,6 +72,9 @@ class CollectConfig:
     """LIBERO: as env.held_out_init_states, so that demonstrations never start from the held-out init states."""
     assets_path: Optional[str] = None
     """LIBERO: folder of offline assets (as env.assets_path)."""
+    control_mode: Optional[str] = None
+    """ManiSkill: the controller the planner's demos are converted to (as env.control_mode): 'pd_joint_delta_pos'
+    (None), 'pd_joint_pos' or 'pd_ee_delta_pos' (hand displacement; what PickCube is learnt in)."""
 
 
 @dataclass
@@ -163,6 +168,8 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     if cfg.seed_start + max_attempts > EVAL_SEED_START:
         raise InputError(f"seeds from {cfg.seed_start} would reach the held-out evaluation seeds (>= {EVAL_SEED_START})")
     require_simulator(cfg.suite)
+    if cfg.suite == "maniskill":
+        return _maniskill(cfg, Path(root), max_attempts)
     sim = _libero(cfg) if cfg.suite == "libero" else _metaworld(cfg)
     env, task_names, vkey = sim.env, sim.task_names, sim.video_key
     rng = np.random.default_rng(cfg.noise_seed)
@@ -246,6 +253,35 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
         Path(root), len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0,
         {task_names[t]: attempts[t] for t in attempts}, {task_names[t]: successes[t] for t in successes},
     )  # fmt: skip
+
+
+def _maniskill(cfg: CollectConfig, root: Path, max_attempts: int) -> CollectReport:
+    from pirl.envs.maniskill import OFFLINE_TASKS
+    from pirl.envs.maniskill_demos import CONTROL_MODES, generate_demos, write_lerobot
+
+    tasks = [t.strip() for t in cfg.tasks.split(",")] if isinstance(cfg.tasks, str) else list(cfg.tasks)
+    for t in tasks:
+        if t not in OFFLINE_TASKS:
+            raise InputError(f"ManiSkill task {t!r} has no motion planner here; choose among {OFFLINE_TASKS}")
+    mode = cfg.control_mode or "pd_joint_delta_pos"
+    if mode not in CONTROL_MODES:
+        raise InputError(f"control_mode {mode!r}: ManiSkill demonstrations convert to {CONTROL_MODES}")
+    if cfg.camera not in (None, "base_camera"):
+        raise InputError(f"ManiSkill camera {cfg.camera!r}: use camera=base_camera, or camera=null for a state-only dataset")
+    if cfg.action_noise > 0 or not cfg.only_success:
+        raise InputError("ManiSkill's planner demonstrations are replayed exactly and kept only when they succeed: "
+                         "drop action_noise / only_success")
+    t0, episodes, attempts, successes = time.perf_counter(), [], {}, {}
+    for t in tasks:
+        eps, report = generate_demos(t, cfg.episodes_per_task, seed=cfg.seed_start, control_mode=mode,
+                                     image_size=cfg.image_size if cfg.camera else 0, max_attempts=max_attempts)
+        attempts[t], successes[t] = report["attempts"], report["replayed"]
+        if len(eps) < cfg.episodes_per_task:
+            raise InputError(f"the {t} planner gave {len(eps)} successful demos in {report['attempts']} seeds, fewer than "
+                             f"episodes_per_task={cfg.episodes_per_task}; raise max_attempts_per_task")
+        episodes += eps
+    write_lerobot(root, episodes)
+    return CollectReport(root, len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0, attempts, successes)
 
 
 def collect_main(cfg: CollectConfig, args) -> int:

@@ -13,6 +13,7 @@ actor. The episodes it was running are reported as ended with ``info["crashed"]`
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -50,7 +51,9 @@ class EnvWorker:
     """One env worker: a local ``make_env`` vector behind a Ray actor (applied with ray.remote below)."""
 
     def __init__(self, cfg: EnvConfig, num_envs: int, record: bool = False) -> None:
-        self.env = make_env(cfg, num_envs, record=record)
+        # the worker is the process: its share of sub-environments steps in it (env.vector=async here would
+        # start a further simulator process per sub-environment)
+        self.env = make_env(replace(cfg, vector="sync"), num_envs, record=record)
 
     def spec(self) -> dict[str, Any]:
         e = self.env

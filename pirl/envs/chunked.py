@@ -10,6 +10,7 @@ after ``fork``) and executes a whole chunk per round trip.
 from __future__ import annotations
 
 import math
+import os
 from abc import abstractmethod
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -17,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from pirl.envs.base import Context, StepResult
+from pirl.errors import InputError
 
 
 class ChunkSubEnv(gym.Env):
@@ -119,6 +121,13 @@ class ChunkSubEnv(gym.Env):
 VectorKind = Literal["sync", "async"]
 
 
+def max_async_envs() -> int:
+    """The most sub-environments ``vector='async'`` starts (one simulator process each): twice the CPUs, at least 8.
+    More processes than cores add no speed, and each holds a whole simulator (~0.6 GB for LIBERO), so 48 of
+    them exhaust a 24 GB machine; a Ray runner hosts many sub-environments per process instead."""
+    return max(8, 2 * (os.cpu_count() or 1))
+
+
 class GymChunkVector:
     """N :class:`ChunkSubEnv` behind the ChunkVectorEnv protocol (see :mod:`pirl.envs.base`)."""
 
@@ -127,6 +136,12 @@ class GymChunkVector:
                  vector: VectorKind = "sync", record: bool = False, pooled: bool = False) -> None:
         if vector not in ("sync", "async"):
             raise ValueError(f"vector must be 'sync' or 'async', got {vector!r}")
+        if vector == "async" and num_envs > max_async_envs():
+            raise InputError(
+                f"env.vector=async starts one simulator process per sub-environment: {num_envs} here, on "
+                f"{os.cpu_count()} CPUs, each holding a whole simulator; use runner.kind=ray runner.env_workers=<cores> "
+                f"(each worker steps its share of the sub-environments in one process) or at most {max_async_envs()} "
+                "sub-environments")
         self.num_envs, self.chunk = num_envs, chunk
         self.action_dim, self.state_dim = action_dim, state_dim
         self.max_chunk_steps = math.ceil(max_episode_steps / chunk)
