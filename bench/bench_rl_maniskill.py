@@ -8,9 +8,9 @@
    (fixed seeds, deterministic ODE) before the first and after the last iteration.
 
 Writes bench/results/rl_maniskill.{json,md}; the run directories (dataset, SFT, RL with metrics.jsonl)
-stay under --out. Default: PushCube-v1, 25 demos. PickCube is not the default: with 100 demos and 3,000
-SFT steps the same policy solved 0/30 held-out seeds (and 1/5 of its own training seeds with twice the
-step limit), so sparse-reward RL has nothing to reinforce there.
+stay under --out. Default: PushCube-v1, 25 demos, the joint controller. PickCube needs the end-effector
+controller: in 'pd_joint_delta_pos' 100 demos and 3,000 SFT steps solved 0/30 held-out seeds, in
+'pd_ee_delta_pos' (--control-mode) 100 demos and 5,000 SFT steps solve 20 % (bench/results/maniskill_pickcube_ee_sft.md).
 
     PYTHONPATH=. python bench/bench_rl_maniskill.py [--task PushCube-v1] [--demos 25] [--time-limit 2100]
 """
