@@ -37,8 +37,12 @@ def main() -> None:
     ap.add_argument("--control-mode", choices=["pd_joint_delta_pos", "pd_ee_delta_pos"], default="pd_joint_delta_pos",
                     help="controller the demos are converted to and the policy acts in")
     ap.add_argument("--noise-level", type=float, default=1.0, help="Flow-SDE noise level a")
+    ap.add_argument("--method", choices=["ppo", "loop", "grpo"], default="ppo",
+                    help="ppo: critic + chunk GAE; loop / grpo: --group-size rollouts per seed, uniform groups re-drawn")
+    ap.add_argument("--group-size", type=int, default=8, help="loop / grpo: rollouts from the same seed per group")
     ap.add_argument("--lr", type=float, default=2e-5)
-    ap.add_argument("--num-groups", type=int, default=16, help="rollout episodes per iteration")
+    ap.add_argument("--num-groups", type=int, default=16,
+                    help="rollout episodes per iteration (loop / grpo: kept episodes, --group-size per group)")
     ap.add_argument("--iterations", type=int, default=1000, help="upper bound; --time-limit usually stops the run")
     ap.add_argument("--time-limit", type=float, default=2100.0, help="RL wall-time limit in seconds (evaluations included)")
     ap.add_argument("--eval-every", type=int, default=20)
@@ -84,8 +88,10 @@ def main() -> None:
     cfg = TrainConfig(
         policy=checkpoint, env=EnvConfig(suite="maniskill", tasks=args.task, chunk=args.chunk, reward=args.reward,
                                         control_mode=args.control_mode),
-        algorithm="ppo", sampler=sampler, optim=OptimizerConfig(lr=args.lr, value_lr=1e-3),
-        num_groups=args.num_groups, iterations=args.iterations, time_limit_s=args.time_limit,
+        algorithm=args.method, sampler=sampler, optim=OptimizerConfig(lr=args.lr, value_lr=1e-3),
+        num_groups=args.num_groups if args.method == "ppo" else max(1, args.num_groups // args.group_size),
+        group_size=1 if args.method == "ppo" else args.group_size,
+        group_filter="none" if args.method == "ppo" else "nonuniform", iterations=args.iterations, time_limit_s=args.time_limit,
         eval_every=args.eval_every, eval_episodes_per_task=args.eval_episodes, eval_num_envs=10,
         checkpoint_every=args.eval_every, videos_per_task=0, seed=args.seed,
     )  # fmt: skip
@@ -101,15 +107,17 @@ def main() -> None:
     payload = {
         "task": args.task, "demos": args.demos, "demo_report": demo_report, "demo_frames": frames,
         "demo_seconds": demo_s, "sft_steps": args.sft_steps, "sft_seconds": sft_s, "action_horizon": args.horizon,
-        "chunk": args.chunk, "reward": args.reward, "control_mode": args.control_mode, "algorithm": "ppo", "sampler": f"flow_sde hybrid K=4 a={args.noise_level}",
+        "chunk": args.chunk, "reward": args.reward, "control_mode": args.control_mode, "algorithm": args.method, "group_size": 1 if args.method == "ppo" else args.group_size, "sampler": f"flow_sde hybrid K=4 a={args.noise_level}",
         "lr": args.lr, "num_groups": args.num_groups, "eval_episodes": args.eval_episodes,
         "success_before": before, "success_after": after, "best_success": summary.get("best_success"),
         "iterations": summary["iterations"], "env_steps": summary["env_steps"], "rl_wall_s": round(rl_s, 1),
         "total_wall_s": round(time.perf_counter() - t_start, 1), "curve_env_steps_success": curve, "run_dir": str(rl_dir),
     }  # fmt: skip
+    method = ("PPO" if args.method == "ppo" else
+              f"{args.method.upper()} (G = {args.group_size} rollouts per seed, uniform groups re-drawn)")
     steps = " → ".join(f"{s:.2f} ({n // 1000}k)" for n, s in curve)
     md = (f"{args.task}, state MLP flow policy, {args.demos} motion-planner demos ({args.control_mode}), "
-          f"{args.sft_steps} SFT steps (H = {args.horizon}, chunk {args.chunk}); PPO + hybrid Flow-SDE "
+          f"{args.sft_steps} SFT steps (H = {args.horizon}, chunk {args.chunk}); {method} + hybrid Flow-SDE "
           f"(K = 4, a = {args.noise_level}, lr {args.lr:g}, {args.num_groups} episodes per iteration, {args.reward} reward).\n\n"
           f"| held-out success ({args.eval_episodes} seeds, ODE) | SFT (before RL) | after RL | env steps | RL wall time |\n"
           f"| --- | ---: | ---: | ---: | ---: |\n"
