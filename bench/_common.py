@@ -39,3 +39,35 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> Path:
     (RESULTS / f"{name}.md").write_text(md)
     print(md)
     return path
+
+
+def adapter_overhead(run_raw: Any, env: Any, actions: Any, chunk: int,
+                     rounds: int) -> tuple[dict[str, list[float]], dict[str, float], float, str]:
+    """Alternating rounds (a shared machine's load hits both alike) of ``run_raw()`` (actions per CPU second of
+    the simulator stepped directly) and the adapter ``env`` (one sub-env) executing the same ``actions`` [T, D] in
+    chunks: the rates per round, their medians, the adapter's overhead (raw / adapter - 1, time per action) and a
+    markdown table."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    chunks = np.asarray(actions, np.float32)[: len(actions) // chunk * chunk].reshape(-1, 1, chunk, actions.shape[1])
+
+    def run_adapter() -> float:
+        t = time.process_time()
+        for c in chunks:
+            env.step(c)
+        return len(chunks) * chunk / (time.process_time() - t)
+
+    rates: dict[str, list[float]] = {"raw": [], "adapter": []}
+    for r in range(rounds):
+        rates["raw"].append(run_raw())
+        rates["adapter"].append(run_adapter())
+        print(f"round {r}: raw {rates['raw'][-1]:.1f}  adapter {rates['adapter'][-1]:.1f} actions/s", flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    overhead = med["raw"] / med["adapter"] - 1
+    lines = ["| side | actions per CPU second (median) | rounds |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in v)} |" for k, v in rates.items()]
+    lines.append(f"\nadapter overhead: {overhead:+.1%} time per action")
+    return rates, med, overhead, "\n".join(lines)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import numpy as np
-from _common import write_results
+from _common import adapter_overhead, write_results
 
 from pirl.envs.base import Context
 
@@ -59,30 +58,14 @@ def main() -> None:
                     raw.sim.render(camera_name=c, width=a.image_size, height=a.image_size)
         return a.steps / (time.process_time() - t)
 
-    def run_adapter() -> float:
-        chunks = actions[: a.steps // a.chunk * a.chunk].reshape(-1, 1, a.chunk, L.ACTION_DIM).astype(np.float32)
-        t = time.process_time()
-        for c in chunks:
-            env.step(c)
-        return len(chunks) * a.chunk / (time.process_time() - t)
-
-    rates: dict[str, list[float]] = {"raw": [], "adapter": []}
-    for r in range(a.rounds):
-        rates["raw"].append(run_raw())
-        rates["adapter"].append(run_adapter())
-        print(f"round {r}: raw {rates['raw'][-1]:.1f}  adapter {rates['adapter'][-1]:.1f} actions/s", flush=True)
+    rates, med, overhead, table = adapter_overhead(run_raw, env, actions, a.chunk, a.rounds)
     env.close()
     raw_sub.close()
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    overhead = med["raw"] / med["adapter"] - 1
     obs = f"pixels {a.image_size}px (agentview + wrist, once per chunk)" if a.image_size else "state only"
-    lines = ["| side | actions per CPU second (median) | rounds |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in v)} |" for k, v in rates.items()]
-    lines.append(f"\nadapter overhead: {overhead:+.1%} time per action")
     note = (f"{a.suite} task {a.task}, {obs}, chunk {a.chunk}, {a.steps} random actions per round, one process "
             "(2 shared CPU cores).")
     name = f"libero_overhead{'_px' if a.image_size else ''}"
-    write_results(name, {"args": vars(a), "rates": rates, "median": med, "overhead": overhead}, note + "\n\n" + "\n".join(lines))
+    write_results(name, {"args": vars(a), "rates": rates, "median": med, "overhead": overhead}, note + "\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ ManiSkill returns it); the adapter executes chunks and observes (renders, with -
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
-from _common import setup_threads, write_results
+from _common import adapter_overhead, setup_threads, write_results
 
 from pirl.envs.base import Context
 
@@ -51,30 +50,14 @@ def main() -> None:
             raw.step(action[None])
         return a.steps / (time.process_time() - t)
 
-    def run_adapter() -> float:
-        chunks = actions[: a.steps // a.chunk * a.chunk].reshape(-1, 1, a.chunk, D)
-        t = time.process_time()
-        for c in chunks:
-            env.step(c)
-        return len(chunks) * a.chunk / (time.process_time() - t)
-
-    rates: dict[str, list[float]] = {"raw": [], "adapter": []}
-    for r in range(a.rounds):
-        rates["raw"].append(run_raw())
-        rates["adapter"].append(run_adapter())
-        print(f"round {r}: raw {rates['raw'][-1]:.1f}  adapter {rates['adapter'][-1]:.1f} actions/s", flush=True)
+    rates, med, overhead, table = adapter_overhead(run_raw, env, actions, a.chunk, a.rounds)
     env.close()
     raw.close()
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    overhead = med["raw"] / med["adapter"] - 1
     obs = f"pixels {a.image_size}px (base_camera)" if a.image_size else "state only"
-    lines = ["| side | actions per CPU second (median) | rounds |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in v)} |" for k, v in rates.items()]
-    lines.append(f"\nadapter overhead: {overhead:+.1%} time per action")
     note = (f"{a.task}, {a.control_mode}, {obs}, chunk {a.chunk}, {a.steps} random actions per round, one process "
             "(CPU time of this process; the machine was shared).")
     name = a.name or f"maniskill_overhead{'_px' if a.image_size else ''}"
-    write_results(name, {"args": vars(a), "rates": rates, "median": med, "overhead": overhead}, note + "\n\n" + "\n".join(lines))
+    write_results(name, {"args": vars(a), "rates": rates, "median": med, "overhead": overhead}, note + "\n\n" + table)
 
 
 if __name__ == "__main__":
