@@ -100,6 +100,24 @@ def test_damaged_datasets_name_the_file(files, capsys, case, words):
         assert not run.exists(), "a wrong dataset path left an empty run directory behind"
 
 
+def test_sft_evaluates_where_the_dataset_was_collected_or_refuses_before_training(files, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    ep = [Episode(task="move the point to the first target",
+                  data={"observation.state": rng.normal(size=(6, 4)).astype(np.float32),
+                        "action": rng.uniform(-1, 1, (6, 2)).astype(np.float32)})]
+    write_dataset(tmp_path / "anon", ep, fps=10, tasks=[ep[0].task], task_names=["reach_first"])
+    run = tmp_path / "sft-anon"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={tmp_path / 'anon'}", "steps=3"])
+    _one_line_error(capsys, rc, "'reach_first' is not a MetaWorld task", "eval_env", "eval_every=-1")
+    assert not (run / "final.safetensors").exists(), "refused only after training"
+    # a dataset that records its simulator (as `pirl collect` writes it) is evaluated there
+    write_dataset(tmp_path / "pm", ep, fps=10, tasks=[ep[0].task], task_names=["reach_first"],
+                  source_env={"suite": "point_mass", "tasks": ["reach_first"], "camera": None})
+    assert pirl(["sft", "--run-dir", str(tmp_path / "sft-pm"), f"dataset={tmp_path / 'pm'}", "steps=3",
+                 "batch_size=2", "action_horizon=4", "chunk=4", "eval_episodes_per_task=2", "eval_num_envs=2"]) == 0
+    assert "eval/step 3: success" in capsys.readouterr().out
+
+
 def test_unknown_task_in_collect_and_eval(files, capsys):
     rc = pirl(["collect", "--run-dir", str(files / "c"), "tasks=reech-v3", "episodes_per_task=1"])
     _one_line_error(capsys, rc, "'reech-v3'", "did you mean 'reach-v3'")

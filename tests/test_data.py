@@ -136,6 +136,7 @@ def test_collect_scripted_demos(tmp_path):
     rep = collect(CollectConfig(tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2, camera="corner2", image_size=32, num_envs=2), tmp_path / "demos")
     assert rep.episodes == 4 and all(v >= 2 for v in rep.successes.values())
     ds = load_dataset(tmp_path / "demos")
+    assert ds.info["pirl_env"]["tasks"] == ["reach-v3", "drawer-close-v3"] and ds.info["pirl_env"]["suite"] == "metaworld"
     assert ds.task_names == ["reach-v3", "drawer-close-v3"] and ds.videos["observation.images.corner2"].shape == (rep.frames, 32, 32, 3)
     assert all(e["success"] for e in ds.episodes) and ds.data["next.success"].sum() == 4  # each ends at its success
     assert ds.data["observation.state"].shape == (rep.frames, 39) and np.abs(ds.data["action"]).max() <= 1.0

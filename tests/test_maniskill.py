@@ -190,8 +190,12 @@ def test_cli_collect_sft_train_in_the_end_effector_controller(tmp_path, capsys):
                  "control_mode=pd_ee_delta_pos", "--run-dir", str(data)]) == 0
     info = json.loads((data / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 1 and info["features"]["action"]["shape"] == [4]
-    assert pirl(["sft", f"dataset={data}", "steps=5", "action_horizon=4", "chunk=2", "eval_every=-1",
-                 "--run-dir", str(tmp_path / "sft")]) == 0
+    assert info["robot_type"] == "panda" and info["pirl_env"] == {
+        "suite": "maniskill", "tasks": ["PickCube-v1"], "camera": None, "image_size": 64, "control_mode": "pd_ee_delta_pos"}
+    # SFT evaluates in the recorded simulator and controller (a MetaWorld env would refuse the task)
+    assert pirl(["sft", f"dataset={data}", "steps=5", "action_horizon=4", "chunk=2", "eval_episodes_per_task=1",
+                 "eval_num_envs=1", "eval_max_episode_steps=4", "--run-dir", str(tmp_path / "sft")]) == 0
+    assert "eval/step 5: success" in capsys.readouterr().out
     policy = tmp_path / "sft" / "final.safetensors"
     common = [f"policy={policy}", "env.suite=maniskill", "env.tasks=PickCube-v1", "env.chunk=2", "env.max_episode_steps=4",
               "iterations=1", "num_groups=2", "eval_episodes_per_task=1", "eval_num_envs=1", "videos_per_task=0"]

@@ -9,9 +9,9 @@ planners, replayed closed loop in the policy's controller (:mod:`pirl.envs.manis
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 
@@ -157,6 +157,17 @@ def _libero(cfg: CollectConfig) -> _Suite:
     return _Suite(env, tuple(env.task_names), make_expert, FPS, LIBERO_STATE_NAMES[:dims], LIBERO_ACTION_NAMES, dims, vkey, key)
 
 
+def source_env(cfg: CollectConfig, task_names: Sequence[str]) -> dict[str, Any]:
+    """The EnvConfig fields that rebuild the simulator a dataset was collected in, tasks in its task-index order."""
+    tasks: Any = cfg.tasks if cfg.suite == "libero" else list(task_names)
+    env: dict[str, Any] = {"suite": cfg.suite, "tasks": tasks, "camera": cfg.camera, "image_size": cfg.image_size}
+    if cfg.suite == "libero":
+        env.update(object_state=cfg.object_state, held_out_init_states=cfg.held_out_init_states)
+    if cfg.suite == "maniskill":
+        env["control_mode"] = cfg.control_mode or "pd_joint_delta_pos"
+    return env
+
+
 def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     """Runs the suite's scripted experts and writes the episodes as a LeRobot v3.0 dataset at ``root``."""
     import warnings
@@ -248,6 +259,7 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     write_dataset(
         root, episodes, fps=sim.fps, tasks=list(env.instructions), task_names=list(task_names),
         feature_names={"observation.state": sim.state_names, "action": sim.action_names}, video_crf=cfg.video_crf,
+        robot_type="panda" if cfg.suite == "libero" else "sawyer", source_env=source_env(cfg, task_names),
     )  # fmt: skip
     return CollectReport(
         Path(root), len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0,
@@ -280,7 +292,7 @@ def _maniskill(cfg: CollectConfig, root: Path, max_attempts: int) -> CollectRepo
             raise InputError(f"the {t} planner gave {len(eps)} successful demos in {report['attempts']} seeds, fewer than "
                              f"episodes_per_task={cfg.episodes_per_task}; raise max_attempts_per_task")
         episodes += eps
-    write_lerobot(root, episodes)
+    write_lerobot(root, episodes, source_env=source_env(replace(cfg, control_mode=mode), tasks))
     return CollectReport(root, len(episodes), sum(len(e) for e in episodes), time.perf_counter() - t0, attempts, successes)
 
 

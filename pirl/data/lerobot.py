@@ -149,11 +149,14 @@ def write_dataset(
     robot_type: str = "sawyer",
     feature_names: Optional[dict[str, list[str]]] = None,
     video_crf: int = 18,
+    source_env: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Writes episodes as a LeRobot v3.0 dataset at ``root`` (which must not hold a dataset yet).
 
     ``tasks`` are the instructions in task-index order (episode.task must be one of them);
-    ``task_names`` the simulator's names for them (stored beside LeRobot's columns).
+    ``task_names`` the simulator's names for them (stored beside LeRobot's columns); ``source_env`` the
+    :class:`pirl.envs.registry.EnvConfig` fields of the simulator the episodes came from (``info.json``'s
+    ``pirl_env``, which SFT evaluates in).
     """
     root = Path(root)
     if (root / INFO_PATH).exists():
@@ -229,6 +232,8 @@ def write_dataset(
         "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "fps": fps, "splits": {"train": f"0:{len(episodes)}"},
         "data_path": DATA_PATH, "video_path": VIDEO_PATH if vkeys else None, "features": features,
     }  # fmt: skip
+    if source_env:
+        info["pirl_env"] = source_env
     (root / "meta").mkdir(parents=True, exist_ok=True)
     (root / INFO_PATH).write_text(json.dumps(info, indent=4))
     (root / STATS_PATH).write_text(json.dumps(stats, indent=4))

@@ -259,10 +259,10 @@ def to_lerobot_episodes(episodes: Sequence[DemoEpisode]) -> list:
                     extra={"seed": e.seed}) for e in episodes]
 
 
-def write_lerobot(root: Union[str, Path], episodes: Sequence[DemoEpisode]) -> Path:
-    """Writes the episodes as a LeRobot v3 dataset with the project's writer."""
+def write_lerobot(root: Union[str, Path], episodes: Sequence[DemoEpisode], source_env: Optional[dict] = None) -> Path:
+    """Writes the episodes as a LeRobot v3 dataset with the project's writer (``source_env``: see write_dataset)."""
     from pirl.data.lerobot import write_dataset
 
     names = list(dict.fromkeys(e.task for e in episodes))
     return write_dataset(root, to_lerobot_episodes(episodes), fps=FPS, tasks=[INSTRUCTIONS.get(t, t) for t in names],
-                         task_names=names, robot_type="panda")
+                         task_names=names, robot_type="panda", source_env=source_env)

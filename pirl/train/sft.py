@@ -84,11 +84,12 @@ class SFTConfig:
     """Held-out episodes per task at each evaluation."""
     eval_num_envs: int = 5
     """Sub-environments of the evaluation env."""
-    eval_max_episode_steps: int = 500
-    """Episode limit at evaluation (MetaWorld)."""
+    eval_max_episode_steps: int = 0
+    """Episode limit at evaluation; 0 = the suite's own (MetaWorld 500, LIBERO per suite)."""
     eval_env: Optional[EnvConfig] = None
     """Where evaluation runs (its task indices must match the dataset's), e.g. eval_env.suite=libero
-    eval_env.tasks=libero_spatial:0 eval_env.object_state=true; None = MetaWorld with the dataset's tasks."""
+    eval_env.tasks=libero_spatial:0 eval_env.object_state=true; None = the simulator `pirl collect` recorded in the
+    dataset, else MetaWorld with the dataset's tasks."""
     denoise_steps: int = 4
     """K, Euler steps of the ODE at evaluation."""
     seed: int = 0
@@ -107,6 +108,8 @@ class SFTConfig:
             raise ValueError(f"steps, batch_size and action_horizon must be >= 1; got {self.steps}, {self.batch_size}, {self.action_horizon}")
         if not 0 <= self.chunk <= self.action_horizon:
             raise ValueError(f"chunk must lie in [0, action_horizon={self.action_horizon}], got {self.chunk}")
+        if self.eval_max_episode_steps < 0:
+            raise ValueError(f"eval_max_episode_steps must be >= 0 (0 = the suite's limit), got {self.eval_max_episode_steps}")
 
 
 @dataclass
@@ -195,21 +198,45 @@ def _new_pi0(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset], s
     return policy
 
 
+def _check_metaworld_tasks(ds: LeRobotDataset) -> None:
+    from pirl.envs.metaworld_tasks import MT50
+
+    unknown = [n for n in ds.task_names if n not in MT50]
+    if unknown and not isinstance(ds.info.get("pirl_env"), dict):
+        raise InputError(
+            f"the dataset does not record the simulator it came from and its task {unknown[0]!r} is not a MetaWorld "
+            "task: set eval_env (e.g. eval_env.suite=libero eval_env.tasks=libero_spatial:0 eval_env.object_state=true) "
+            "or eval_every=-1 to skip evaluation"
+        )
+
+
 def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
-    """``cfg.eval_env``, else a MetaWorld env with the dataset's tasks (same task indices) and, for the VLA, its camera."""
-    from dataclasses import replace
+    """``cfg.eval_env``, else the simulator the dataset was collected in (``info.json``'s ``pirl_env``, written by
+    ``pirl collect``), else a MetaWorld env with the dataset's tasks (same task indices); image policies get the
+    dataset's camera, state policies none."""
+    from dataclasses import fields, replace
 
-    from pirl.envs.metaworld import MetaWorldConfig, make_metaworld
+    from pirl.envs.metaworld import MAX_EPISODE_STEPS, MetaWorldConfig, make_metaworld
 
+    chunk = cfg.chunk or cfg.action_horizon
     if cfg.eval_env is not None:
-        return make_env(replace(cfg.eval_env, chunk=cfg.chunk or cfg.action_horizon), cfg.eval_num_envs)
+        return make_env(replace(cfg.eval_env, chunk=chunk), cfg.eval_num_envs)
     camera, size = None, 64
     if cfg.policy in IMAGE_POLICIES:
         vk = _video_key(ds)
         camera, size = vk.split(".")[-1], ds.info["features"][vk]["shape"][0]
+    recorded = ds.info.get("pirl_env")
+    if isinstance(recorded, dict):
+        known = {f.name for f in fields(EnvConfig)}
+        env = {k: v for k, v in recorded.items() if k in known}
+        env["tasks"] = tuple(env["tasks"]) if isinstance(env.get("tasks"), list) else env.get("tasks", ())
+        env.update(chunk=chunk, max_episode_steps=cfg.eval_max_episode_steps,
+                   camera=env.get("camera") if cfg.policy in IMAGE_POLICIES else None)
+        return make_env(EnvConfig(**env), cfg.eval_num_envs)
+    _check_metaworld_tasks(ds)
     return make_metaworld(
         MetaWorldConfig(tasks=tuple(ds.task_names), num_envs=cfg.eval_num_envs, chunk=cfg.chunk or cfg.action_horizon,
-                        max_episode_steps=cfg.eval_max_episode_steps, camera=camera, image_size=size)
+                        max_episode_steps=cfg.eval_max_episode_steps or MAX_EPISODE_STEPS, camera=camera, image_size=size)
     )  # fmt: skip
 
 
@@ -229,6 +256,8 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
 
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, load_videos=cfg.policy in IMAGE_POLICIES)
+    if cfg.eval_every >= 0 and cfg.eval_env is None:
+        _check_metaworld_tasks(ds)  # refuse before training, not after it
     image_key = _video_key(ds) if cfg.policy in IMAGE_POLICIES else None
     data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key)
     if cfg.episodes_per_task > 0:
