@@ -30,7 +30,7 @@ from _common import setup_threads, write_results
 from pirl.data.collect import CollectConfig, collect
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
-from pirl.algorithms import OptimizerConfig
+from pirl.algorithms import OptimizerConfig, PPOConfig
 from pirl.train.logging import read_metrics
 from pirl.train.rl import RunnerConfig, TrainConfig, train
 from pirl.train.sft import SFTConfig, sft
@@ -49,6 +49,11 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=10, help="expert demonstrations collected")
     ap.add_argument("--shots", type=int, default=10, help="demonstrations per task SFT trains on (the first ones)")
     ap.add_argument("--sft-steps", type=int, default=2000)
+    ap.add_argument("--sft-hidden", type=int, default=256, help="SFT: MLP width")
+    ap.add_argument("--policy", default=None, help="start RL from this SFT checkpoint instead of training one")
+    ap.add_argument("--target-kl", type=float, default=None,
+                    help="stop an update's remaining minibatches past this chain KL (PPOConfig.target_kl)")
+    ap.add_argument("--epochs", type=int, default=4, help="passes over each rollout batch")
     ap.add_argument("--held-out", type=int, default=10, help="init states kept for evaluation (of 50)")
     ap.add_argument("--time-limit", type=float, default=1500.0, help="RL wall seconds before the final evaluation")
     ap.add_argument("--iterations", type=int, default=1000)
@@ -60,6 +65,7 @@ def main() -> None:
     ap.add_argument("--noise-level", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run-name", default=None, help="RL run folder under --root (default: the method's name)")
     ap.add_argument("--root", default=None, help="default runs/bench_rl_libero (one task) or runs/bench_rl_libero/<tasks>")
     args = ap.parse_args()
     grouped = args.method != "ppo_flow_sde"
@@ -85,24 +91,27 @@ def main() -> None:
               f"{report.successes} of {report.attempts} attempts", flush=True)
     expert_stats = json.loads(report_path.read_text()) if report_path.exists() else None
     t_sft = time.perf_counter()
-    policy = root / "sft" / "final.safetensors"
+    policy = Path(args.policy) if args.policy else root / "sft" / "final.safetensors"
     if not policy.exists():
+        if args.policy:
+            ap.error(f"--policy {policy} does not exist")
         sft(SFTConfig(dataset=str(data), out_dir=str(root / "sft"), action_horizon=8, chunk=4, steps=args.sft_steps,
-                      episodes_per_task=args.shots, eval_every=-1, seed=args.seed), log=None)
+                      hidden=args.sft_hidden, episodes_per_task=args.shots, eval_every=-1, seed=args.seed), log=None)
     sft_s = time.perf_counter() - t_sft
     env = EnvConfig(suite="libero", tasks=args.tasks, chunk=4, max_episode_steps=args.max_episode_steps,
                     object_state=True, held_out_init_states=args.held_out, vector=args.vector)
     cfg = TrainConfig(
         policy=str(policy), env=env, algorithm="ppo" if not grouped else args.method,
         sampler=SamplerConfig(method="flow_sde", steps=4, noise_level=args.noise_level),
-        optim=OptimizerConfig(lr=args.lr, value_lr=1e-3), num_groups=episodes // G, group_size=G,
+        optim=OptimizerConfig(lr=args.lr, value_lr=1e-3),
+        ppo=PPOConfig(target_kl=args.target_kl, epochs=args.epochs), num_groups=episodes // G, group_size=G,
         group_filter="nonuniform" if grouped else "none",
         iterations=args.iterations, time_limit_s=args.time_limit, eval_every=args.eval_every,
         eval_episodes_per_task=args.held_out, eval_num_envs=args.eval_envs, videos_per_task=0,
         checkpoint_every=5, seed=args.seed, runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
     )
     # the single-task PPO run keeps its old directory, so that its checkpoints resume
-    run = root / ("rl" if single and not grouped else args.method)
+    run = root / (args.run_name or ("rl" if single and not grouped else args.method))
     t_rl = time.perf_counter()
     rc = train(cfg, run, resume=(run / "checkpoints").is_dir())
     if rc != 0:
