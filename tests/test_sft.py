@@ -38,6 +38,7 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
     for key, value in res.policy.state_dict().items():  # weights and normaliser stats travel together
         torch.testing.assert_close(policy.state_dict()[key], value)
     assert policy.action_norm.std.abs().sum() > 0 and not torch.allclose(policy.state_norm.mean, torch.zeros(39))
+    assert policy.cfg.state_clip == 5.0 and policy.state_norm.clip == 5.0  # SFT's default travels with the file
     with make_metaworld(tasks=tuple(extra["task_names"]), num_envs=2, chunk=4) as env:
         obs = env.reset([Context(0, 1_000_000), Context(1, 1_000_000)])
         out = policy.act(policy.prepare(obs), SamplerConfig(method="flow_sde", steps=4))
@@ -54,7 +55,7 @@ def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind):
     assert res.losses[-1][1] < res.losses[0][1], res.losses
     assert set(res.evals[-1]["per_task"]) == {"reach-v3", "button-press-topdown-v3"}
     policy, _ = load_policy(res.checkpoint)
-    assert type(policy) is type(res.policy)
+    assert type(policy) is type(res.policy) and policy.state_norm.clip == 5.0
     for key, value in res.policy.state_dict().items():
         torch.testing.assert_close(policy.state_dict()[key], value)
     if kind == "regression":  # the scale head was fitted after SFT, not left at its initial constant
@@ -113,3 +114,45 @@ def test_final_checkpoint_survives_a_failing_final_evaluation(demos, tmp_path, m
         sft(cfg, log=None)
     policy, extra = load_policy(tmp_path / "ckpt" / "final.safetensors")  # the 20 steps of training are kept
     assert extra["step"] == 20
+
+
+def test_state_clip_bounds_the_normalised_state_and_old_files_load_unclipped(tmp_path):
+    """Rollouts leave the demos' range; the clip bounds what the network sees, not the actions. A file written
+    before the clip existed (no state_clip in its config) loads with none, so its behaviour is unchanged."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pirl.policies.base import Normalizer
+    from pirl.policies.mlp import make_mlp_policy
+
+    norm = Normalizer(3, clip=5.0)
+    norm.set_stats(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.1, 1.0, 1.0]))
+    torch.testing.assert_close(norm(torch.tensor([[4.0, -9.0, 2.0]])), torch.tensor([[5.0, -5.0, 2.0]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(norm.inverse(torch.tensor([[30.0, 0.0, 0.0]])), torch.tensor([[4.0, 0.0, 0.0]]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="clip must be > 0"):
+        Normalizer(3, clip=0.0)
+    with pytest.raises(ValueError, match="state_clip must be > 0"):
+        SFTConfig(dataset="x", state_clip=-1.0)
+
+    torch.manual_seed(0)
+    clipped = make_mlp_policy(3, 2, hidden=16, depth=1, state_clip=5.0)
+    clipped.state_norm.set_stats(torch.zeros(3), torch.ones(3) * 0.01)
+    path = save_policy(clipped, tmp_path / "p.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta["config"])
+    del cfg["state_clip"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(cfg)})
+    new, _ = load_policy(path)
+    old, _ = load_policy(tmp_path / "old.safetensors")
+    assert new.state_norm.clip == 5.0 and old.cfg.state_clip is None and old.state_norm.clip is None
+    far = {"state": torch.tensor([[1.0, -1.0, 0.5]])}  # 100 stds away
+    near = {"state": torch.tensor([[0.01, -0.02, 0.03]])}
+    x = torch.randn(1, 4, 2)
+    t = torch.ones(1)
+    v_new, _ = new.velocity(new.encode(far), x, t)
+    v_old, _ = old.velocity(old.encode(far), x, t)
+    assert not torch.allclose(v_new, v_old)
+    torch.testing.assert_close(new.velocity(new.encode(near), x, t)[0], old.velocity(old.encode(near), x, t)[0])

@@ -49,13 +49,16 @@ class ValueHead(nn.Module):
 
 
 class Normalizer(nn.Module):
-    """Affine z-score normalisation whose statistics travel with the weights (as buffers)."""
+    """Affine z-score normalisation whose statistics travel with the weights (as buffers); ``clip`` bounds the
+    normalised values to +-clip (None: unbounded)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = 1e-6, clip: Optional[float] = None) -> None:
         super().__init__()
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be > 0 or None, got {clip!r}")
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        self.eps = eps
+        self.eps, self.clip = eps, clip
 
     def set_stats(self, mean: Tensor, std: Tensor) -> None:
         """Load statistics (e.g. a dataset's ``stats.json``); tiny stds are floored."""
@@ -66,7 +69,8 @@ class Normalizer(nn.Module):
         self.std.copy_(std.clamp(min=1e-3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / (self.std + self.eps)
+        z = (x - self.mean) / (self.std + self.eps)
+        return z if self.clip is None else z.clamp(-self.clip, self.clip)
 
     def inverse(self, x: Tensor) -> Tensor:
         return x * (self.std + self.eps) + self.mean

@@ -141,6 +141,9 @@ class HeadPolicyConfig:
     """Width of every hidden layer."""
     depth: int = 3
     """Hidden layers of the trunk between the encoder and the heads."""
+    state_clip: Optional[float] = None
+    """Normalised state values are clipped to +-state_clip; None (checkpoints from before it existed) leaves them
+    unbounded. RL rollouts leave the demonstrations' range (see SFTConfig.state_clip)."""
 
     def __post_init__(self) -> None:
         for name in ("state_dim", "action_dim", "action_horizon", "hidden", "depth"):
@@ -162,7 +165,7 @@ class HeadPolicy(Policy):
         super().__init__()
         self.cfg = cfg
         self.action_horizon, self.action_dim = cfg.action_horizon, cfg.action_dim
-        self.state_norm = Normalizer(cfg.state_dim)
+        self.state_norm = Normalizer(cfg.state_dim, clip=cfg.state_clip)
         self.action_norm = Normalizer(cfg.action_dim)
         h = cfg.hidden
         self.task_embed = nn.Embedding(cfg.num_tasks, h) if cfg.num_tasks > 0 else None

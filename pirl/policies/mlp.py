@@ -38,6 +38,9 @@ class MLPPolicyConfig:
     """Hidden layers of the velocity network."""
     time_dim: int = 32
     """Size of the sinusoidal time embedding."""
+    state_clip: Optional[float] = None
+    """Normalised state values are clipped to +-state_clip; None (checkpoints from before it existed) leaves them
+    unbounded. RL rollouts leave the demonstrations' range (see SFTConfig.state_clip)."""
 
 
 class MLPFlowPolicy(FlowPolicy):
@@ -47,7 +50,7 @@ class MLPFlowPolicy(FlowPolicy):
         super().__init__()
         self.cfg = cfg
         self.action_horizon, self.action_dim = cfg.action_horizon, cfg.action_dim
-        self.state_norm = Normalizer(cfg.state_dim)
+        self.state_norm = Normalizer(cfg.state_dim, clip=cfg.state_clip)
         self.action_norm = Normalizer(cfg.action_dim)
         h = cfg.hidden
         self.task_embed = nn.Embedding(cfg.num_tasks, h) if cfg.num_tasks > 0 else None
@@ -93,9 +96,11 @@ def make_mlp_policy(
     value_head: bool = True,
     noise_head: bool = True,
     std_range: tuple[float, float] = (0.08, 0.16),
+    state_clip: Optional[float] = None,
 ) -> MLPFlowPolicy:
     """An MLP flow policy with (optionally) its critic and Flow-Noise head attached."""
-    policy = MLPFlowPolicy(MLPPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth))
+    policy = MLPFlowPolicy(MLPPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth,
+                                           state_clip=state_clip))
     if value_head:
         policy.attach_value_head(policy.feature_dim)
     if noise_head:

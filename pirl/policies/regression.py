@@ -233,10 +233,12 @@ def make_regression_policy(
     depth: int = 3,
     loss: Literal["l1", "mse"] = "l1",
     value_head: bool = True,
+    state_clip: Optional[float] = None,
     **scale: float,
 ) -> RegressionPolicy:
     """A regression-head policy (with its critic attached); ``scale`` sets scale_init/min/max."""
-    cfg = RegressionPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, loss=loss, **scale)
+    cfg = RegressionPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, state_clip, loss=loss,
+                                 **scale)
     policy = RegressionPolicy(cfg)
     if value_head:
         policy.attach_value_head(policy.feature_dim)

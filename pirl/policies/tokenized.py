@@ -142,9 +142,10 @@ def make_tokenized_policy(
     bin_range: tuple[float, float] = (-3.0, 3.0),
     within_bin: bool = False,
     value_head: bool = True,
+    state_clip: Optional[float] = None,
 ) -> TokenizedPolicy:
     """A tokenized-head policy (with its critic attached)."""
-    cfg = TokenizedPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth,
+    cfg = TokenizedPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, state_clip,
                                 bins=bins, bin_range=bin_range, within_bin=within_bin)
     policy = TokenizedPolicy(cfg)
     if value_head:

@@ -50,6 +50,9 @@ class VLAPolicyConfig:
     """Instruction tokens kept (longer instructions are cut)."""
     time_dim: int = 32
     """Size of the sinusoidal time embedding."""
+    state_clip: Optional[float] = None
+    """Normalised state values are clipped to +-state_clip; None (checkpoints from before it existed) leaves them
+    unbounded. RL rollouts leave the demonstrations' range (see SFTConfig.state_clip)."""
 
 
 def tokenize(texts: Any, vocab_size: int, max_words: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +135,7 @@ class VLAFlowPolicy(FlowPolicy):
         self.cfg = cfg
         self.action_horizon, self.action_dim = cfg.action_horizon, cfg.action_dim
         W = cfg.width
-        self.state_norm = Normalizer(cfg.state_dim)
+        self.state_norm = Normalizer(cfg.state_dim, clip=cfg.state_clip)
         self.action_norm = Normalizer(cfg.action_dim)
         # conv stem: two stages so that patches see local structure before being tokens
         self.stem = nn.Sequential(

@@ -74,6 +74,10 @@ class SFTConfig:
     """MLP policies (flow, regression, tokenized): hidden width."""
     depth: int = 3
     """MLP policies: hidden layers of the velocity network (of the trunk for the heads)."""
+    state_clip: Optional[float] = 5.0
+    """MLP, head and VLA policies: normalised state values are clipped to +-this (None: unbounded). RL rollouts
+    leave the demonstrations' range: on LIBERO the gripper's axis-angle reached 50 demo stds, and one Adam step
+    moved those frames' log-probs 40x more than the rest (bench/results/libero_state_clip.md)."""
     vla_width: int = 96
     """VLA policy: token width."""
     vla_layers: int = 2
@@ -108,6 +112,8 @@ class SFTConfig:
             raise ValueError(f"steps, batch_size and action_horizon must be >= 1; got {self.steps}, {self.batch_size}, {self.action_horizon}")
         if not 0 <= self.chunk <= self.action_horizon:
             raise ValueError(f"chunk must lie in [0, action_horizon={self.action_horizon}], got {self.chunk}")
+        if self.state_clip is not None and not self.state_clip > 0:
+            raise ValueError(f"state_clip must be > 0 or null, got {self.state_clip!r}")
         if self.eval_max_episode_steps < 0:
             raise ValueError(f"eval_max_episode_steps must be >= 0 (0 = the suite's limit), got {self.eval_max_episode_steps}")
 
@@ -138,7 +144,8 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
     (or, for a subset of episodes, from the subset's frames)."""
     state_dim = int(np.prod(ds.info["features"]["observation.state"]["shape"]))
     action_dim = int(np.prod(ds.info["features"]["action"]["shape"]))
-    mlp = dict(action_horizon=cfg.action_horizon, num_tasks=len(ds.tasks), hidden=cfg.hidden, depth=cfg.depth)
+    mlp = dict(action_horizon=cfg.action_horizon, num_tasks=len(ds.tasks), hidden=cfg.hidden, depth=cfg.depth,
+               state_clip=cfg.state_clip)
     if cfg.policy == "mlp":
         policy: Policy = make_mlp_policy(state_dim, action_dim, **mlp)
     elif cfg.policy == "regression":
@@ -151,7 +158,7 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
         size = ds.info["features"][_video_key(ds)]["shape"][0]
         policy = make_vla_policy(
             state_dim, action_dim, action_horizon=cfg.action_horizon, image_size=size,
-            patch=8 if size >= 32 else 4, width=cfg.vla_width, layers=cfg.vla_layers,
+            patch=8 if size >= 32 else 4, width=cfg.vla_width, layers=cfg.vla_layers, state_clip=cfg.state_clip,
         )  # fmt: skip
     if data is not None and len(data.episodes) < len(ds.episodes):
         s, a = data.state[data.frames], data.actions[data.frames]
