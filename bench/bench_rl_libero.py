@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=10, help="demonstrations per task SFT trains on (the first ones)")
     ap.add_argument("--sft-steps", type=int, default=3500, help="bench/results/libero_sft_steps.md: 2000 -> 20 %%, 3500 -> 32.5 %%")
     ap.add_argument("--sft-hidden", type=int, default=256, help="SFT: MLP width")
+    ap.add_argument("--state-clip", type=float, default=5.0, help="SFT: clip of the normalised state (results/libero_state_clip.md)")
     ap.add_argument("--policy", default=None, help="start RL from this SFT checkpoint instead of training one")
     ap.add_argument("--target-kl", type=float, default=None,
                     help="stop an update's remaining minibatches past this chain KL (PPOConfig.target_kl)")
@@ -91,13 +92,13 @@ def main() -> None:
               f"{report.successes} of {report.attempts} attempts", flush=True)
     expert_stats = json.loads(report_path.read_text()) if report_path.exists() else None
     t_sft = time.perf_counter()
-    sft_dir = root / f"sft_{args.sft_steps}_h{args.sft_hidden}"  # cached per recipe
+    sft_dir = root / f"sft_{args.sft_steps}_h{args.sft_hidden}_clip{args.state_clip:g}"  # cached per recipe
     policy = Path(args.policy) if args.policy else sft_dir / "final.safetensors"
     if not policy.exists():
         if args.policy:
             ap.error(f"--policy {policy} does not exist")
         sft(SFTConfig(dataset=str(data), out_dir=str(sft_dir), action_horizon=8, chunk=4, steps=args.sft_steps,
-                      hidden=args.sft_hidden, episodes_per_task=args.shots, eval_every=-1, seed=args.seed), log=None)
+                      hidden=args.sft_hidden, state_clip=args.state_clip, episodes_per_task=args.shots, eval_every=-1, seed=args.seed), log=None)
     sft_s = time.perf_counter() - t_sft
     env = EnvConfig(suite="libero", tasks=args.tasks, chunk=4, max_episode_steps=args.max_episode_steps,
                     object_state=True, held_out_init_states=args.held_out, vector=args.vector)

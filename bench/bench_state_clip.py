@@ -6,8 +6,8 @@ the size of a step, not its direction, is measured) and report the chain KL E[r 
 after 1, 2, 4 and 8 steps, split by the frames whose *unclipped* normalised state leaves +-5 somewhere.
 
 SFT both policies on the same data, e.g. (bench_rl_libero.py collects the dataset):
-  pirl sft dataset=DATA steps=3500 action_horizon=8 chunk=4 eval_every=-1 state_clip=null --run-dir runs/sft_noclip
-  pirl sft dataset=DATA steps=3500 action_horizon=8 chunk=4 eval_every=-1 --run-dir runs/sft_clip5
+  pirl sft dataset=DATA steps=3500 action_horizon=8 chunk=4 eval_every=-1 --run-dir runs/sft_noclip
+  pirl sft dataset=DATA steps=3500 action_horizon=8 chunk=4 eval_every=-1 state_clip=5 --run-dir runs/sft_clip5
   PIRL_LIBERO_ASSETS=... python bench/bench_state_clip.py runs/sft_noclip/final.safetensors runs/sft_clip5/final.safetensors
 """
 

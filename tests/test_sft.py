@@ -38,7 +38,7 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
     for key, value in res.policy.state_dict().items():  # weights and normaliser stats travel together
         torch.testing.assert_close(policy.state_dict()[key], value)
     assert policy.action_norm.std.abs().sum() > 0 and not torch.allclose(policy.state_norm.mean, torch.zeros(39))
-    assert policy.cfg.state_clip == 5.0 and policy.state_norm.clip == 5.0  # SFT's default travels with the file
+    assert policy.cfg.state_clip is None and policy.state_norm.clip is None  # SFT's default: unbounded
     with make_metaworld(tasks=tuple(extra["task_names"]), num_envs=2, chunk=4) as env:
         obs = env.reset([Context(0, 1_000_000), Context(1, 1_000_000)])
         out = policy.act(policy.prepare(obs), SamplerConfig(method="flow_sde", steps=4))
@@ -48,7 +48,7 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
 
 @pytest.mark.parametrize("kind", ["regression", "tokenized"])
 def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind):
-    cfg = SFTConfig(dataset=str(demos), policy=kind, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
+    cfg = SFTConfig(dataset=str(demos), policy=kind, state_clip=5.0, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
                     eval_num_envs=2, eval_max_episode_steps=8, hidden=64, depth=1, scale_fit_steps=50,
                     out_dir=str(tmp_path / kind))  # fmt: skip
     res = sft(cfg, log=None)
