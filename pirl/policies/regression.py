@@ -237,7 +237,7 @@ def make_regression_policy(
     **scale: float,
 ) -> RegressionPolicy:
     """A regression-head policy (with its critic attached); ``scale`` sets scale_init/min/max."""
-    cfg = RegressionPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, state_clip, loss=loss,
+    cfg = RegressionPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, state_clip=state_clip, loss=loss,
                                  **scale)
     policy = RegressionPolicy(cfg)
     if value_head:

@@ -145,7 +145,7 @@ def make_tokenized_policy(
     state_clip: Optional[float] = None,
 ) -> TokenizedPolicy:
     """A tokenized-head policy (with its critic attached)."""
-    cfg = TokenizedPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, state_clip,
+    cfg = TokenizedPolicyConfig(state_dim, action_dim, action_horizon, num_tasks, hidden, depth, state_clip=state_clip,
                                 bins=bins, bin_range=bin_range, within_bin=within_bin)
     policy = TokenizedPolicy(cfg)
     if value_head:
