@@ -11,8 +11,18 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MACHINE = os.environ.get("PIRL_BENCH_MACHINE", "2-core CPU (shared with other jobs: timings are indicative)")
-"""What results files name as the machine; set PIRL_BENCH_MACHINE when benchmarking elsewhere."""
+
+
+def machine() -> str:
+    """What results files name as the machine: PIRL_BENCH_MACHINE if set, else the GPU (when torch sees one) and
+    the CPU cores."""
+    if os.environ.get("PIRL_BENCH_MACHINE"):
+        return os.environ["PIRL_BENCH_MACHINE"]
+    cores = f"{os.cpu_count()}-core CPU"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, {cores}"
+    return f"{cores} (shared with other jobs: timings are indicative)"
 
 
 def setup_threads(n: int = 1) -> None:
@@ -28,7 +38,7 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": MACHINE,
+        "machine": machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "command": " ".join([Path(sys.executable).name] + sys.argv),

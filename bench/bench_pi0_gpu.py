@@ -115,20 +115,58 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def compiled_latency(policy, obs, ode: SamplerConfig, device: torch.device, args) -> dict[str, Any]:
-    """Batch-1 chunk latency with the prefix and the expert's suffix pass under torch.compile: ``reduce-overhead``
-    replays CUDA graphs, which removes the kernel-launch cost that bounds eager latency at batch 1."""
-    out: dict[str, Any] = {}
+def kernel_profile(fn: Callable[[], Any], device: torch.device, calls: int = 3) -> dict[str, Any]:
+    """GPU kernel time and kernel count per call (torch.profiler), and the kernels that take most: where the
+    batch-1 latency goes once launch overhead is gone."""
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync(device)
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            _sync(device)
+        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        us = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)  # noqa: E731
+        events.sort(key=us, reverse=True)
+        total = sum(us(e) for e in events)
+        out = {"kernel_ms_per_call": total / 1e3 / calls, "kernels_per_call": sum(e.count for e in events) / calls,
+               "top": [{"name": e.key[:90], "ms_per_call": us(e) / 1e3 / calls, "count_per_call": e.count / calls}
+                       for e in events[:8]]}
+        print(f"    GPU kernels: {out['kernel_ms_per_call']:.1f} ms in {out['kernels_per_call']:.0f} kernels per call; "
+              "top: " + "; ".join(f"{t['name'][:50]} {t['ms_per_call']:.2f} ms x{t['count_per_call']:.0f}"
+                                  for t in out["top"][:5]), flush=True)
+        return out
+    except Exception as e:  # noqa: BLE001 - a profiler failure must not cost the timings
+        print(f"    profile failed: {type(e).__name__}: {e}", flush=True)
+        return {"error": str(e)[:300]}
+
+
+def compiled_latency(policy, obs, ode: SamplerConfig, device: torch.device, args, out: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 chunk latency under torch.compile; CUDA graphs (``reduce-overhead``) remove the kernel-launch cost
+    that bounds eager latency at batch 1.
+
+    ``reduce-overhead``: the prefix compiled without a graph (its KV cache outlives the K suffix replays), the K
+    suffix passes replayed as CUDA graphs. ``reduce-overhead-all``: the prefix a CUDA graph too; the graph trees then
+    record prefix -> suffix_1 -> ... -> suffix_K as one path replayed per chunk. ``reduce-overhead-act``: the whole
+    ``act`` (prefix, the K denoising steps and the sampler's arithmetic between them) traced as one function, so
+    nothing runs eagerly between the graphs. Fills ``out`` per mode.
+    """
     for mode in args.compile:
         t0 = time.perf_counter()
         try:
-            # "reduce-overhead": the prefix compiled without a graph (its KV cache outlives the K suffix replays), the
-            # K suffix passes replayed as CUDA graphs. "reduce-overhead-all": the prefix a CUDA graph too; the graph
-            # trees then record prefix -> suffix_1 -> ... -> suffix_K as one path replayed per chunk.
-            base = mode.removesuffix("-all")
-            policy.encode = torch.compile(type(policy).encode.__get__(policy), dynamic=False,
-                                          **({"mode": base} if mode.endswith("-all") else {}))
-            policy.suffix_hidden = torch.compile(type(policy).suffix_hidden.__get__(policy), mode=base, dynamic=False)
+            if mode.endswith("-act"):
+                policy.act = torch.compile(type(policy).act.__get__(policy), mode=mode.removesuffix("-act"),
+                                           dynamic=False)
+            else:
+                base = mode.removesuffix("-all")
+                policy.encode = torch.compile(type(policy).encode.__get__(policy), dynamic=False,
+                                              **({"mode": base} if mode.endswith("-all") else {}))
+                policy.suffix_hidden = torch.compile(type(policy).suffix_hidden.__get__(policy), mode=base,
+                                                     dynamic=False)
 
             def act():
                 torch.compiler.cudagraph_mark_step_begin()
@@ -141,22 +179,28 @@ def compiled_latency(policy, obs, ode: SamplerConfig, device: torch.device, args
             compile_s = time.perf_counter() - t0
             sec = timed(act, device, args.warmup, args.iters)
             out[mode] = {"ms": 1e3 * sec, "compile_s": compile_s}
+            args.save()
             print(f"  torch.compile({mode}): {1e3 * sec:.1f} ms (compiled in {compile_s:.0f} s)", flush=True)
+            if args.profile:
+                with torch.no_grad():
+                    out[mode]["profile"] = kernel_profile(act, device)
         except Exception as e:  # noqa: BLE001 - report and carry on: the eager figures stand
             out[mode] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"  torch.compile({mode}) failed: {out[mode]['error']}", flush=True)
         finally:
-            del policy.encode, policy.suffix_hidden  # back to the eager methods
+            for name in ("act", "encode", "suffix_hidden"):  # back to the eager methods
+                policy.__dict__.pop(name, None)
             torch._dynamo.reset()
     return out
 
 
-def bench_variant(variant: str, args, device: torch.device, peak: float) -> dict[str, Any]:
-    res: dict[str, Any] = {"latency_b1": {}, "rollout": {}, "ppo_update": {}}
+def bench_variant(variant: str, args, device: torch.device, peak: float, res: dict[str, Any]) -> dict[str, Any]:
+    """Fills ``res`` (saved after every figure through ``args.save``)."""
+    res.update({"latency_b1": {}, "rollout": {}, "ppo_update": {}})
     K = args.steps
     ode = SamplerConfig(method="ode", steps=K)
     sde = SamplerConfig(method="flow_sde", steps=K, noise_level=0.5)
-    for cams in (1, 3):
+    for cams in args.latency_cameras:
         cfg, policy = build(variant, cams, args.tiny, device)
         obs = make_obs(cfg, 1, device)
         f = flops(cfg, cams)
@@ -164,8 +208,11 @@ def bench_variant(variant: str, args, device: torch.device, peak: float) -> dict
         fl = f["vision"] + f["prefix"] + (K + value_passes(cfg)) * f["suffix"]
         res["latency_b1"][f"{cams}cam"] = {"ms": 1e3 * sec, "prefix_tokens": cfg.prefix_len, "mfu": fl / sec / peak}
         print(f"[{variant}] latency b=1 {cams} cam K={K}: {1e3 * sec:.1f} ms", flush=True)
+        args.save()
+        if args.profile:
+            res["latency_b1"][f"{cams}cam"]["profile"] = kernel_profile(lambda: policy.act(obs, ode), device)
         if args.compile and cams in args.compile_cameras:
-            res["latency_b1"][f"{cams}cam_compiled"] = compiled_latency(policy, obs, ode, device, args)
+            compiled_latency(policy, obs, ode, device, args, res["latency_b1"].setdefault(f"{cams}cam_compiled", {}))
         del policy
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -247,6 +294,8 @@ def main() -> None:
     ap.add_argument("--compile", nargs="*", default=[], metavar="MODE",
                     help="also time batch-1 latency under torch.compile with these modes (e.g. reduce-overhead)")
     ap.add_argument("--compile-cameras", nargs="+", type=int, default=[3])
+    ap.add_argument("--latency-cameras", nargs="+", type=int, default=[1, 3], help="cameras for the batch-1 latency")
+    ap.add_argument("--profile", action="store_true", help="GPU kernel time / count per batch-1 call (torch.profiler)")
     ap.add_argument("--latency-only", action="store_true", help="batch-1 latency only (no throughput runs)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
@@ -271,13 +320,19 @@ def main() -> None:
         "peak_tflops": peak / 1e12, "dtype": "bf16 weights, fp32 norms/projections/log-probs",
         "variants": {},
     }
-    for variant in args.variants:
-        out["variants"][variant] = bench_variant(variant, args, device, peak)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, args.out)
+
+    def save() -> None:  # after every figure: a run stopped by its time limit keeps what it measured
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, args.out)
+
+    args.save = save
+    for variant in args.variants:
+        out["variants"][variant] = {}
+        bench_variant(variant, args, device, peak, out["variants"][variant])
+    save()
     print(f"wrote {args.out}")
 
 

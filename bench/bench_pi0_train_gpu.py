@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--size", default="full", choices=["tiny", "small", "full"], help="tiny + --device cpu: smoke test")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--name", default=None, help="results file name (default pi0_train_gpu for --size full)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no GPU: this benchmark runs full-size π0 on CUDA")
@@ -132,7 +133,8 @@ def main() -> None:
             f"cameras (base, left wrist; right wrist masked); {args.envs} envs x {args.episode_steps} steps, chunk 5, "
             f"PPO + Flow-SDE K=4, 1 epoch, minibatch {args.minibatch}, micro-batch {args.micro}, gradient checkpointing "
             f"{'on' if args.checkpointing else 'off'}. First iteration excluded (warm-up).")
-    write_results("pi0_train_gpu" if args.size == "full" else f"pi0_train_{args.size}_{args.device}", results, "\n".join(lines) + "\n" + note)
+    name = args.name or ("pi0_train_gpu" if args.size == "full" else f"pi0_train_{args.size}_{args.device}")
+    write_results(name, results, "\n".join(lines) + "\n" + note)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 #   ONLY="pi0_train pi0_latency" bash bench/gpu_check.sh    # a subset of the steps
 #
 # With 15 minutes of device time and 10 minutes per command, run it as two calls on the warm machine:
-# ONLY=pi0_train (4 runs of ~2 minutes on an H200), then ONLY="pi0_latency pi0_gpu" (compiles take 1-2 minutes each).
+# ONLY="pi05_train pi0_latency" (~9 minutes on an H200: two compiles of ~2 minutes, two runs of ~2 minutes), then
+# ONLY=pi0_train (two runs).
 #
 # Each step has a time limit so a hang cannot eat the machine; a failed step does not stop the next one.
 set -u -o pipefail
@@ -31,6 +32,7 @@ step() {  # step NAME SECONDS CMD...: runs CMD under a time limit, logs to LOG/N
   [ $r -eq 0 ] || rc=1
 }
 [ -n "$LOG" ] && mkdir -p "$LOG"
+START=$(mktemp) && touch "$START"
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
@@ -46,19 +48,20 @@ PYOPENGL_PLATFORM=egl $PY -c "from OpenGL import EGL; EGL.eglQueryString; print(
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-step pi0_train 560 $PY bench/bench_pi0_train_gpu.py --iterations ${PI0_ITERATIONS:-2}
-step pi0_latency 420 $PY bench/bench_pi0_gpu.py --variants ${LATENCY_VARIANTS:-pi0 pi05} --latency-only \
-  --compile ${COMPILE_MODES:-reduce-overhead-all reduce-overhead} --compile-cameras 3 --warmup 2 --iters 5 \
-  --out bench/results/pi0_latency.json
+step pi05_train 300 $PY bench/bench_pi0_train_gpu.py --variants pi05 --scopes all expert \
+  --iterations ${PI0_ITERATIONS:-2} --name pi0_train_gpu_pi05
+step pi0_latency 330 $PY bench/bench_pi0_gpu.py --variants ${LATENCY_VARIANTS:-pi0} --latency-only \
+  --latency-cameras 3 --compile ${COMPILE_MODES:-reduce-overhead-all reduce-overhead-act} --compile-cameras 3 \
+  --profile --warmup 2 --iters 5 --out bench/results/pi0_latency.json
+step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --variants pi0 --scopes all expert \
+  --iterations ${PI0_ITERATIONS:-2} --name pi0_train_gpu_pi0
 
 step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
 step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 8 --episode-steps 100 --repeats 1 \
   --threads 4 --act-batches 1 8 64 256
 step learner 150 $PY bench/bench_learner.py --worlds 2 4 8 --samples 4096 --hidden 1024 --repeats 2  # the CPU cores
 step pi0_gpu 150 $PY bench/bench_pi0_gpu.py --variants pi0 --batches 8 32 --warmup 1 --iters 3
-if [ -n "$LOG" ]; then
-  cp bench/results/pi0_train_gpu.json bench/results/pi0_train_gpu.md bench/results/pi0_latency.json \
-    bench/results/vla_rollout.json bench/results/vla_rollout.md bench/results/learner.json bench/results/learner.md \
-    bench/results/pi0_gpu.json "$LOG"/ 2>/dev/null
+if [ -n "$LOG" ]; then  # the result files this run wrote (at most 8 files come back from a device call)
+  find bench/results -maxdepth 1 -type f -newer "$START" -exec cp {} "$LOG"/ \;
 fi
 exit $rc

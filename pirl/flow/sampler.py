@@ -385,7 +385,8 @@ def sample(
     xs, means, stds, log_probs = [x], [], [], []
     for k in range(steps):
         t = grid[k].expand(B)
-        v, std = _call_velocity(velocity, x, t, method, noise_std, check_finite)
+        # checked once after the loop: a per-step check syncs the device K times per chunk (and breaks graphs)
+        v, std = _call_velocity(velocity, x, t, method, noise_std, False)
         if hybrid:
             # Euler for every row; the SDE transition only for the ~B/K rows whose stochastic step this is.
             # Their means, stds and log-densities are filled in after the loop, in one batched pass.
@@ -439,6 +440,8 @@ def sample(
         log_probs_t = torch.zeros(B, steps, device=device).index_put((rows, steps_of_rows), lp)
     else:
         stds_t, log_probs_t = torch.stack(stds, 1), torch.stack(log_probs, 1)
+    if check_finite:
+        _check_chain(xs_t, stds_t, stochastic, method)
     return Chain(
         xs=xs_t,
         means=means_t,
@@ -452,6 +455,16 @@ def sample(
         reduce=reduce,
         mask=mask,
     )
+
+
+def _check_chain(xs: Tensor, stds: Optional[Tensor], stochastic: Tensor, method: str) -> None:
+    """One device sync per chunk: a non-finite velocity (or std) at any step leaves the chain's states non-finite."""
+    if not bool(torch.isfinite(xs).all()):
+        raise ValueError("velocity returned non-finite values (NaN/inf); check the model's weights and inputs")
+    if method == "flow_noise" and stds is not None:
+        drawn = stochastic.view(*stochastic.shape, *([1] * (stds.dim() - 2)))
+        if bool((drawn & ~(stds > 0)).any()):
+            raise ValueError("std must be > 0 everywhere (got a value <= 0 or NaN); bound the noise head's output")
 
 
 def _rows(rows: Tensor, like: Tensor) -> Tensor:
