@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from pirl.cli.main import main as pirl
+from pirl.config import load_config
 from pirl.policies import make_mlp_policy
 from pirl.policies.io import save_policy
+from pirl.train.rl import TrainConfig
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +54,13 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     records = [json.loads(line) for line in (rl / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert {"loss/policy", "policy/approx_kl", "policy/clip_fraction", "rollout/success_rate"} <= set(records[1])
-    assert pirl(["eval", "--run-dir", str(ev), f"policy={rl / 'policy_latest.safetensors'}", "env.tasks=reach-v3",
-                 "env.chunk=4", "env.max_episode_steps=60", "episodes_per_task=2", "num_envs=2"]) == 0
-    out = json.loads((ev / "eval.json").read_text())
-    assert 0.0 <= out["success"] <= 1.0 and out["protocol"] == "held_out"
     capsys.readouterr()
+    # no env.* given: the env comes from the policy file's record (the RL run's env, itself the dataset's tasks)
+    assert pirl(["eval", "--run-dir", str(ev), f"policy={rl / 'policy_latest.safetensors'}", "episodes_per_task=2",
+                 "num_envs=2"]) == 0
+    assert "env from the policy file's record: suite=metaworld, tasks=reach-v3 (set env.* or --config" in capsys.readouterr().out
+    out = json.loads((ev / "eval.json").read_text())
+    assert 0.0 <= out["success"] <= 1.0 and out["protocol"] == "held_out" and set(out["per_task"]) == {"reach-v3"}
     assert pirl(["report", str(rl), f"out={tmp_path / 'report'}"]) == 0
     assert list((tmp_path / "report").glob("*.png"))
 
@@ -85,6 +89,27 @@ def test_short_runs_from_a_weak_sft_policy_pass_the_ratio_check(few_shot_policy,
                      *sampler]) == 0
         update = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1]
         assert 0 <= update["policy/ratio_check"] <= update["policy/ratio_check_tol"] < 1e-2
+
+
+def test_a_policy_file_records_the_env_it_was_trained_in(few_shot_policy, tmp_path):
+    """`pirl sft` writes the dataset's simulator and task order into the policy file; `pirl train / eval` build
+    that env when the command line chooses none, and leave it alone when it does."""
+    from argparse import Namespace
+
+    from pirl.cli.main import env_of_policy_file
+
+    def env_for(*overrides, checkpoint=None):
+        return env_of_policy_file(Namespace(overrides=list(overrides), checkpoint=checkpoint))
+
+    assert env_for(f"policy={few_shot_policy}") == {"suite": "metaworld", "tasks": ["reach-v3", "push-v3"]}
+    assert env_for(checkpoint=few_shot_policy)["tasks"] == ["reach-v3", "push-v3"]
+    assert env_for(f"policy={few_shot_policy}", "env.chunk=4") is None  # the user chose: nothing recorded applies
+    assert env_for(f"policy={tmp_path / 'missing.safetensors'}") is None  # the loader reports a missing file
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert env_for(f"policy={bad}") is None
+    cfg = load_config(TrainConfig, {"env": env_for(f"policy={few_shot_policy}")}, [f"policy={few_shot_policy}"])
+    assert cfg.env.tasks == ("reach-v3", "push-v3") and cfg.env.camera is None
 
 
 def test_config_errors_name_the_key(capsys):

@@ -162,6 +162,34 @@ def _split_report_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return runs, overrides
 
 
+def env_of_policy_file(args) -> Optional[dict[str, Any]]:
+    """The env a pirl policy file records (the simulator and task order it was trained in), when the command line
+    names that file and chooses no env.* itself; None otherwise (the policy's own loading reports a bad file)."""
+    overrides = list(getattr(args, "overrides", ()) or ())
+    if any(o.split("=", 1)[0].split(".", 1)[0] == "env" for o in overrides):
+        return None
+    policy = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("policy=")), None)
+    if policy is None and getattr(args, "checkpoint", None) is not None:
+        policy = str(args.checkpoint)
+    if not policy or not policy.endswith(".safetensors") or not Path(policy).is_file():
+        return None
+    import json
+
+    from safetensors import safe_open
+
+    from pirl.envs.registry import env_from_record
+
+    try:
+        with safe_open(policy, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+        record = json.loads(meta.get("extra", "{}")).get("env")
+    except Exception:  # noqa: BLE001 - not readable here: the policy loader says why, with the fix
+        return None
+    if not isinstance(record, dict):
+        return None
+    return env_from_record(record, images=meta.get("pirl_kind") in ("vla", "pi0"))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``pirl`` script; returns the exit status."""
     parser = build_parser()
@@ -185,6 +213,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source = args.resume / "config.yaml"
         if not source.is_file():
             return fail(f"{args.resume}: not a run directory (no config.yaml)")
+    if name in ("train", "eval") and getattr(args, "resume", None) is None and args.config is None:
+        recorded = env_of_policy_file(args)
+        if recorded:
+            source = {"env": recorded}
+            print(f"pirl {name}: env from the policy file's record: "
+                  + ", ".join(f"{k}={v}" for k, v in recorded.items()) + " (set env.* or --config to choose another)")
     try:
         cls = resolve(cmd.config)
         if getattr(args, "resume", None) is not None:  # a run saved by an older pirl: its keys' new places

@@ -61,6 +61,27 @@ class EnvConfig:
             raise ValueError(f"control_mode is a ManiSkill setting; the {self.suite} suite has one controller (drop it)")
 
 
+RECORD_FIELDS = ("suite", "tasks", "camera", "image_size", "object_state", "held_out_init_states", "control_mode")
+"""The EnvConfig fields that say which simulator and tasks a policy was trained in (what its files record)."""
+
+
+def env_record(cfg: EnvConfig) -> dict:
+    """The fields of ``cfg`` that rebuild the simulator and task order (a policy file's ``env`` record)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in RECORD_FIELDS)}
+
+
+def env_from_record(record: dict, *, images: bool) -> dict:
+    """EnvConfig fields from a record (a dataset's ``pirl_env`` or a policy file's ``env``); the camera only for a
+    policy that reads images (a state policy would render for nothing)."""
+    defaults = EnvConfig()
+    env = {k: v for k, v in record.items()
+           if k in RECORD_FIELDS and v is not None and (k in ("suite", "tasks") or v != getattr(defaults, k))}
+    if not images:
+        env.pop("camera", None)
+        env.pop("image_size", None)
+    return env
+
+
 def require_simulator(suite: str) -> None:
     """Raises :class:`pirl.errors.NotInstalledError` (one line: which pip extra) when ``suite``'s simulator is
     not installed, instead of an ImportError traceback from deep inside the suite's module."""

@@ -24,7 +24,7 @@ import torch
 
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.config import to_dict
-from pirl.envs.registry import EnvConfig, make_env
+from pirl.envs.registry import EnvConfig, env_record, make_env
 from pirl.errors import InputError, MissingFileError, require
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
@@ -416,7 +416,8 @@ class Trainer:
     def save(self, metric: Optional[float] = None) -> Path:
         path = self.checkpoints.save(self.iteration, metric=metric, **self._state_objects(),
                                      trainer_state=self._trainer_state())
-        save_policy(self.policy, self.run_dir / "policy_latest.safetensors", extra={"iteration": self.iteration})
+        save_policy(self.policy, self.run_dir / "policy_latest.safetensors",
+                    extra={"iteration": self.iteration, "env": env_record(self.cfg.env)})
         return path
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -516,7 +517,7 @@ class Trainer:
                 if metric is not None and metric > self.best_success:
                     self.best_success = metric
                     save_policy(self.policy, self.run_dir / "policy_best.safetensors",
-                                extra={"iteration": self.iteration, "eval/success": metric})
+                                extra={"iteration": self.iteration, "eval/success": metric, "env": env_record(cfg.env)})
                     export_policy(self.policy, self.run_dir / "policy_best_lerobot")
                 if self.iteration % cfg.checkpoint_every == 0 or done or stop.requested:
                     self.save(metric)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pirl.data.reader import ChunkDataset, LeRobotDataset, load_dataset
-from pirl.envs.registry import EnvConfig, make_env
+from pirl.envs.registry import EnvConfig, env_record, make_env
 from pirl.errors import InputError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import Policy
@@ -288,6 +288,9 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     sampler = SamplerConfig(method="ode", steps=cfg.denoise_steps)
     contexts = eval_contexts(len(ds.tasks), cfg.eval_episodes_per_task)
     extra = {"dataset": str(ds.root), "task_names": list(ds.task_names), "tasks": list(ds.tasks), "episodes": data.episodes}
+    trained_in = cfg.eval_env and env_record(cfg.eval_env) or ds.info.get("pirl_env")
+    if isinstance(trained_in, dict):  # `pirl train / eval policy=FILE` build this env when none is chosen
+        extra["env"] = trained_in
 
     def evaluate(step: int) -> None:
         nonlocal env
