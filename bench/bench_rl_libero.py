@@ -109,7 +109,8 @@ def main() -> None:
         ppo=PPOConfig(target_kl=args.target_kl, epochs=args.epochs), num_groups=episodes // G, group_size=G,
         group_filter="nonuniform" if grouped else "none",
         iterations=args.iterations, time_limit_s=args.time_limit, eval_every=args.eval_every,
-        eval_episodes_per_task=args.held_out, eval_num_envs=args.eval_envs, videos_per_task=0,
+        eval_episodes_per_task=args.held_out, eval_num_envs=args.eval_envs,
+        eval_vector="async" if args.runner == "ray" else None, videos_per_task=0,
         checkpoint_every=5, seed=args.seed, runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
     )
     # the single-task PPO run keeps its old directory, so that its checkpoints resume

@@ -259,6 +259,24 @@ def test_env_crash_is_survived_and_counted(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_crashes"] == 1
 
 
+def test_eval_vector_chooses_how_evaluation_steps(tmp_path, monkeypatch):
+    """eval_vector=async evaluates in subprocesses while rollouts keep env.vector (Ray's workers idle meanwhile)."""
+    import pirl.train.rl as rl
+    from pirl.envs.registry import EnvConfig
+    from pirl.envs.registry import make_env as real_make_env
+
+    made: list[str] = []
+    monkeypatch.setattr(rl, "make_env", lambda cfg, n, **kw: made.append(cfg.vector) or real_make_env(cfg, n, **kw))
+    policy = str(_point_mass_policy(tmp_path / "policy.safetensors"))
+    for eval_vector, expected in ((None, ["sync", "sync"]), ("async", ["sync", "async"])):
+        made.clear()
+        cfg = rl.TrainConfig(policy=policy, env=EnvConfig(suite="point_mass", tasks=("a",), max_episode_steps=16),
+                             iterations=1, num_groups=2, eval_every=1, eval_episodes_per_task=2, eval_num_envs=2,
+                             videos_per_task=0, eval_vector=eval_vector)
+        assert rl.train(cfg, tmp_path / f"run_{eval_vector}") == 0
+        assert made == expected  # rollout env first, evaluation env second
+
+
 def test_trainer_evaluates_on_held_out_seeds_only(tmp_path, monkeypatch):
     """The rollout env sees training seeds only; the evaluation env exactly the fixed held-out ones."""
     import pirl.train.rl as rl

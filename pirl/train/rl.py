@@ -176,6 +176,9 @@ class TrainConfig:
     (init states 0.. in order, the suite's step limit after 10 settling steps, stop at success). summary.json names it."""
     eval_num_envs: int = 10
     """Sub-environments used for evaluation."""
+    eval_vector: Optional[Literal["sync", "async"]] = None
+    """How the evaluation's sub-environments step: sync (in the trainer's process), async (one subprocess each,
+    so evaluation uses every core while Ray's env workers idle); None = env.vector."""
     videos_per_task: int = 1
     """Held-out episodes recorded to mp4 per task before RL and at the end, on the same seeds (videos/before*,
     videos/after*; frames at env.render_size; 0 = none)."""
@@ -426,7 +429,8 @@ class Trainer:
         cfg = self.cfg
         protocol = cfg.eval_protocol_of()
         if self.eval_env is None:
-            self.eval_env = make_env(protocol.env_config(cfg.env), cfg.eval_num_envs)
+            env_cfg = protocol.env_config(cfg.env)
+            self.eval_env = make_env(replace(env_cfg, vector=cfg.eval_vector or env_cfg.vector), cfg.eval_num_envs)
         # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
         contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
         result = evaluate_policy(self.policy, self.eval_env, contexts, self.eval_sampler, seed=cfg.seed)
