@@ -2,7 +2,10 @@
 
 Measures
 - the device's bf16 peak (a large matmul), against which MFU is reported;
-- chunk latency at batch 1 (ODE, K = 10 by default) with 1 and 3 cameras;
+- chunk latency at batch 1 (ODE, K = 10 by default) with 1 and 3 cameras, eager and under ``--compile MODE...``
+  (``reduce-overhead``, ``reduce-overhead-all``, ``reduce-overhead-act``, each with ``-freeze`` for a deployment
+  policy whose weights no longer change: inductor then fuses q/k/v and gate/up), with ``--profile`` the GPU kernel
+  time and count per call;
 - rollout throughput (``policy.act``, Flow-SDE hybrid) at batches 8-64;
 - PPO-update throughput (``policy.evaluate`` + backward + AdamW step) with the VLM frozen
   ("expert") and with everything trained ("full"), gradient checkpointing on.
@@ -155,9 +158,16 @@ def compiled_latency(policy, obs, ode: SamplerConfig, device: torch.device, args
     ``act`` (prefix, the K denoising steps and the sampler's arithmetic between them) traced as one function, so
     nothing runs eagerly between the graphs. Fills ``out`` per mode.
     """
+    import torch._inductor.config as inductor_config
+
     for mode in args.compile:
         t0 = time.perf_counter()
+        freezing = inductor_config.freezing
         try:
+            # "-freeze": inductor's freezing treats the weights as constants, so that its patterns concatenate the
+            # q/k/v and the gate/up projections (one GEMM instead of three and two) and fold the weights' casts
+            inductor_config.freezing = mode.endswith("-freeze")
+            mode = mode.removesuffix("-freeze")
             if mode.endswith("-act"):
                 policy.act = torch.compile(type(policy).act.__get__(policy), mode=mode.removesuffix("-act"),
                                            dynamic=False)
@@ -178,16 +188,20 @@ def compiled_latency(policy, obs, ode: SamplerConfig, device: torch.device, args
             _sync(device)
             compile_s = time.perf_counter() - t0
             sec = timed(act, device, args.warmup, args.iters)
-            out[mode] = {"ms": 1e3 * sec, "compile_s": compile_s}
+            name = mode + ("-freeze" if inductor_config.freezing else "")
+            out[name] = {"ms": 1e3 * sec, "compile_s": compile_s}
             args.save()
-            print(f"  torch.compile({mode}): {1e3 * sec:.1f} ms (compiled in {compile_s:.0f} s)", flush=True)
+            print(f"  torch.compile({name}): {1e3 * sec:.1f} ms (compiled in {compile_s:.0f} s)", flush=True)
             if args.profile:
                 with torch.no_grad():
-                    out[mode]["profile"] = kernel_profile(act, device)
+                    out[name]["profile"] = kernel_profile(act, device)
+                args.save()
         except Exception as e:  # noqa: BLE001 - report and carry on: the eager figures stand
-            out[mode] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            print(f"  torch.compile({mode}) failed: {out[mode]['error']}", flush=True)
+            name = mode + ("-freeze" if inductor_config.freezing else "")
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print(f"  torch.compile({name}) failed: {out[name]['error']}", flush=True)
         finally:
+            inductor_config.freezing = freezing
             for name in ("act", "encode", "suffix_hidden"):  # back to the eager methods
                 policy.__dict__.pop(name, None)
             torch._dynamo.reset()

@@ -51,7 +51,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 step pi05_train 300 $PY bench/bench_pi0_train_gpu.py --variants pi05 --scopes all expert \
   --iterations ${PI0_ITERATIONS:-2} --name pi0_train_gpu_pi05
 step pi0_latency 330 $PY bench/bench_pi0_gpu.py --variants ${LATENCY_VARIANTS:-pi0} --latency-only \
-  --latency-cameras 3 --compile ${COMPILE_MODES:-reduce-overhead-all reduce-overhead-act} --compile-cameras 3 \
+  --latency-cameras 3 --compile ${COMPILE_MODES:-reduce-overhead-all reduce-overhead-all-freeze} --compile-cameras 3 \
   --profile --warmup 2 --iters 5 --out bench/results/pi0_latency.json
 step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --variants pi0 --scopes all expert \
   --iterations ${PI0_ITERATIONS:-2} --name pi0_train_gpu_pi0
