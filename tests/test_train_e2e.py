@@ -58,7 +58,7 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     # no env.* given: the env comes from the policy file's record (the RL run's env, itself the dataset's tasks)
     assert pirl(["eval", "--run-dir", str(ev), f"policy={rl / 'policy_latest.safetensors'}", "episodes_per_task=2",
                  "num_envs=2"]) == 0
-    assert "env from the policy file's record: suite=metaworld, tasks=reach-v3 (set env.* or --config" in capsys.readouterr().out
+    assert "env from the policy file's record: suite=metaworld, tasks=reach-v3 (set env.* or --config" in capsys.readouterr().err
     out = json.loads((ev / "eval.json").read_text())
     assert 0.0 <= out["success"] <= 1.0 and out["protocol"] == "held_out" and set(out["per_task"]) == {"reach-v3"}
     assert pirl(["report", str(rl), f"out={tmp_path / 'report'}"]) == 0
@@ -365,7 +365,7 @@ def test_eval_video_has_the_configured_resolution(tmp_path):
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "train").glob("*.yaml")))
 def test_train_presets_load(preset, capsys):
     assert pirl(["train", "--config", preset, "--print-config"]) == 0
-    assert "algorithm:" in capsys.readouterr().out
+    assert "algorithm:" in capsys.readouterr().err
 
 
 def test_std_range_reaches_a_checkpoints_noise_head(tmp_path):

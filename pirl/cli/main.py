@@ -218,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if recorded:
             source = {"env": recorded}
             print(f"pirl {name}: env from the policy file's record: "
-                  + ", ".join(f"{k}={v}" for k, v in recorded.items()) + " (set env.* or --config to choose another)")
+                  + ", ".join(f"{k}={v}" for k, v in recorded.items()) + " (set env.* or --config to choose another)",
+                  file=sys.stderr)  # stderr: --print-config's stdout stays YAML
     try:
         cls = resolve(cmd.config)
         if getattr(args, "resume", None) is not None:  # a run saved by an older pirl: its keys' new places
