@@ -365,7 +365,7 @@ def test_eval_video_has_the_configured_resolution(tmp_path):
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "train").glob("*.yaml")))
 def test_train_presets_load(preset, capsys):
     assert pirl(["train", "--config", preset, "--print-config"]) == 0
-    assert "algorithm:" in capsys.readouterr().err
+    assert "algorithm:" in capsys.readouterr().out
 
 
 def test_std_range_reaches_a_checkpoints_noise_head(tmp_path):
