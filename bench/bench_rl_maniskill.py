@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=8, help="H, actions per predicted chunk")
     ap.add_argument("--chunk", type=int, default=4, help="actions executed per chunk")
     ap.add_argument("--reward", choices=["sparse", "dense"], default="sparse")
+    ap.add_argument("--no-terminate-on-success", dest="terminate", action="store_false",
+                    help="training episodes run to the step limit (a dense reward then pays for holding the goal)")
+    ap.add_argument("--gamma", type=float, default=0.99, help="discount per chunk step")
     ap.add_argument("--control-mode", choices=["pd_joint_delta_pos", "pd_ee_delta_pos"], default="pd_ee_delta_pos",
                     help="controller the demos are converted to and the policy acts in (the joint one lifted less: "
                          "bench/results/rl_maniskill.md)")
@@ -88,13 +91,13 @@ def main() -> None:
     sampler = SamplerConfig(method="flow_sde", steps=4, noise_level=args.noise_level)
     cfg = TrainConfig(
         policy=checkpoint, env=EnvConfig(suite="maniskill", tasks=args.task, chunk=args.chunk, reward=args.reward,
-                                        control_mode=args.control_mode),
+                                        control_mode=args.control_mode, terminate_on_success=args.terminate),
         algorithm=args.method, sampler=sampler, optim=OptimizerConfig(lr=args.lr, value_lr=1e-3),
         num_groups=args.num_groups if args.method == "ppo" else max(1, args.num_groups // args.group_size),
         group_size=1 if args.method == "ppo" else args.group_size,
         group_filter="none" if args.method == "ppo" else "nonuniform", iterations=args.iterations, time_limit_s=args.time_limit,
         eval_every=args.eval_every, eval_episodes_per_task=args.eval_episodes, eval_num_envs=10,
-        checkpoint_every=args.eval_every, videos_per_task=0, seed=args.seed,
+        checkpoint_every=args.eval_every, videos_per_task=0, seed=args.seed, gamma=args.gamma,
     )  # fmt: skip
     t0 = time.perf_counter()
     rc = train(cfg, rl_dir)
@@ -108,7 +111,7 @@ def main() -> None:
     payload = {
         "task": args.task, "demos": args.demos, "demo_report": demo_report, "demo_frames": frames,
         "demo_seconds": demo_s, "sft_steps": args.sft_steps, "sft_seconds": sft_s, "action_horizon": args.horizon,
-        "chunk": args.chunk, "reward": args.reward, "control_mode": args.control_mode, "algorithm": args.method, "group_size": 1 if args.method == "ppo" else args.group_size, "sampler": f"flow_sde hybrid K=4 a={args.noise_level}",
+        "chunk": args.chunk, "reward": args.reward, "terminate_on_success": args.terminate, "gamma": args.gamma, "control_mode": args.control_mode, "algorithm": args.method, "group_size": 1 if args.method == "ppo" else args.group_size, "sampler": f"flow_sde hybrid K=4 a={args.noise_level}",
         "lr": args.lr, "num_groups": args.num_groups, "eval_episodes": args.eval_episodes,
         "success_before": before, "success_after": after, "best_success": summary.get("best_success"),
         "iterations": summary["iterations"], "env_steps": summary["env_steps"], "rl_wall_s": round(rl_s, 1),
@@ -119,7 +122,8 @@ def main() -> None:
     steps = " → ".join(f"{s:.2f} ({n // 1000}k)" for n, s in curve)
     md = (f"{args.task}, state MLP flow policy, {args.demos} motion-planner demos ({args.control_mode}), "
           f"{args.sft_steps} SFT steps (H = {args.horizon}, chunk {args.chunk}); {method} + hybrid Flow-SDE "
-          f"(K = 4, a = {args.noise_level}, lr {args.lr:g}, {args.num_groups} episodes per iteration, {args.reward} reward).\n\n"
+          f"(K = 4, a = {args.noise_level}, lr {args.lr:g}, {args.num_groups} episodes per iteration, {args.reward} reward"
+          f"{'' if args.terminate else ', episodes run to the step limit'}, γ = {args.gamma} per chunk).\n\n"
           f"| held-out success ({args.eval_episodes} seeds, ODE) | SFT (before RL) | after RL | env steps | RL wall time |\n"
           f"| --- | ---: | ---: | ---: | ---: |\n"
           f"| {args.task} | {before:.0%} | {after:.0%} | {summary['env_steps']:,} | {rl_s:.0f} s |\n\n"

@@ -204,3 +204,27 @@ def test_async_vector_refuses_more_processes_than_the_machine_holds(monkeypatch)
         make_metaworld(tasks="reach-v3", num_envs=48, vector="async")
     monkeypatch.setattr(chunked.os, "cpu_count", lambda: 32)
     assert chunked.max_async_envs() == 64
+
+
+def test_terminate_on_success_false_runs_to_the_limit_and_pays_for_holding_the_goal():
+    from metaworld.policies import ENV_POLICY_MAP
+
+    from pirl.envs.registry import EnvConfig, make_env
+
+    H = 4
+    cfg = EnvConfig(tasks="reach-v3", chunk=H, max_episode_steps=120, terminate_on_success=False)
+    with make_env(cfg, 1) as env:
+        expert = [ENV_POLICY_MAP["reach-v3"]()]
+        obs, rewards, successes = env.reset([Context(0, 0)]), [], []
+        for _ in range(env.max_chunk_steps):
+            res = env.step(_expert_chunks(env, obs, expert, H))
+            obs = res.obs
+            rewards.append(float(res.reward[0]))
+            successes.append(bool(res.success[0]))
+            assert not res.terminated[0]
+        assert res.truncated[0] and res.info["episode_length"][0] == 120
+        first = successes.index(True)
+        # sparse reward: 1 per action at which the goal holds, so holding it after the first success keeps paying
+        assert sum(rewards[first + 1:]) > 0
+    with pytest.raises(ValueError, match="point_mass"):
+        make_env(EnvConfig(suite="point_mass", terminate_on_success=False), 1)

@@ -29,6 +29,10 @@ class EnvConfig:
     """Actions after which an episode is truncated; 0 = the suite's standard limit."""
     reward: Literal["sparse", "dense"] = "sparse"
     """sparse: success only; dense: the simulator's shaped reward."""
+    terminate_on_success: bool = True
+    """End a training episode at its first success. False keeps it running to the step limit, so a dense
+    reward pays for reaching the goal and holding it rather than for hovering short of it (evaluation always
+    stops at success: success counts once either way)."""
     camera: Optional[str] = None
     """Camera for obs['image']; None = state only."""
     image_size: int = 64
@@ -99,11 +103,14 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         return MetaWorldVectorEnv(MetaWorldConfig(
             tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk,
             max_episode_steps=cfg.max_episode_steps or MAX_EPISODE_STEPS, reward=cfg.reward, camera=cfg.camera,
+            terminate_on_success=cfg.terminate_on_success,
             image_size=cfg.image_size, render_size=cfg.render_size, record=record, vector=cfg.vector,
         ))
     if cfg.suite == "point_mass":
         from pirl.envs.point_mass import PointMassConfig, PointMassEnv
 
+        if not cfg.terminate_on_success:
+            raise ValueError("the point_mass toy always ends an episode at success (drop env.terminate_on_success)")
         n_tasks = len(cfg.tasks) if isinstance(cfg.tasks, tuple) else 1
         steps = cfg.max_episode_steps // cfg.chunk if cfg.max_episode_steps else 8
         return PointMassEnv(num_envs, PointMassConfig(num_tasks=n_tasks, chunk=cfg.chunk, max_chunk_steps=steps))
@@ -118,6 +125,7 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
             image_size=cfg.image_size if cfg.camera else 0, render_size=cfg.render_size, record=record,
             assets_path=cfg.assets_path, vector=cfg.vector,
             held_out_init_states=cfg.held_out_init_states, object_state=cfg.object_state,
+            terminate_on_success=cfg.terminate_on_success,
         ))
     if cfg.suite == "maniskill":
         from pirl.envs.maniskill import ManiSkillConfig, make_maniskill
@@ -125,6 +133,7 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
         return make_maniskill(ManiSkillConfig(
             tasks=cfg.tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
             reward=cfg.reward, image_size=cfg.image_size if cfg.camera else 0, record=record, vector=cfg.vector,
-            render_size=cfg.render_size, **({"control_mode": cfg.control_mode} if cfg.control_mode else {}),
+            render_size=cfg.render_size, terminate_on_success=cfg.terminate_on_success,
+            **({"control_mode": cfg.control_mode} if cfg.control_mode else {}),
         ))
     raise ValueError(f"unknown env suite {cfg.suite!r}; choose one of {SUITES}")
