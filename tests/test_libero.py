@@ -67,9 +67,21 @@ def test_suites_and_task_names():
         L.LiberoConfig(suite="libero_11")
 
 
-def test_missing_assets_fail_clearly(tmp_path):
+def test_missing_assets_fail_clearly(tmp_path, monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="LIBERO assets not found"):
         L.setup_libero(str(tmp_path))
+    import libero.libero as package
+
+    def offline_lookup():  # what hf-libero does offline: says so, then returns its own empty folder
+        print("Warning: Could not download assets from HuggingFace Hub")
+        return str(tmp_path)
+
+    monkeypatch.delenv("PIRL_LIBERO_ASSETS", raising=False)
+    monkeypatch.setattr(package, "get_assets_path", offline_lookup)
+    with pytest.raises(FileNotFoundError, match="env.assets_path"):
+        L.setup_libero(None)
+    out = capsys.readouterr()
+    assert out.out == out.err == ""  # one line (the raised error), no hub chatter before it
 
 
 def test_quat2axisangle():

@@ -103,13 +103,19 @@ def test_a_policy_file_records_the_env_it_was_trained_in(few_shot_policy, tmp_pa
 
     assert env_for(f"policy={few_shot_policy}") == {"suite": "metaworld", "tasks": ["reach-v3", "push-v3"]}
     assert env_for(checkpoint=few_shot_policy)["tasks"] == ["reach-v3", "push-v3"]
-    assert env_for(f"policy={few_shot_policy}", "env.chunk=4") is None  # the user chose: nothing recorded applies
+    assert env_for(f"policy={few_shot_policy}", "env.tasks=[reach-v3]") is None  # the user chose another env
+    assert env_for(f"policy={few_shot_policy}", "env.suite=point_mass") is None
+    # a setting that does not choose the simulator (an assets folder, the chunk) applies on top of the record
+    assert env_for(f"policy={few_shot_policy}", "env.chunk=4")["tasks"] == ["reach-v3", "push-v3"]
     assert env_for(f"policy={tmp_path / 'missing.safetensors'}") is None  # the loader reports a missing file
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
     assert env_for(f"policy={bad}") is None
     cfg = load_config(TrainConfig, {"env": env_for(f"policy={few_shot_policy}")}, [f"policy={few_shot_policy}"])
     assert cfg.env.tasks == ("reach-v3", "push-v3") and cfg.env.camera is None
+    cfg = load_config(TrainConfig, {"env": env_for(f"policy={few_shot_policy}", "env.chunk=2")},
+                      [f"policy={few_shot_policy}", "env.chunk=2"])
+    assert cfg.env.tasks == ("reach-v3", "push-v3") and cfg.env.chunk == 2
 
 
 def test_config_errors_name_the_key(capsys):

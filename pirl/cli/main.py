@@ -164,9 +164,10 @@ def _split_report_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def env_of_policy_file(args) -> Optional[dict[str, Any]]:
     """The env a pirl policy file records (the simulator and task order it was trained in), when the command line
-    names that file and chooses no env.* itself; None otherwise (the policy's own loading reports a bad file)."""
+    names that file and chooses neither env.suite nor env.tasks; None otherwise (the policy's own loading reports a
+    bad file). Other env.* given (a chunk, an assets folder) apply on top of the record."""
     overrides = list(getattr(args, "overrides", ()) or ())
-    if any(o.split("=", 1)[0].split(".", 1)[0] == "env" for o in overrides):
+    if any(o.split("=", 1)[0] in ("env", "env.suite", "env.tasks") for o in overrides):
         return None
     policy = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("policy=")), None)
     if policy is None and getattr(args, "checkpoint", None) is not None:
@@ -218,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if recorded:
             source = {"env": recorded}
             print(f"pirl {name}: env from the policy file's record: "
-                  + ", ".join(f"{k}={v}" for k, v in recorded.items()) + " (set env.* or --config to choose another)",
+                  + ", ".join(f"{k}={v}" for k, v in recorded.items()) + " (set env.suite / env.tasks or --config to choose another)",
                   file=sys.stderr)  # stderr: --print-config's stdout stays YAML
     try:
         cls = resolve(cmd.config)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib.util
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any, Literal, Optional, Sequence, Union
@@ -208,14 +209,30 @@ def setup_libero(assets_path: Optional[str] = None) -> str:
         if not os.path.isdir(os.path.join(assets_path, "scenes")):
             raise MissingFileError(
                 f"LIBERO assets not found at {assets_path!r} (expected a 'scenes' folder there): pass the path of a "
-                "copy of LIBERO's libero/libero/assets folder as LiberoConfig(assets_path=...) or $PIRL_LIBERO_ASSETS")
+                "copy of LIBERO's libero/libero/assets folder as env.assets_path=... (LiberoConfig.assets_path) or "
+                "$PIRL_LIBERO_ASSETS")
         L._assets_path_cache = assets_path  # hf-libero looks here before its own folder and the hub
         return assets_path
-    found = L.get_assets_path()  # the package's behaviour: its own folder, else a hub download
+    import contextlib
+    import io
+    import logging
+
+    # the package's behaviour: its own folder, else a hub download; offline that prints three lines of hub
+    # errors before ours, so its output is held back and shown only when it found the assets
+    said, hub_log = io.StringIO(), logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            found = L.get_assets_path()
+    finally:
+        hub_log.setLevel(level)
     if not os.path.isdir(os.path.join(found, "scenes")):
         raise MissingFileError(
             f"LIBERO assets are missing ({found!r} has no 'scenes' folder) and could not be downloaded: "
-            "set LiberoConfig(assets_path=...) or $PIRL_LIBERO_ASSETS to a copy of LIBERO's assets folder")
+            "set env.assets_path=... (LiberoConfig.assets_path) or $PIRL_LIBERO_ASSETS to a copy of LIBERO's assets "
+            "folder")
+    print(said.getvalue(), end="", file=sys.stderr)
     return found
 
 
