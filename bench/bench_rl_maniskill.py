@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--eval-episodes", type=int, default=30, help="held-out episodes before and after RL")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the RL run under --out from its latest checkpoint up to the new --time-limit "
+                         "(counted from the run's start; give the same settings as the first call)")
     ap.add_argument("--sft-checkpoint", default=None, help="skip demos and SFT and start RL from this checkpoint")
     ap.add_argument("--out", default="runs/bench_rl_maniskill")
     ap.add_argument("--name", default="rl_maniskill", help="results file stem under bench/results/")
@@ -87,7 +90,8 @@ def main() -> None:
         print(f"SFT: {args.sft_steps} steps in {sft_s:.0f} s, final loss {res.losses[-1][1]:.3f}", flush=True)
 
     rl_dir = out / "rl"
-    shutil.rmtree(rl_dir, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(rl_dir, ignore_errors=True)
     sampler = SamplerConfig(method="flow_sde", steps=4, noise_level=args.noise_level)
     cfg = TrainConfig(
         policy=checkpoint, env=EnvConfig(suite="maniskill", tasks=args.task, chunk=args.chunk, reward=args.reward,
@@ -100,11 +104,12 @@ def main() -> None:
         checkpoint_every=args.eval_every, videos_per_task=0, seed=args.seed, gamma=args.gamma,
     )  # fmt: skip
     t0 = time.perf_counter()
-    rc = train(cfg, rl_dir)
+    rc = train(cfg, rl_dir, resume=args.resume)
     if rc != 0:
         raise SystemExit(rc)
     rl_s = time.perf_counter() - t0
     summary = json.loads((rl_dir / "summary.json").read_text())
+    rl_s = float(summary.get("wall_time_s") or rl_s)  # the trainer's clock, across resumes
     curve = [(int(r["env_steps"]), round(float(r["eval/success"]), 3))
              for r in read_metrics(rl_dir / "metrics.jsonl") if "eval/success" in r]
     before, after = summary["success_before_mean"], summary["success_after_mean"]

@@ -210,3 +210,23 @@ def test_resume_reads_a_run_saved_before_keys_moved(files, tmp_path, capsys):
     rc = pirl(["train", "--run-dir", str(tmp_path / "new"), f"policy={files / 'policy.safetensors'}", *PM,
                "env_workers=2"])
     _one_line_error(capsys, rc, "env_workers was moved: use runner.env_workers")
+
+
+def test_resume_extends_a_finished_run_but_changes_nothing_else(files, tmp_path, capsys):
+    """`pirl train --resume RUN iterations=N` continues a finished run to N (and later resumes keep N); any other
+    key is refused in one line, since it would change what the run computes."""
+    import json
+
+    import yaml
+
+    run = tmp_path / "extend"
+    assert pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "num_groups=2",
+                 "iterations=1", "checkpoint_every=1", "eval_every=1000", "eval_episodes_per_task=1",
+                 "eval_num_envs=1", "videos_per_task=0"]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, pirl(["train", "--resume", str(run), "optim.lr=1"]), "optim.lr=1", "iterations")
+    assert pirl(["train", "--resume", str(run), "iterations=3"]) == 0
+    assert "extending the run: iterations 3" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and json.loads((run / "summary.json").read_text())["iterations"] == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["iterations"] == 3

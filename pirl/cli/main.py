@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="where the run writes its outputs (default: runs/<command>-<time>)")
         if name == "train":
             p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                           help="continue a run from its latest checkpoint, with its saved config")
+                           help="continue a run from its latest checkpoint, with its saved config "
+                                "(iterations=N / time_limit_s=S extend it)")
         if name in ("eval", "demo"):
             p.add_argument("--checkpoint", type=Path, metavar="PATH",
                            help="checkpoint directory (or run directory: its best/latest checkpoint)")
@@ -153,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
     return parser
+
+
+RESUME_EXTENDS = ("iterations", "time_limit_s")
+"""The keys `pirl train --resume RUN key=value` may change: they move the run's end, not what it computes."""
 
 
 def _split_report_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -208,9 +213,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     source: Any = args.config
     if getattr(args, "resume", None) is not None:
-        if args.config is not None or args.overrides:
-            return fail("--resume continues a run with its saved config; --config and overrides are not allowed "
-                        "(start a new run to change the config)")
+        fixed = [o for o in args.overrides if o.split("=", 1)[0] not in RESUME_EXTENDS]
+        if args.config is not None or fixed:
+            return fail("--resume continues a run with its saved config; --config and overrides other than "
+                        f"{' / '.join(RESUME_EXTENDS)} (to extend it) are not allowed, got "
+                        f"{fixed[0] if fixed else '--config'} (start a new run to change the config)")
         source = args.resume / "config.yaml"
         if not source.is_file():
             return fail(f"{args.resume}: not a run directory (no config.yaml)")

@@ -619,6 +619,9 @@ def train_main(cfg: TrainConfig, args) -> int:
 
     if getattr(args, "resume", None):
         run = RunDir.open(args.resume)
+        if getattr(args, "overrides", None):  # iterations / time_limit_s extended: a later resume keeps them
+            run.save_config(cfg)
+            print(f"extending the run: iterations {cfg.iterations}, time_limit_s {cfg.time_limit_s}", flush=True)
         return train(cfg, run.path, resume=True)
     # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
     check_inputs(cfg)
