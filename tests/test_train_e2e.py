@@ -58,7 +58,7 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     # no env.* given: the env comes from the policy file's record (the RL run's env, itself the dataset's tasks)
     assert pirl(["eval", "--run-dir", str(ev), f"policy={rl / 'policy_latest.safetensors'}", "episodes_per_task=2",
                  "num_envs=2"]) == 0
-    assert "env from the policy file's record: suite=metaworld, tasks=reach-v3 (set env.* or --config" in capsys.readouterr().err
+    assert "env from the policy file's record: suite=metaworld, tasks=reach-v3 (set env.suite / env.tasks or --config" in capsys.readouterr().err
     out = json.loads((ev / "eval.json").read_text())
     assert 0.0 <= out["success"] <= 1.0 and out["protocol"] == "held_out" and set(out["per_task"]) == {"reach-v3"}
     assert pirl(["report", str(rl), f"out={tmp_path / 'report'}"]) == 0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pirl.data.reader import ChunkDataset, LeRobotDataset, load_dataset
-from pirl.envs.registry import EnvConfig, env_record, make_env
+from pirl.envs.registry import EnvConfig, env_from_record, env_record, make_env
 from pirl.errors import InputError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import Policy
@@ -223,7 +223,7 @@ def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
     """``cfg.eval_env``, else the simulator the dataset was collected in (``info.json``'s ``pirl_env``, written by
     ``pirl collect``), else a MetaWorld env with the dataset's tasks (same task indices); image policies get the
     dataset's camera, state policies none."""
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
     from pirl.envs.metaworld import MAX_EPISODE_STEPS, MetaWorldConfig, make_metaworld
 
@@ -236,12 +236,9 @@ def make_eval_env(cfg: SFTConfig, ds: LeRobotDataset):
         camera, size = vk.split(".")[-1], ds.info["features"][vk]["shape"][0]
     recorded = ds.info.get("pirl_env")
     if isinstance(recorded, dict):
-        known = {f.name for f in fields(EnvConfig)}
-        env = {k: v for k, v in recorded.items() if k in known}
+        env = env_from_record(recorded, images=cfg.policy in IMAGE_POLICIES)
         env["tasks"] = tuple(env["tasks"]) if isinstance(env.get("tasks"), list) else env.get("tasks", ())
-        env.update(chunk=chunk, max_episode_steps=cfg.eval_max_episode_steps,
-                   camera=env.get("camera") if cfg.policy in IMAGE_POLICIES else None)
-        return make_env(EnvConfig(**env), cfg.eval_num_envs)
+        return make_env(EnvConfig(**env, chunk=chunk, max_episode_steps=cfg.eval_max_episode_steps), cfg.eval_num_envs)
     _check_metaworld_tasks(ds)
     return make_metaworld(
         MetaWorldConfig(tasks=tuple(ds.task_names), num_envs=cfg.eval_num_envs, chunk=cfg.chunk or cfg.action_horizon,
