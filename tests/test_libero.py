@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -312,6 +313,10 @@ def test_eval_protocol_config():
     env = EnvConfig(suite="libero", tasks="libero_goal", max_episode_steps=100, held_out_init_states=20)
     assert official.env_config(env) == EnvConfig(suite="libero", tasks="libero_goal")  # the suite's limit, all states
     assert EvalProtocol("held_out").env_config(env) == env
+    # training may run episodes past success (a dense reward); every evaluation stops at it
+    keep_going = EnvConfig(suite="maniskill", tasks="PickCube-v1", reward="dense", terminate_on_success=False)
+    assert EvalProtocol("held_out").env_config(keep_going).terminate_on_success
+    assert official.env_config(replace(env, terminate_on_success=False)).terminate_on_success
     assert official.contexts(2)[:2] == [Context(0, L.EVAL_SEED_START), Context(0, L.EVAL_SEED_START + 1)]
     assert [L.init_state_index(c.seed, 50, 0, "ordered") for c in official.contexts(1)] == list(range(50))
     with pytest.raises(ValueError, match="1..50 episodes"):

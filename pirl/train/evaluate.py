@@ -79,8 +79,9 @@ class EvalProtocol:
 
     def env_config(self, env: EnvConfig) -> EnvConfig:
         """The env evaluation runs in. libero_official overrides what would make it another protocol: the
-        suite's own step limit and all 50 init states, ordered (the LIBERO adapter's settling steps and
-        stop-at-success are not configurable through EnvConfig, so they always match)."""
+        suite's own step limit and all 50 init states, ordered (the LIBERO adapter's settling steps are not
+        configurable, so they always match). Every protocol stops an episode at its first success."""
+        env = replace(env, terminate_on_success=True)  # success counts once: stopping there changes no figure
         if self.name == "held_out":
             return env
         if env.suite != "libero":

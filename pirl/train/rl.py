@@ -430,9 +430,7 @@ class Trainer:
         protocol = cfg.eval_protocol_of()
         if self.eval_env is None:
             env_cfg = protocol.env_config(cfg.env)
-            # success counts once, so stopping at it gives the same figure sooner
-            self.eval_env = make_env(replace(env_cfg, vector=cfg.eval_vector or env_cfg.vector, terminate_on_success=True),
-                                     cfg.eval_num_envs)
+            self.eval_env = make_env(replace(env_cfg, vector=cfg.eval_vector or env_cfg.vector), cfg.eval_num_envs)
         # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
         contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
         result = evaluate_policy(self.policy, self.eval_env, contexts, self.eval_sampler, seed=cfg.seed)
