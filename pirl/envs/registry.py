@@ -61,6 +61,8 @@ class EnvConfig:
             raise ValueError(f"render_size must lie in [16, 1024] pixels, got {self.render_size}")
         if self.max_episode_steps < 0:
             raise ValueError(f"max_episode_steps must be >= 0 (0 = standard), got {self.max_episode_steps}")
+        if self.suite == "point_mass" and not self.terminate_on_success:
+            raise ValueError("the point_mass toy always ends an episode at success (drop env.terminate_on_success)")
         if self.control_mode is not None and self.suite != "maniskill":
             raise ValueError(f"control_mode is a ManiSkill setting; the {self.suite} suite has one controller (drop it)")
 
@@ -109,8 +111,6 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
     if cfg.suite == "point_mass":
         from pirl.envs.point_mass import PointMassConfig, PointMassEnv
 
-        if not cfg.terminate_on_success:
-            raise ValueError("the point_mass toy always ends an episode at success (drop env.terminate_on_success)")
         n_tasks = len(cfg.tasks) if isinstance(cfg.tasks, tuple) else 1
         steps = cfg.max_episode_steps // cfg.chunk if cfg.max_episode_steps else 8
         return PointMassEnv(num_envs, PointMassConfig(num_tasks=n_tasks, chunk=cfg.chunk, max_chunk_steps=steps))
