@@ -62,13 +62,19 @@ def test_bad_policy_files_name_the_file(files, capsys, command, name, words):
     run = files / f"run-{command}-{name}"
     rc = pirl([command, "--run-dir", str(run), f"policy={files / name}", *PM])
     _one_line_error(capsys, rc, str(files / name), *words)
-    if name == "missing.safetensors":
-        assert not run.exists(), "a wrong policy path left an empty run directory behind"
+    assert not run.exists(), "a wrong policy file left an empty run directory behind"
 
 
-def test_a_policy_that_does_not_fit_the_env(files, capsys):
-    rc = pirl(["eval", "--run-dir", str(files / "run-fit"), f"policy={files / 'metaworld.safetensors'}", *PM])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_policy_that_does_not_fit_the_env(files, capsys, command):
+    run = files / f"run-fit-{command}"
+    rc = pirl([command, "--run-dir", str(run), f"policy={files / 'metaworld.safetensors'}", *PM])
     _one_line_error(capsys, rc, "metaworld.safetensors", "states of size 39, the env gives 4", "env.suite")
+    assert not run.exists(), "a refused run left its directory behind"
+    run.mkdir()  # a directory the user made is theirs: kept, whatever fails in it
+    rc = pirl([command, "--run-dir", str(run), f"policy={files / 'metaworld.safetensors'}", *PM])
+    _one_line_error(capsys, rc, "states of size 39")
+    assert run.is_dir()
 
 
 def _damaged(files: Path, name: str, damage) -> Path:
@@ -96,8 +102,7 @@ def test_damaged_datasets_name_the_file(files, capsys, case, words):
     run = files / f"sft-{case}"
     rc = pirl(["sft", "--run-dir", str(run), f"dataset={root}", "steps=1", "eval_every=-1"])
     _one_line_error(capsys, rc, str(root), *words)
-    if case == "missing":
-        assert not run.exists(), "a wrong dataset path left an empty run directory behind"
+    assert not run.exists(), "a damaged dataset left an empty run directory behind"
 
 
 def test_sft_evaluates_where_the_dataset_was_collected_or_refuses_before_training(files, tmp_path, capsys):

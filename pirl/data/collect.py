@@ -301,12 +301,8 @@ def collect_main(cfg: CollectConfig, args) -> int:
     from pirl.train.rundir import RunDir
 
     run = RunDir.create(getattr(args, "run_dir", None), name="data")
-    try:
+    with run.discard_if_unused():  # a refused config or a missing simulator leaves no empty dataset folder
         report = collect(cfg, run.path)
-    except Exception:
-        if not any(run.path.iterdir()):  # a refused config or a missing simulator leaves no empty dataset folder
-            run.path.rmdir()
-        raise
     print(f"dataset: {report.root}  episodes {report.episodes}  frames {report.frames}  ({report.seconds:.0f} s)")
     for task, rate in report.expert_success_rate.items():
         print(f"  {task}: expert success {rate:.0%} over {report.attempts[task]} attempts")

@@ -289,14 +289,15 @@ def eval_main(cfg: EvalConfig, args) -> int:
     protocol = cfg.eval_protocol()
     sampler = SamplerConfig(method="ode", steps=cfg.steps)
     run = RunDir.create(getattr(args, "run_dir", None), name="eval")
-    result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path)
-    out = {"policy": path, "protocol": protocol.name, "episodes_per_task": protocol.episodes,
-           "success": result.task_mean(), "per_task": result.per_task(), "episodes": len(result.success),
-           "sampler": f"ode, K={cfg.steps}"}
-    (run.path / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
-    table = result.table(protocol)
-    (run.path / "eval.md").write_text(table)
-    print(table, flush=True)
-    if cfg.videos_per_task:
-        record_videos(policy, protocol.env_config(cfg.env), sampler, run.videos, per_task=cfg.videos_per_task, seed=cfg.seed)
+    with run.discard_if_unused():
+        result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path)
+        out = {"policy": path, "protocol": protocol.name, "episodes_per_task": protocol.episodes,
+               "success": result.task_mean(), "per_task": result.per_task(), "episodes": len(result.success),
+               "sampler": f"ode, K={cfg.steps}"}
+        (run.path / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
+        table = result.table(protocol)
+        (run.path / "eval.md").write_text(table)
+        print(table, flush=True)
+        if cfg.videos_per_task:
+            record_videos(policy, protocol.env_config(cfg.env), sampler, run.videos, per_task=cfg.videos_per_task, seed=cfg.seed)
     return 0

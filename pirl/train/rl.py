@@ -625,6 +625,7 @@ def train_main(cfg: TrainConfig, args) -> int:
     check_inputs(cfg)
     resolve_source(cfg.policy)
     run = RunDir.create(getattr(args, "run_dir", None), name="train")
-    run.save_config(cfg)
-    print(f"run directory: {run.path}", flush=True)
-    return train(cfg, run.path)
+    with run.discard_if_unused():
+        run.save_config(cfg)
+        print(f"run directory: {run.path}", flush=True)
+        return train(cfg, run.path)

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from pirl.config import dump_config
 from pirl.errors import ExistingFileError, MissingFileError
@@ -24,6 +26,8 @@ class RunDir:
     """Paths of one run directory."""
 
     path: Path
+    fresh: bool = field(default=False, compare=False)
+    """Created by this process (``create``), so ``discard_if_unused`` may remove it."""
 
     @property
     def config(self) -> Path:
@@ -59,8 +63,21 @@ class RunDir:
         # a wrong file): nothing to lose, so a corrected command may reuse it
         if (p / "config.yaml").exists() and any(q.name != "config.yaml" for q in p.iterdir()):
             raise ExistingFileError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
+        fresh = not p.exists()
         p.mkdir(parents=True, exist_ok=True)
-        return cls(p)
+        return cls(p, fresh=fresh)
+
+    @contextmanager
+    def discard_if_unused(self) -> Iterator["RunDir"]:
+        """Removes a directory this process created when the command fails before writing anything but its
+        config (a corrupt policy file, an env that does not fit): a mistake leaves no empty run behind, and
+        nothing a run wrote (records, checkpoints, data) is ever removed."""
+        try:
+            yield self
+        except BaseException:
+            if self.fresh and self.path.is_dir() and all(q.name == "config.yaml" for q in self.path.iterdir()):
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

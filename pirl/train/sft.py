@@ -346,7 +346,8 @@ def sft_main(cfg: SFTConfig, args) -> int:
     check_dataset_root(cfg.dataset)  # before the run directory exists: a typo leaves no empty run behind
     run = RunDir.create(getattr(args, "run_dir", None), name="sft")
     cfg = replace(cfg, out_dir=cfg.out_dir or str(run.path))
-    run.save_config(cfg)
-    result = sft(cfg)
+    with run.discard_if_unused():
+        run.save_config(cfg)
+        result = sft(cfg)
     print(f"checkpoint: {result.checkpoint}")
     return 0
