@@ -80,34 +80,35 @@ def demo_main(cfg: DemoConfig, args) -> int:
         require("ray", extra="ray", purpose="pirl demo with runner.kind=ray (runner.kind=local needs no Ray)")
     torch.set_num_threads(cfg.threads)
     run = RunDir.create(getattr(args, "run_dir", None), name="demo")
-    run.save_config(cfg)
-    t_start = time.perf_counter()
-    print(f"[demo] run directory: {run.path}", flush=True)
+    with run.discard_if_unused():  # a wrong task name leaves no empty run behind
+        run.save_config(cfg)
+        t_start = time.perf_counter()
+        print(f"[demo] run directory: {run.path}", flush=True)
 
-    print(f"[demo] 1/3 collecting {cfg.demos_per_task} noisy expert demos per task: {cfg.tasks}", flush=True)
-    data_dir = run.path / "data"
-    report = collect(CollectConfig(tasks=cfg.tasks, episodes_per_task=cfg.demos_per_task,
-                                   action_noise=cfg.demo_action_noise, camera=None, num_envs=1,
-                                   max_episode_steps=cfg.max_episode_steps), data_dir)
-    print(f"[demo]     {report.episodes} episodes, {report.frames} frames in {report.seconds:.0f} s", flush=True)
+        print(f"[demo] 1/3 collecting {cfg.demos_per_task} noisy expert demos per task: {cfg.tasks}", flush=True)
+        data_dir = run.path / "data"
+        report = collect(CollectConfig(tasks=cfg.tasks, episodes_per_task=cfg.demos_per_task,
+                                       action_noise=cfg.demo_action_noise, camera=None, num_envs=1,
+                                       max_episode_steps=cfg.max_episode_steps), data_dir)
+        print(f"[demo]     {report.episodes} episodes, {report.frames} frames in {report.seconds:.0f} s", flush=True)
 
-    print(f"[demo] 2/3 SFT ({cfg.sft_steps} steps, state MLP flow policy)", flush=True)
-    sft_dir = run.path / "sft"
-    result = sft(SFTConfig(dataset=str(data_dir), policy="mlp", out_dir=str(sft_dir), action_horizon=cfg.action_horizon,
-                           chunk=cfg.chunk, steps=cfg.sft_steps, eval_every=-1, seed=cfg.seed,
-                           eval_max_episode_steps=cfg.max_episode_steps, denoise_steps=cfg.sampler.steps),
-                 log=None)
-    print(f"[demo]     SFT done in {result.train_seconds:.0f} s", flush=True)
+        print(f"[demo] 2/3 SFT ({cfg.sft_steps} steps, state MLP flow policy)", flush=True)
+        sft_dir = run.path / "sft"
+        result = sft(SFTConfig(dataset=str(data_dir), policy="mlp", out_dir=str(sft_dir), action_horizon=cfg.action_horizon,
+                               chunk=cfg.chunk, steps=cfg.sft_steps, eval_every=-1, seed=cfg.seed,
+                               eval_max_episode_steps=cfg.max_episode_steps, denoise_steps=cfg.sampler.steps),
+                     log=None)
+        print(f"[demo]     SFT done in {result.train_seconds:.0f} s", flush=True)
 
-    print(f"[demo] 3/3 RL: {cfg.algorithm} + {cfg.sampler.method}, {cfg.iterations} iterations", flush=True)
-    rl_dir = run.path / "rl"
-    train_cfg = rl_config(cfg, str(result.checkpoint))
-    rc = train(train_cfg, rl_dir)
-    if rc != 0:
-        return rc
-    summary = json.loads((rl_dir / "summary.json").read_text())
-    print(format_table(summary, time.perf_counter() - t_start), flush=True)
-    return 0
+        print(f"[demo] 3/3 RL: {cfg.algorithm} + {cfg.sampler.method}, {cfg.iterations} iterations", flush=True)
+        rl_dir = run.path / "rl"
+        train_cfg = rl_config(cfg, str(result.checkpoint))
+        rc = train(train_cfg, rl_dir)
+        if rc != 0:
+            return rc
+        summary = json.loads((rl_dir / "summary.json").read_text())
+        print(format_table(summary, time.perf_counter() - t_start), flush=True)
+        return 0
 
 
 def rl_config(cfg: DemoConfig, policy: str) -> TrainConfig:

@@ -129,6 +129,9 @@ def test_unknown_task_in_collect_and_eval(files, capsys):
     rc = pirl(["eval", "--run-dir", str(files / "e"), f"policy={files / 'metaworld.safetensors'}",
                "env.tasks=[reach-v3,pussh-v3]"])
     _one_line_error(capsys, rc, "'pussh-v3'", "did you mean 'push-v3'")
+    rc = pirl(["demo", "--run-dir", str(files / "d"), "tasks=[reech-v3]", "runner.kind=local"])
+    _one_line_error(capsys, rc, "'reech-v3'", "did you mean 'reach-v3'")
+    assert not any((files / n).exists() for n in "ced"), "a wrong task name left a run directory behind"
 
 
 def test_collect_with_an_episode_limit_the_expert_cannot_meet(files, capsys):
