@@ -173,6 +173,10 @@ def coerce(tp: Any, value: Any, path: str = "") -> Any:
         if not isinstance(value, Mapping):
             raise _bad(path, value, tp)
         kt, vt = args if args else (Any, Any)
+        for k, v in value.items():  # YAML reads {a:b} (no space after the colon) as the key 'a:b' with no value
+            if v is None and isinstance(k, str) and ":" in k and type(None) not in typing.get_args(vt) and vt is not Any:
+                a, b = k.split(":", 1)
+                raise ConfigError(f"{_join(path, k)}: no value; write {{{a}: {b}}} (YAML needs a space after the colon)")
         return {coerce(kt, k, _join(path, k)): coerce(vt, v, _join(path, k)) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):

@@ -105,6 +105,13 @@ def test_damaged_datasets_name_the_file(files, capsys, case, words):
     assert not run.exists(), "a damaged dataset left an empty run directory behind"
 
 
+def test_an_image_policy_on_a_state_dataset(files, capsys):
+    run = files / "sft-vla"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "policy=vla", "steps=1", "eval_every=-1"])
+    _one_line_error(capsys, rc, "holds no video", "camera=NAME", "policy=mlp")
+    assert not run.exists()
+
+
 def test_sft_evaluates_where_the_dataset_was_collected_or_refuses_before_training(files, tmp_path, capsys):
     rng = np.random.default_rng(1)
     ep = [Episode(task="move the point to the first target",

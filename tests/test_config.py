@@ -148,6 +148,8 @@ def test_field_docs_and_describe():
 def test_yaml11_numbers_and_dict_entries():
     cfg = load_config(TopCfg, {"optim": {"lr": "3e-4"}, "env": {"num_envs": "1e2"}}, ["weights.push=0.5"])
     assert cfg.optim.lr == 3e-4 and cfg.env.num_envs == 100 and cfg.weights == {"push": 0.5}
+    with pytest.raises(ConfigError, match=r"weights\.push:0\.5: no value; write \{push: 0\.5\} \(YAML needs a space"):
+        load_config(TopCfg, None, ["weights={push:0.5}"])  # YAML: the key 'push:0.5' with no value
 
 
 def test_learner_strategy_is_validated():

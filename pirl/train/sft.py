@@ -137,7 +137,8 @@ class SFTResult:
 def _video_key(ds: LeRobotDataset) -> str:
     keys = sorted(ds.videos)
     if not keys:
-        raise ValueError(f"image policies (vla, pi0, pi05) need a camera but {ds.root} has no video; collect it with camera=NAME")
+        raise InputError(f"image policies (vla, pi0, pi05) need a camera but {ds.root} holds no video: collect a "
+                         "dataset with images (`pirl collect camera=NAME`) or train a state policy (policy=mlp)")
     return keys[0]
 
 
