@@ -245,3 +245,18 @@ def test_resume_extends_a_finished_run_but_changes_nothing_else(files, tmp_path,
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 3 and json.loads((run / "summary.json").read_text())["iterations"] == 3
     assert yaml.safe_load((run / "config.yaml").read_text())["iterations"] == 3
+
+
+@pytest.mark.parametrize("command,key,words", [
+    ("train", "gamma=1.5", "gamma must lie in [0, 1]"),
+    ("train", "max_tries=0", "max_tries >= 1"),
+    ("train", "videos_per_task=-1", "videos_per_task >= 0"),
+    ("train", "eval_num_envs=0", "eval_num_envs must be >= 1"),
+    ("eval", "num_envs=0", "num_envs must be >= 1"),
+    ("eval", "steps=0", "steps must be >= 1"),
+])
+def test_out_of_range_settings_are_refused_when_the_config_is_read(files, capsys, command, key, words):
+    run = files / f"range-{command}-{key.split('=')[0]}"
+    rc = pirl([command, "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, key])
+    _one_line_error(capsys, rc, words)
+    assert not run.exists()

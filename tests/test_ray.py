@@ -210,6 +210,15 @@ def test_killed_worker_is_replaced_and_episodes_dropped(cluster):
         env.close()
 
 
+def test_a_users_mistake_in_an_env_worker_is_raised_as_itself(cluster):
+    from pirl.errors import UserError
+
+    pytest.importorskip("metaworld")
+    with pytest.raises(UserError, match="unknown MetaWorld task 'reech-v3'") as info:
+        ray_env(EnvConfig(suite="metaworld", tasks=("reech-v3",), chunk=4), 2)
+    assert not isinstance(info.value, ray.exceptions.RayError), "the CLI would print Ray's traceback"
+
+
 def test_trainer_builds_ray_env(cluster, tmp_path):
     from pirl.policies.io import save_policy
     from pirl.train.rl import RunnerConfig, Trainer, TrainConfig

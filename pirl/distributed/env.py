@@ -18,10 +18,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pirl.envs.base import Context, StepResult
 from pirl.envs.registry import EnvConfig, make_env
+from pirl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,15 @@ class EnvWorker:
     def __init__(self, cfg: EnvConfig, num_envs: int, record: bool = False) -> None:
         # the worker is the process: its share of sub-environments steps in it (env.vector=async here would
         # start a further simulator process per sub-environment)
-        self.env = make_env(replace(cfg, vector="sync"), num_envs, record=record)
+        self.error: Optional[UserError] = None
+        try:
+            self.env = make_env(replace(cfg, vector="sync"), num_envs, record=record)
+        except UserError as e:  # missing assets, an unknown task: the driver says it in one line (``spec``)
+            self.env, self.error = None, e
 
     def spec(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
         e = self.env
         return {"chunk": e.chunk, "action_dim": e.action_dim, "state_dim": e.state_dim,
                 "max_chunk_steps": e.max_chunk_steps, "task_names": tuple(e.task_names),
@@ -76,7 +83,8 @@ class EnvWorker:
         return os.getpid()
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is not None:
+            self.env.close()
 
 
 def respawn(role: str, actors: list, i: int, spawn: Callable[[int], Any], err: BaseException, restarts: int,
@@ -154,7 +162,7 @@ class RayVectorEnv:
         self._actor_cls = ray.remote(num_cpus=cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD",
                                      enable_task_events=False)(EnvWorker)
         self.workers = [self._spawn(i) for i in range(workers)]
-        spec = ray.get([w.spec.remote() for w in self.workers])[0]  # waits until every worker has built its envs
+        spec = self._first_spec()  # waits until every worker has built its envs
         self.chunk, self.action_dim, self.state_dim = spec["chunk"], spec["action_dim"], spec["state_dim"]
         self.max_chunk_steps = spec["max_chunk_steps"]
         self.task_names, self.instructions = spec["task_names"], spec["instructions"]
@@ -168,6 +176,21 @@ class RayVectorEnv:
         self._pending: dict[int, Any] = {}
 
     # -- workers -----------------------------------------------------------------------------
+    def _first_spec(self) -> dict[str, Any]:
+        specs, errors = [], []
+        for ref in [w.spec.remote() for w in self.workers]:  # each one read: no unread error is printed later
+            try:
+                specs.append(ray.get(ref))
+            except RayTaskError as e:
+                errors.append(e)
+        if errors:
+            self.close()
+            cause = errors[0].cause
+            if isinstance(cause, UserError):  # the user's mistake, not the worker's failure: one line, no traceback
+                raise cause from None
+            raise errors[0]
+        return specs[0]
+
     def _spawn(self, i: int):
         return self._actor_cls.options(**self.actor_options(i)).remote(self.cfg, self.sizes[i], self.record)
 

@@ -256,6 +256,11 @@ class EvalConfig:
     """π0 / π0.5: tokenizer, camera mapping, horizon, dtype (checkpoints of other kinds ignore it)."""
 
     def __post_init__(self) -> None:
+        for name in ("num_envs", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.videos_per_task < 0:
+            raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
         self.eval_protocol().env_config(self.env)  # fails early: a bad protocol, count, or simulator for it
 
     def eval_protocol(self) -> EvalProtocol:

@@ -240,6 +240,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_steps is not None and self.eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1 or None, got {self.eval_steps}")
+        if self.max_tries < 1 or self.videos_per_task < 0:
+            raise ValueError(f"max_tries >= 1 and videos_per_task >= 0 are required, got {self.max_tries}, "
+                             f"{self.videos_per_task}")
+        self.algorithm_config()  # gamma / lam out of range: refused when the config is read, not at the first update
         self.eval_protocol_of().env_config(self.env)  # fails early: libero_official on another simulator
 
     def eval_protocol_of(self) -> EvalProtocol:
