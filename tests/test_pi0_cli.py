@@ -208,6 +208,31 @@ def test_missing_camera_and_missing_tokenizer_are_refused(tmp_path):
         Pi0Options(cameras={"head_cam": "image"}).config_overrides(cfg.cameras, ())
 
 
+@pytest.mark.parametrize("fmt,damage,words", [
+    ("lerobot", "truncate model.safetensors", "damaged checkpoint (SafetensorError"),
+    ("lerobot", "remove policy_preprocessor_step_2_normalizer_processor.safetensors", "No such file"),
+    ("lerobot", "remove policy_preprocessor.json", "no normalisation statistics for 'observation.state'"),
+    ("openpi", "truncate model.safetensors", "damaged checkpoint (SafetensorError"),
+])
+def test_damaged_checkpoint_directories_are_refused_in_one_line(tmp_path, capsys, fmt, damage, words):
+    torch.manual_seed(0)
+    cfg = new_config("pi0", "tiny", state_dim=39, action_dim=4, action_horizon=4, cameras=DEFAULT_CAMERAS,
+                     camera_keys=("image", "", ""))
+    d = tmp_path / fmt
+    (save_lerobot if fmt == "lerobot" else save_openpi)(Pi0Policy(cfg), d)
+    verb, name = damage.split(" ", 1)
+    if verb == "truncate":
+        (d / name).write_bytes((d / name).read_bytes()[:1000])
+    else:
+        (d / name).unlink()
+    extra = [] if fmt == "lerobot" else ["pi0.variant=pi0", "pi0.size=tiny", "pi0.action_horizon=4", "pi0.tokenizer=hash"]
+    run = tmp_path / "ev"
+    assert pirl(["eval", "--run-dir", str(run), f"policy={d}", *ENV, *extra, "episodes_per_task=1", "num_envs=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and str(d) in err, err
+    assert not run.exists()
+
+
 def _bf16_rollout(method: str, rows: int = 12):
     """A tiny π0 with bf16 weights that acted on one observation at a time (batch-1 inference in bf16)."""
     from pirl.algorithms import RolloutBatch

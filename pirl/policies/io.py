@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from pirl.errors import InputError, MissingFileError
+from pirl.errors import InputError, MissingFileError, UserError
 from pirl.policies.base import Policy
 from pirl.policies.options import Pi0Options
 
@@ -263,10 +263,14 @@ def _load_pi0_dir(fmt: str, path: Path, pi0: Pi0Options) -> Policy:
         base = new_config(pi0.variant, pi0.size or "full", **dims, action_horizon=pi0.action_horizon or 50,
                           cameras=DEFAULT_CAMERAS, tokenizer="")
         return ck.load_openpi(path, base.replace(**pi0.config_overrides(base.cameras, base.camera_keys)))
+    except UserError:  # already names the file and the fix
+        raise
     except ck.CheckpointError as e:
         raise PolicyLoadError(f"{e}\n(is pi0.variant right? a π0.5 checkpoint loaded as π0 misses the adaRMS weights)") from None
-    except (KeyError, json.JSONDecodeError) as e:
-        raise PolicyLoadError(f"{path}: an incomplete checkpoint ({type(e).__name__}: {e}); it should hold "
+    except (KeyError, json.JSONDecodeError, SafetensorError, FileNotFoundError, IsADirectoryError) as e:
+        # a truncated download, a file its processor json names but is missing
+        raise PolicyLoadError(f"{path}: an incomplete or damaged checkpoint ({type(e).__name__}: {e}); download it "
+                              "again; it should hold "
                               f"{LEROBOT_FILES if fmt == 'lerobot' else 'model.safetensors and assets/*/norm_stats.json'}") from None
 
 

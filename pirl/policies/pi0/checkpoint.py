@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from pirl.errors import MissingFileError
 from pirl.policies.pi0.configuration import Pi0Config, from_lerobot_dict, to_lerobot_dict
 from pirl.policies.pi0.policy import Pi0Policy
 from pirl.policies.pi0.processing import PaligemmaTokenizer, load_openpi_norm_stats
@@ -174,10 +175,13 @@ def load_lerobot(directory: str | os.PathLike, *, tokenizer_path: Optional[str] 
     policy = _new_policy(cfg, tokenizer_path)
     load_weights(policy, load_file(os.path.join(directory, "model.safetensors")), os.path.join(directory, "model.safetensors"))
     stats, eps = _lerobot_stats(directory)
-    if "observation.state" in stats:
-        policy.state_norm.set_stats(stats["observation.state"], eps)
-    if "action" in stats:
-        policy.action_norm.set_stats(stats["action"], eps)
+    for feature, norm in (("observation.state", policy.state_norm), ("action", policy.action_norm)):
+        if feature not in stats:  # running unnormalised would give wrong actions, silently
+            raise MissingFileError(
+                f"{directory} holds no normalisation statistics for {feature!r} (policy_preprocessor.json / "
+                "policy_postprocessor.json and the *.safetensors they name): the checkpoint is incomplete; download "
+                "it again")
+        norm.set_stats(stats[feature], eps)
     return policy
 
 
