@@ -269,7 +269,7 @@ def test_scripted_expert_demo_round_trips(tmp_path, assets):
     from pirl.data.collect import CollectConfig, collect
 
     rep = collect(CollectConfig(suite="libero", tasks="libero_spatial:0", episodes_per_task=1, max_attempts_per_task=1,
-                                camera="agentview", image_size=32, num_envs=1, held_out_init_states=20,
+                                image_size=32, num_envs=1, held_out_init_states=20,  # camera 'default': agentview
                                 assets_path=assets), tmp_path / "demos")
     assert rep.successes == {L.suite_tasks("libero_spatial")[0][0]: 1}
     ds = load_dataset(tmp_path / "demos")

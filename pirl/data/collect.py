@@ -32,6 +32,10 @@ LIBERO_STATE_NAMES = ["eef_x", "eef_y", "eef_z", "axis_angle_x", "axis_angle_y",
 LIBERO_ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 
 
+DEFAULT_CAMERA = {"metaworld": "corner2", "libero": "agentview", "maniskill": "base_camera"}
+"""What ``camera='default'`` records in each suite."""
+
+
 @dataclass(frozen=True)
 class CollectConfig:
     """What :func:`collect` records."""
@@ -52,9 +56,10 @@ class CollectConfig:
     """Give up on a task after this many episodes; 0 = 3 x episodes_per_task + 10."""
     seed_start: int = 0
     """Training seeds used are seed_start, seed_start + 1, ... (held-out eval seeds are refused)."""
-    camera: Optional[str] = "corner2"
+    camera: Optional[str] = "default"
     """Camera recorded as video 'observation.images.<camera>' (LIBERO: 'agentview' -> observation.images.image,
-    'wrist' -> observation.images.wrist_image); None = state-only dataset."""
+    'wrist' -> observation.images.wrist_image); 'default' = the suite's main camera (MetaWorld corner2, LIBERO
+    agentview, ManiSkill base_camera); None = state-only dataset."""
     image_size: int = 64
     """Height and width of the recorded video."""
     max_episode_steps: int = 0
@@ -179,6 +184,8 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     if cfg.seed_start + max_attempts > EVAL_SEED_START:
         raise InputError(f"seeds from {cfg.seed_start} would reach the held-out evaluation seeds (>= {EVAL_SEED_START})")
     require_simulator(cfg.suite)
+    if cfg.camera == "default":
+        cfg = replace(cfg, camera=DEFAULT_CAMERA[cfg.suite])
     if cfg.suite == "maniskill":
         return _maniskill(cfg, Path(root), max_attempts)
     sim = _libero(cfg) if cfg.suite == "libero" else _metaworld(cfg)
