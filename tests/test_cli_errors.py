@@ -168,6 +168,16 @@ def test_simulator_or_extra_not_installed(files, capsys, monkeypatch):
     _one_line_error(capsys, rc, "runner.kind=ray needs the Python package 'ray'", "pip install -e '.[ray]'")
 
 
+def test_resume_of_an_sft_or_demo_run_says_what_to_run_instead(files, tmp_path, capsys):
+    sft_run, demo_run = tmp_path / "sft", tmp_path / "demo"
+    for run, text in ((sft_run, "dataset: data\nsteps: 10\n"), (demo_run, "demos_per_task: 5\n")):
+        run.mkdir()
+        (run / "config.yaml").write_text(text)
+    _one_line_error(capsys, pirl(["train", "--resume", str(sft_run)]), "a `pirl sft` run",
+                    f"pirl train policy={sft_run / 'final.safetensors'}")
+    _one_line_error(capsys, pirl(["train", "--resume", str(demo_run)]), f"pirl train --resume {demo_run / 'rl'}")
+
+
 def test_resume_of_a_directory_without_checkpoint(files, capsys):
     run = files / "no-ckpt"
     run.mkdir()

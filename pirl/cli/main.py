@@ -221,6 +221,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source = args.resume / "config.yaml"
         if not source.is_file():
             return fail(f"{args.resume}: not a run directory (no config.yaml)")
+        try:
+            saved = load_yaml(source, ())
+        except ConfigError as e:
+            return fail(str(e))
+        if isinstance(saved, dict) and "dataset" in saved:  # pirl sft's config: no RL run to continue
+            return fail(f"{args.resume} is a `pirl sft` run, not a `pirl train` one: start RL from it with "
+                        f"`pirl train policy={args.resume / 'final.safetensors'}`")
+        if isinstance(saved, dict) and "demos_per_task" in saved:  # pirl demo's: its RL stage is a train run
+            return fail(f"{args.resume} is a `pirl demo` run: its RL stage resumes with "
+                        f"`pirl train --resume {args.resume / 'rl'}`")
     if name in ("train", "eval") and getattr(args, "resume", None) is None and args.config is None:
         recorded = env_of_policy_file(args)
         if recorded:
