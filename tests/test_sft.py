@@ -116,6 +116,26 @@ def test_final_checkpoint_survives_a_failing_final_evaluation(demos, tmp_path, m
     assert extra["step"] == 20
 
 
+def test_ctrl_c_keeps_the_weights_trained_so_far(demos, tmp_path, monkeypatch):
+    from pirl.policies.base import FlowPolicy
+
+    loss, calls = FlowPolicy.sft_loss, []
+
+    def interrupted_at_step_6(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(FlowPolicy, "sft_loss", interrupted_at_step_6)
+    cfg = SFTConfig(dataset=str(demos), steps=20, batch_size=16, hidden=32, depth=1, eval_every=-1,
+                    out_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(KeyboardInterrupt):
+        sft(cfg, log=None)
+    _, extra = load_policy(tmp_path / "ckpt" / "step_5.safetensors")  # 5 steps completed; the 6th was cut short
+    assert extra["step"] == 5 and not (tmp_path / "ckpt" / "final.safetensors").exists()
+
+
 def test_state_clip_bounds_the_normalised_state_and_old_files_load_unclipped(tmp_path):
     """Rollouts leave the demos' range; the clip bounds what the network sees, not the actions. A file written
     before the clip existed (no state_clip in its config) loads with none, so its behaviour is unchanged."""

@@ -300,7 +300,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
         if out_dir:
             save_policy(policy, out_dir / f"step_{step}.safetensors", {**extra, "step": step, "success": ev.success_rate})
 
-    running, count = 0.0, 0
+    running, count, completed = 0.0, 0, 0
     try:
         policy.train()
         for step in range(1, cfg.steps + 1):
@@ -312,6 +312,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
+            completed = step
             result.train_seconds += time.perf_counter() - t0
             running, count = running + loss.item(), count + 1
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -329,6 +330,12 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
             result.checkpoint = save_policy(policy, out_dir / "final.safetensors", {**extra, "step": cfg.steps})
         if cfg.eval_every >= 0:
             evaluate(cfg.steps)
+    except KeyboardInterrupt:
+        # Ctrl-C keeps the weights trained so far (the step in progress is dropped), usable as policy=FILE
+        if out_dir and completed > 0 and result.checkpoint is None:
+            path = save_policy(policy, out_dir / f"step_{completed}.safetensors", {**extra, "step": completed})
+            print(f"interrupted: the weights after {completed} of {cfg.steps} steps are in {path}", flush=True)
+        raise
     finally:
         if env is not None:
             env.close()
