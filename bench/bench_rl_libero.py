@@ -11,9 +11,12 @@
 Writes bench/results/<--name>.{json,md} (default rl_libero for one task and PPO, else rl_libero_<tasks>_<method>).
 Both cores: by default the sub-environments step in 2 Ray env workers (``--runner ray``), each hosting its
 share in one process (``--runner local --vector async`` starts one process per sub-environment instead, which
-is refused beyond 8 of them on 2 cores: 48 LIBERO processes need ~27 GB). The issue-18 run (libero_spatial, 4 tasks,
-10 demos per task, LOOP with G = 8 from 6 contexts = 48 episodes per iteration, 2 hours):
-  .venv/bin/python bench/bench_rl_libero.py --tasks libero_spatial:0,1,2,3 --method loop --time-limit 7200
+is refused beyond 8 of them on 2 cores: 48 LIBERO processes need ~27 GB). The issue-18 runs (libero_spatial, 4 tasks,
+10 demos per task, 3,500 SFT steps, 2 hours; 2026-11-28: PPO 40 % -> 70 %, LOOP 40 % -> 57.5 % at best):
+  .venv/bin/python bench/bench_rl_libero.py --tasks libero_spatial:0,1,2,3 --method ppo_flow_sde --sft-steps 3500 \
+      --episodes-per-iteration 48 --lr 1e-5 --target-kl 0.05 --time-limit 7200 --eval-every 10
+  .venv/bin/python bench/bench_rl_libero.py --tasks libero_spatial:0,1,2,3 --method loop --sft-steps 3500 --lr 5e-6 \
+      --target-kl 0.05 --time-limit 7200   (LOOP with G = 8 from 6 contexts = 48 episodes per iteration)
 Run: PIRL_LIBERO_ASSETS=/path/to/assets .venv/bin/python bench/bench_rl_libero.py [--time-limit S]
 """
 
