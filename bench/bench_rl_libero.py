@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-name", default=None, help="RL run folder under --root (default: the method's name)")
+    ap.add_argument("--stop-after-sft", action="store_true",
+                    help="collect the demos and train the SFT policy (both cached under --root), then stop")
     ap.add_argument("--root", default=None, help="default runs/bench_rl_libero (one task) or runs/bench_rl_libero/<tasks>")
     args = ap.parse_args()
     grouped = args.method != "ppo_flow_sde"
@@ -103,6 +105,9 @@ def main() -> None:
         sft(SFTConfig(dataset=str(data), out_dir=str(sft_dir), action_horizon=8, chunk=4, steps=args.sft_steps,
                       hidden=args.sft_hidden, state_clip=args.state_clip, episodes_per_task=args.shots, eval_every=-1, seed=args.seed), log=None)
     sft_s = time.perf_counter() - t_sft
+    if args.stop_after_sft:
+        print(f"SFT policy: {policy} ({sft_s:.0f} s); RL not run (--stop-after-sft)", flush=True)
+        return
     env = EnvConfig(suite="libero", tasks=args.tasks, chunk=4, max_episode_steps=args.max_episode_steps,
                     object_state=True, held_out_init_states=args.held_out, vector=args.vector)
     cfg = TrainConfig(
