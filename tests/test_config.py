@@ -79,7 +79,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
         TopCfg,
         "child",
         ["optim.lr=1e-3", "sampler.method=ode", "env.image_size=[64, 64]", "name=123", "critic.lr=2e-4",
-         "weights={reach: 2}", "out=/tmp/x"],
+         "weights={reach: 2}", "out=runs/x"],
         search=[tmp_path],
     )
     assert cfg.algo == "grpo" and cfg.seed == 3
@@ -87,7 +87,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.betas, tuple)
     assert cfg.sampler.method == "ode"
     assert cfg.name == "123"  # str field keeps the text, not YAML's int
-    assert cfg.critic == OptimCfg(lr=2e-4) and cfg.weights == {"reach": 2.0} and cfg.out == Path("/tmp/x")
+    assert cfg.critic == OptimCfg(lr=2e-4) and cfg.weights == {"reach": 2.0} and cfg.out == Path("runs/x")
     assert load_config(TopCfg) == TopCfg()
 
 

@@ -241,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cls = resolve(cmd.config)
         if getattr(args, "resume", None) is not None:  # a run saved by an older pirl: its keys' new places
-            source, notes = migrate_moved_keys(cls, load_yaml(source, ()))
+            source, notes = migrate_moved_keys(cls, saved)  # the config.yaml read above
             if notes:
                 print(f"pirl {name}: {args.resume}/config.yaml was saved with keys that have moved since; read as "
                       f"{', '.join(notes)}")
