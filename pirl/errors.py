@@ -32,6 +32,10 @@ class ExistingFileError(UserError, FileExistsError):
     """An output file or directory the user named already holds something pirl will not overwrite."""
 
 
+class OutOfMemory(UserError, MemoryError):
+    """The machine ran out of memory for what the run asked (e.g. Ray's memory monitor killed a worker)."""
+
+
 class NotInstalledError(UserError, ImportError):
     """An optional simulator or extra is not installed."""
 

@@ -219,6 +219,47 @@ def test_a_users_mistake_in_an_env_worker_is_raised_as_itself(cluster):
     assert not isinstance(info.value, ray.exceptions.RayError), "the CLI would print Ray's traceback"
 
 
+def test_env_worker_killed_for_memory_ends_the_run_in_one_line_and_keeps_it(cluster, tmp_path, monkeypatch):
+    """Ray's memory monitor killing an env worker is not a crash to retry (a fresh worker meets the same pressure):
+    the run stops with a UserError that says what to lower and how to continue, its checkpoint and log kept."""
+    import pirl.distributed.env as ray_env_module
+    from pirl.errors import UserError
+    from pirl.policies.io import save_policy
+    from pirl.train.rl import RunnerConfig, Trainer, TrainConfig, train
+
+    armed = []
+
+    class RayProxy:  # ray, except that get() reports an OOM kill once the first checkpoint is written
+        def __getattr__(self, name):
+            return getattr(ray, name)
+
+        def get(self, ref, timeout=None):
+            if armed:
+                raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+            return ray.get(ref, timeout=timeout)
+
+    monkeypatch.setattr(ray_env_module, "ray", RayProxy())
+    save = Trainer.save
+
+    def save_then_arm(self, *a, **kw):
+        save(self, *a, **kw)
+        armed.append(1)
+
+    monkeypatch.setattr(Trainer, "save", save_then_arm)
+    torch.manual_seed(0)
+    save_policy(make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / "p.safetensors")
+    cfg = TrainConfig(policy=str(tmp_path / "p.safetensors"), env=PM, num_groups=4, iterations=3,
+                      checkpoint_every=1, runner=RunnerConfig(kind="ray", env_workers=2), eval_num_envs=2,
+                      eval_episodes_per_task=2, eval_every=10, videos_per_task=0)
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"env worker 0 was killed by Ray's memory monitor.*2 sub-environments in "
+                                        r"that worker, 4 on 2 workers.*pirl train --resume") as info:
+        train(cfg, run)
+    assert not isinstance(info.value, ray.exceptions.RayError) and "\n" not in str(info.value)
+    assert (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the evaluation before RL, iteration 1
+
+
 def test_trainer_builds_ray_env(cluster, tmp_path):
     from pirl.policies.io import save_policy
     from pirl.train.rl import RunnerConfig, Trainer, TrainConfig

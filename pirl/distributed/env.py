@@ -18,11 +18,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayActorError, RayTaskError
 
 from pirl.envs.base import Context, StepResult
 from pirl.envs.registry import EnvConfig, make_env
-from pirl.errors import UserError
+from pirl.errors import OutOfMemory, UserError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,13 @@ def respawn(role: str, actors: list, i: int, spawn: Callable[[int], Any], err: B
     except Exception:  # noqa: BLE001 - already gone
         pass
     actors[i] = spawn(i)
+
+
+def oom_error(role: str, i: int, held: str) -> OutOfMemory:
+    """The one-line error for a worker that Ray's memory monitor killed: respawning it into the same memory
+    pressure would only be killed again, so the run stops and says what to lower."""
+    return OutOfMemory(f"{role} {i} was killed by Ray's memory monitor: this machine ran out of memory ({held}); "
+                       "use fewer sub-environments or a smaller batch, or stop other jobs on this machine")
 
 
 def _split(n: int, parts: int) -> list[int]:
@@ -178,11 +185,14 @@ class RayVectorEnv:
     # -- workers -----------------------------------------------------------------------------
     def _first_spec(self) -> dict[str, Any]:
         specs, errors = [], []
-        for ref in [w.spec.remote() for w in self.workers]:  # each one read: no unread error is printed later
+        for i, ref in enumerate([w.spec.remote() for w in self.workers]):  # each one read: no unread error later
             try:
                 specs.append(ray.get(ref))
             except RayTaskError as e:
                 errors.append(e)
+            except OutOfMemoryError:
+                self.close()
+                raise self._oom(i) from None
         if errors:
             self.close()
             cause = errors[0].cause
@@ -198,8 +208,15 @@ class RayVectorEnv:
         respawn("env worker", self.workers, i, self._spawn, err, self.restarts, self.max_restarts)
         self.restarts += 1
 
-    def _get(self, ref: Any) -> Any:
-        return ray.get(ref, timeout=self.step_timeout_s)
+    def _get(self, ref: Any, i: int) -> Any:
+        try:
+            return ray.get(ref, timeout=self.step_timeout_s)
+        except OutOfMemoryError:
+            raise self._oom(i) from None
+
+    def _oom(self, i: int) -> OutOfMemory:
+        return oom_error("env worker", i, f"{self.sizes[i]} sub-environments in that worker, {self.num_envs} on "
+                         f"{len(self.sizes)} workers")
 
     def worker_slice(self, i: int) -> slice:
         """The sub-environments of worker i."""
@@ -226,7 +243,7 @@ class RayVectorEnv:
         for i, ref in enumerate(refs):
             while True:
                 try:
-                    obs.append(self._get(ref))
+                    obs.append(self._get(ref, i))
                     break
                 except (RayActorError, GetTimeoutError) as e:  # nothing ran yet: a fresh worker resets instead
                     self._replace(i, e)
@@ -264,7 +281,7 @@ class RayVectorEnv:
             res = None
             if ref is not None:
                 try:
-                    res = self._get(ref)
+                    res = self._get(ref, i)
                 except (RayActorError, GetTimeoutError) as e:
                     self._replace(i, e)
                     res = self._crashed_result(i)
@@ -296,7 +313,7 @@ class RayVectorEnv:
             ref = self._pending.pop(i)
             if ref is not None:
                 try:
-                    self._get(ref)
+                    self._get(ref, i)
                 except (RayActorError, GetTimeoutError) as e:
                     self._replace(i, e)
 

@@ -31,10 +31,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayActorError
 from torch import Tensor
 
-from pirl.distributed.env import respawn
+from pirl.distributed.env import oom_error, respawn
 from pirl.distributed.pipeline import cat_outputs
 from pirl.distributed.store import from_store, stored_bytes, to_store
 
@@ -176,7 +176,7 @@ class RolloutWorkerPool:
     def _refs(self) -> WeightRefs:
         return WeightRefs(self.version, self.base_version, self._base, self._delta)
 
-    def _call(self, method: str, shards: list[tuple], make_args: Callable[[int], tuple]) -> list[Any]:
+    def _call(self, method: str, shards: list[slice], make_args: Callable[[int], tuple]) -> list[Any]:
         """Calls ``method`` on worker i with make_args(i) for each shard; replaces dead workers and retries
         (requests are pure functions of their arguments, so a retry returns what the dead worker would have)."""
         refs = [getattr(self.workers[i], method).remote(self._refs(), *make_args(i)) for i in range(len(shards))]
@@ -186,6 +186,8 @@ class RolloutWorkerPool:
                 try:
                     out.append(ray.get(ref, timeout=self.timeout_s))
                     break
+                except OutOfMemoryError:
+                    raise oom_error("rollout worker", i, f"{method} on {shards[i].stop - shards[i].start} samples") from None
                 except (RayActorError, GetTimeoutError) as e:
                     self._replace(i, e)
                     ref = getattr(self.workers[i], method).remote(self._refs(), *make_args(i))

@@ -25,7 +25,7 @@ import torch
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.config import to_dict
 from pirl.envs.registry import EnvConfig, env_record, make_env
-from pirl.errors import InputError, MissingFileError, require
+from pirl.errors import InputError, MissingFileError, OutOfMemory, require
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
@@ -600,6 +600,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
             trainer.learner_restarts = carried
         try:
             return trainer.run()
+        except OutOfMemory as e:
+            last = trainer.checkpoints.latest
+            raise OutOfMemory(f"{e}. A run with fewer sub-environments (num_groups x group_size, eval_num_envs) "
+                              "needs less; " + (f"or free memory and continue this one from {last.name} with "
+                                                f"`pirl train --resume {run_dir}`" if last is not None else
+                                                "this run had no checkpoint yet")) from None
         except failure as e:
             if restarts == cfg.runner.max_learner_restarts:
                 raise RuntimeError(f"the learner group failed {restarts + 1} times in this run "
