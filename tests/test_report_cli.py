@@ -110,3 +110,32 @@ def test_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "pirl.cli.main", "--version"], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.startswith("pirl ")
+
+
+def test_report_reads_a_pirl_eval_directory(tmp_path, capsys):
+    """`pirl eval` writes eval.json, no metrics: the report tabulates it (one point) instead of refusing it."""
+    import json
+
+    ev = tmp_path / "e1"
+    ev.mkdir()
+    (ev / "eval.json").write_text(json.dumps({
+        "policy": "p.safetensors", "protocol": "held_out", "episodes_per_task": 10, "success": 0.55,
+        "per_task": {"reach-v3": 0.3, "push-v3": 0.8}, "episodes": 20, "sampler": "ode, K=4"}))
+    run = _fake_run(tmp_path / "r1", "loop", 0.2)
+    assert main(["report", str(ev), str(run), f"out={tmp_path / 'rep'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| e1 | eval (ode, K=4) | 0.55 | - | - | held_out (10 episodes per task) |" in out
+    assert "| push-v3 | 0.80 |" in out and "| reach-v3 | 0.30 |" in out
+    (ev / "eval.json").write_text('{"success": 0.5')  # cut short
+    assert main(["report", str(ev)]) == 2
+    err = capsys.readouterr().err
+    assert "eval.json is damaged" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_closed_stdout_ends_quietly():
+    """`pirl train --help | head -1`: the reader goes away; pirl stops without a traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "pirl.cli.main", "train", "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    p.stdout.close()  # before pirl has written anything (its imports take longer than this)
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

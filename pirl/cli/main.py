@@ -198,6 +198,14 @@ def env_of_policy_file(args) -> Optional[dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``pirl`` script; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `pirl ... | head` closed stdout: stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush would fail too
+        return 141  # 128 + SIGPIPE, what the shell reports for such a pipeline stage
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -15,6 +15,7 @@ Reads each run's ``metrics.jsonl`` (evaluation records: ``eval/success`` and per
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -24,6 +25,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
+from pirl.errors import InputError
 from pirl.train.logging import iter_eval_records, read_metrics, read_summary
 from pirl.train.video import EvalVideo, find_eval_videos
 
@@ -96,8 +98,11 @@ def load_run(run_dir: str | Path, key: str = "eval/success") -> RunData:
         raise FileNotFoundError(f"{path}: no such run directory")
     records = read_metrics(path)
     summary = read_summary(path)
+    if not records and not summary and (path / "eval.json").is_file():
+        return _load_eval_run(path, key)
     if not records and not summary:
-        raise FileNotFoundError(f"{path}: no metrics.jsonl or summary.json (not a run directory?)")
+        raise FileNotFoundError(f"{path}: no metrics.jsonl, summary.json or eval.json (not a run directory of "
+                                "`pirl train`, `pirl demo` or `pirl eval`?)")
     cfg_file = path / "config.yaml"
     config = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
     evals = list(iter_eval_records(records, key))
@@ -120,6 +125,28 @@ def load_run(run_dir: str | Path, key: str = "eval/success") -> RunData:
         run.mean.append(float(summary[key]))
         run.env_steps.append(float(run.total_env_steps or math.nan))
         run.wall_time.append(float(run.total_wall_time or math.nan))
+    return run
+
+
+def _load_eval_run(path: Path, key: str) -> RunData:
+    """A `pirl eval` directory (eval.json): one evaluation, no curve; its success is the report's point."""
+    file = path / "eval.json"
+    try:
+        data = json.loads(file.read_text())
+        per_task = {str(t): float(v) for t, v in data["per_task"].items()}
+        mean = float(data["success"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{file} is damaged ({type(e).__name__}: {e}); run `pirl eval` again") from None
+    if key != "eval/success":
+        raise InputError(f"{path} is a `pirl eval` directory: it holds eval/success only, not key={key}")
+    run = RunData(path=path, name=path.name, method=f"eval ({data.get('sampler', '?')})", tasks=sorted(per_task),
+                  protocol=f"{data.get('protocol', '?')} ({data.get('episodes_per_task', '?')} episodes per task)",
+                  videos=find_eval_videos(path / "videos"))
+    run.mean.append(mean)
+    run.env_steps.append(math.nan)
+    run.wall_time.append(math.nan)
+    for t, v in per_task.items():
+        run.per_task[t] = [v]
     return run
 
 
