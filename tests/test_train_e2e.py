@@ -266,7 +266,8 @@ def test_env_crash_is_survived_and_counted(tmp_path, monkeypatch):
 
 
 def test_eval_vector_chooses_how_evaluation_steps(tmp_path, monkeypatch):
-    """eval_vector=async evaluates in subprocesses while rollouts keep env.vector (Ray's workers idle meanwhile)."""
+    """eval_vector=async evaluates in subprocesses while rollouts keep env.vector (Ray's workers idle meanwhile);
+    the subprocesses end after each evaluation (before and after RL: two of them), a sync env is kept."""
     import pirl.train.rl as rl
     from pirl.envs.registry import EnvConfig
     from pirl.envs.registry import make_env as real_make_env
@@ -274,7 +275,7 @@ def test_eval_vector_chooses_how_evaluation_steps(tmp_path, monkeypatch):
     made: list[str] = []
     monkeypatch.setattr(rl, "make_env", lambda cfg, n, **kw: made.append(cfg.vector) or real_make_env(cfg, n, **kw))
     policy = str(_point_mass_policy(tmp_path / "policy.safetensors"))
-    for eval_vector, expected in ((None, ["sync", "sync"]), ("async", ["sync", "async"])):
+    for eval_vector, expected in ((None, ["sync", "sync"]), ("async", ["sync", "async", "async"])):
         made.clear()
         cfg = rl.TrainConfig(policy=policy, env=EnvConfig(suite="point_mass", tasks=("a",), max_episode_steps=16),
                              iterations=1, num_groups=2, eval_every=1, eval_episodes_per_task=2, eval_num_envs=2,

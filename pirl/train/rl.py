@@ -178,7 +178,8 @@ class TrainConfig:
     """Sub-environments used for evaluation."""
     eval_vector: Optional[Literal["sync", "async"]] = None
     """How the evaluation's sub-environments step: sync (in the trainer's process), async (one subprocess each,
-    so evaluation uses every core while Ray's env workers idle); None = env.vector."""
+    so evaluation uses every core while Ray's env workers idle; they start for each evaluation and end after it,
+    since an idle LIBERO subprocess still holds ~1.4 GB); None = env.vector."""
     videos_per_task: int = 1
     """Held-out episodes recorded to mp4 per task before RL and at the end, on the same seeds (videos/before*,
     videos/after*; frames at env.render_size; 0 = none)."""
@@ -432,12 +433,18 @@ class Trainer:
         """``eval/success`` (mean over tasks) and ``eval/success/<task>`` under the evaluation protocol."""
         cfg = self.cfg
         protocol = cfg.eval_protocol_of()
+        env_cfg = protocol.env_config(cfg.env)
+        vector = cfg.eval_vector or env_cfg.vector
         if self.eval_env is None:
-            env_cfg = protocol.env_config(cfg.env)
-            self.eval_env = make_env(replace(env_cfg, vector=cfg.eval_vector or env_cfg.vector), cfg.eval_num_envs)
+            self.eval_env = make_env(replace(env_cfg, vector=vector), cfg.eval_num_envs)
         # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
         contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
-        result = evaluate_policy(self.policy, self.eval_env, contexts, self.eval_sampler, seed=cfg.seed)
+        try:
+            result = evaluate_policy(self.policy, self.eval_env, contexts, self.eval_sampler, seed=cfg.seed)
+        finally:
+            if vector == "async":  # idle between evaluations, each subprocess still holds a simulator (LIBERO ~1.4 GB)
+                self.eval_env.close()
+                self.eval_env = None
         per_task = result.per_task()
         metrics = {f"eval/success/{task}": rate for task, rate in per_task.items()}
         metrics["eval/success"] = result.task_mean()
