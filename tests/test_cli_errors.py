@@ -87,6 +87,7 @@ def _damaged(files: Path, name: str, damage) -> Path:
 
 @pytest.mark.parametrize("case,words", [
     ("missing", ["dataset directory", "does not exist", "dataset=DIR"]),
+    ("not_a_dataset", ["meta/info.json", "does not exist", "pirl collect --run-dir DIR"]),
     ("lost_parquet", ["data/chunk-000/file-000.parquet does not exist", "collect it again"]),
     ("stats_not_json", ["meta/stats.json is not valid JSON", "recompute_stats"]),
     ("truncated_parquet", ["file-000.parquet is not a readable parquet file", "collect it again"]),
@@ -94,6 +95,7 @@ def _damaged(files: Path, name: str, damage) -> Path:
 def test_damaged_datasets_name_the_file(files, capsys, case, words):
     damage = {
         "missing": None,
+        "not_a_dataset": lambda r: shutil.rmtree(r / "meta"),
         "lost_parquet": lambda r: (r / "data/chunk-000/file-000.parquet").unlink(),
         "stats_not_json": lambda r: (r / "meta/stats.json").write_text("{not json"),
         "truncated_parquet": lambda r: (r / "data/chunk-000/file-000.parquet").write_bytes(b"PAR1 cut short"),

@@ -103,7 +103,7 @@ def check_dataset_root(root: str | Path) -> Path:
     if not root.is_dir():
         raise DatasetError(f"dataset directory {root} does not exist; set dataset=DIR to a dataset written by "
                            "`pirl collect --run-dir DIR`")
-    _require(root / INFO_PATH, "meta/info.json", "Is this a LeRobot dataset root? Create one with pirl.data.collect(...).")
+    _require(root / INFO_PATH, "meta/info.json", "Is this a LeRobot dataset root? Write one with `pirl collect --run-dir DIR`.")
     return root
 
 
