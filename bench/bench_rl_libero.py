@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--noise-level", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--task-sampling", choices=["uniform", "adaptive", "failing"], default="uniform",
+                    help="multi-task runs: how each iteration's episodes are spread over the tasks")
     ap.add_argument("--run-name", default=None, help="RL run folder under --root (default: the method's name)")
     ap.add_argument("--stop-after-sft", action="store_true",
                     help="collect the demos and train the SFT policy (both cached under --root), then stop")
@@ -119,7 +121,8 @@ def main() -> None:
         iterations=args.iterations, time_limit_s=args.time_limit, eval_every=args.eval_every,
         eval_episodes_per_task=args.held_out, eval_num_envs=args.eval_envs,
         eval_vector="async" if args.runner == "ray" else None, videos_per_task=0,
-        checkpoint_every=5, seed=args.seed, runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
+        checkpoint_every=5, seed=args.seed, task_sampling=args.task_sampling,
+        runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
     )
     # the single-task PPO run keeps its old directory, so that its checkpoints resume
     run = root / (args.run_name or ("rl" if single and not grouped else args.method))
@@ -153,7 +156,8 @@ def main() -> None:
     md = "\n".join([
         f"Tasks {args.tasks}, state MLP flow policy (robot state + privileged object/target positions), "
         f"{args.shots} expert demos per task ({info['total_episodes']} collected), {args.sft_steps} SFT steps; {method} "
-        f"(a = {args.noise_level}, K = 4, lr {args.lr}), {episodes} episodes per iteration; success "
+        f"(a = {args.noise_level}, K = 4, lr {args.lr}), {episodes} episodes per iteration, {args.task_sampling} "
+        f"task sampling; success "
         f"of the deterministic policy (ODE, K = 4) on {args.held_out} held-out init states per task.", "",
         "| expert | SFT (before RL) | after RL | env steps | iterations | RL wall s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

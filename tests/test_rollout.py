@@ -221,3 +221,13 @@ def test_adaptive_task_sampling_favours_tasks_being_learned():
     assert not any(k.startswith("tasks/") for k in _collector(groups=4, G=1).collect().metrics)
     with pytest.raises(ValueError, match="task_sampling"):
         CollectorConfig(4, 1, task_sampling="greedy")
+
+
+def test_failing_task_sampling_favours_the_weakest_task():
+    col = _collector(groups=4, G=1, task_sampling="failing")
+    np.testing.assert_allclose(col.task_probs(), [0.5, 0.5])
+    # unlike adaptive (which weighs a hopeless task like a solved one), the task at 0.1 gets the most rollouts
+    col.task_success[:] = [0.9, 0.1]
+    np.testing.assert_allclose(col.task_probs(), np.array([0.2, 1.0]) / 1.2)
+    drawn = np.concatenate([[c.task for c in col.sample_contexts()[0]] for _ in range(200)])
+    assert 0.78 < (drawn == 1).mean() < 0.88

@@ -157,8 +157,9 @@ class TrainConfig:
     success_range; GRPO / LOOP presets turn it on."""
     max_tries: int = 4
     """With a group filter: at most this many env batches per iteration."""
-    task_sampling: Literal["uniform", "adaptive"] = "uniform"
-    """Multi-task runs: uniform, or adaptive (more rollouts for tasks whose running success is far from 0 and 1)."""
+    task_sampling: Literal["uniform", "adaptive", "failing"] = "uniform"
+    """Multi-task runs: uniform, adaptive (more rollouts for tasks whose running success is far from 0 and 1), or
+    failing (more rollouts for the tasks whose running success is lowest)."""
     iterations: int = 20
     """Rollout + update iterations."""
     time_limit_s: Optional[float] = None

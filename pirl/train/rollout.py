@@ -55,17 +55,19 @@ class CollectorConfig:
     crashed episodes' groups must be re-collected."""
     seed: int = 0
     """Seeds the context sampler (tasks and reset seeds) and the policy's sampling noise."""
-    task_sampling: Literal["uniform", "adaptive"] = "uniform"
+    task_sampling: Literal["uniform", "adaptive", "failing"] = "uniform"
     """uniform; adaptive: draw tasks with weight floor + 4 s (1 - s), s = the task's running rollout success,
-    so the batch goes to tasks still being learned instead of solved (or hopeless) ones."""
+    so the batch goes to tasks still being learned instead of solved (or hopeless) ones; failing: weight
+    floor + (1 - s), so the tasks that succeed least get the most rollouts (a weak task whose few successes are
+    its only signal gets more of them)."""
     adaptive_floor: float = 0.1
-    """adaptive: every task keeps at least this weight (solved tasks are still rehearsed)."""
+    """adaptive / failing: every task keeps at least this weight (solved tasks are still rehearsed)."""
     adaptive_rate: float = 0.3
-    """adaptive: weight of the newest batch in the running per-task success."""
+    """adaptive / failing: weight of the newest batch in the running per-task success."""
 
     def __post_init__(self) -> None:
-        if self.task_sampling not in ("uniform", "adaptive"):
-            raise ValueError(f"task_sampling must be 'uniform' or 'adaptive', got {self.task_sampling!r}")
+        if self.task_sampling not in ("uniform", "adaptive", "failing"):
+            raise ValueError(f"task_sampling must be 'uniform', 'adaptive' or 'failing', got {self.task_sampling!r}")
         if not 0.0 < self.adaptive_floor or not 0.0 < self.adaptive_rate <= 1.0:
             raise ValueError(f"need adaptive_floor > 0 and 0 < adaptive_rate <= 1, got {self.adaptive_floor}, "
                              f"{self.adaptive_rate}")
@@ -113,7 +115,7 @@ class RolloutCollector:
         """Seconds of the last collect in policy inference and in env.step (the sequential schedule)."""
         self.next_group_id = 0
         self.next_context_id = 0
-        # running rollout success per task (adaptive task sampling); 0.5 = no information yet
+        # running rollout success per task (adaptive / failing task sampling); 0.5 = no information yet
         self.task_success = np.full(len(env.task_names), 0.5)
 
     def task_probs(self) -> Optional[np.ndarray]:
@@ -121,7 +123,8 @@ class RolloutCollector:
         if self.cfg.task_sampling == "uniform":
             return None
         s = self.task_success[np.asarray(self.tasks)]
-        w = self.cfg.adaptive_floor + 4.0 * s * (1.0 - s)
+        spread = 4.0 * s * (1.0 - s) if self.cfg.task_sampling == "adaptive" else 1.0 - s
+        w = self.cfg.adaptive_floor + spread
         return w / w.sum()
 
     def _update_task_success(self, contexts: Sequence[Context], ep: dict[str, np.ndarray]) -> None:
