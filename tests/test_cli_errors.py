@@ -272,3 +272,11 @@ def test_out_of_range_settings_are_refused_when_the_config_is_read(files, capsys
     rc = pirl([command, "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, key])
     _one_line_error(capsys, rc, words)
     assert not run.exists()
+
+
+def test_a_preset_without_a_policy_names_every_kind_of_policy(files, capsys):
+    # the π0 presets name no checkpoint: the message must say a π0 directory or hub id works, not only `pirl sft`'s file
+    run = files / "no-policy"
+    rc = pirl(["train", "--run-dir", str(run), "--config", "libero_pi0"])
+    _one_line_error(capsys, rc, "policy is empty", "LeRobot or openpi", "lerobot/pi0_libero")
+    assert not run.exists()

@@ -304,7 +304,8 @@ def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[H
 def check_inputs(cfg: TrainConfig) -> None:
     """The checks that need no simulator or model: a policy is named, and W&B is installed when it logs."""
     if not cfg.policy:
-        raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`)")
+        raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`), a "
+                         "LeRobot or openpi π0 / π0.5 directory, or a Hugging Face hub id (e.g. lerobot/pi0_libero)")
     if cfg.logger in ("wandb", "both"):
         wandb_module()  # not installed: say so now, before simulators and Ray start
 
