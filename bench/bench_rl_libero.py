@@ -36,6 +36,7 @@ from pirl.flow import SamplerConfig
 from pirl.algorithms import OptimizerConfig, PPOConfig
 from pirl.train.logging import read_metrics
 from pirl.train.rl import RunnerConfig, TrainConfig, train
+from pirl.train.rollout import TASK_SAMPLING
 from pirl.train.sft import SFTConfig, sft
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     ap.add_argument("--noise-level", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--task-sampling", choices=["uniform", "adaptive", "failing"], default="uniform",
+    ap.add_argument("--task-sampling", choices=TASK_SAMPLING, default="uniform",
                     help="multi-task runs: how each iteration's episodes are spread over the tasks")
     ap.add_argument("--run-name", default=None, help="RL run folder under --root (default: the method's name)")
     ap.add_argument("--stop-after-sft", action="store_true",

@@ -31,6 +31,10 @@ EVAL_SEED_OFFSET = EVAL_SEED_START
 Obs = dict[str, Tensor]
 
 
+TASK_SAMPLING = ("uniform", "adaptive", "failing")
+"""How a multi-task collector spreads its contexts over the tasks (CollectorConfig.task_sampling)."""
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """What one rollout batch is made of."""
@@ -66,8 +70,8 @@ class CollectorConfig:
     """adaptive / failing: weight of the newest batch in the running per-task success."""
 
     def __post_init__(self) -> None:
-        if self.task_sampling not in ("uniform", "adaptive", "failing"):
-            raise ValueError(f"task_sampling must be 'uniform', 'adaptive' or 'failing', got {self.task_sampling!r}")
+        if self.task_sampling not in TASK_SAMPLING:
+            raise ValueError(f"task_sampling must be one of {', '.join(TASK_SAMPLING)}, got {self.task_sampling!r}")
         if not 0.0 < self.adaptive_floor or not 0.0 < self.adaptive_rate <= 1.0:
             raise ValueError(f"need adaptive_floor > 0 and 0 < adaptive_rate <= 1, got {self.adaptive_floor}, "
                              f"{self.adaptive_rate}")
