@@ -186,9 +186,11 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
 
 
 def prepare(policy: Any, head: str, args: argparse.Namespace) -> Any:
-    """RL-time settings of an SFT policy: the regression head's scale floor."""
+    """RL-time settings of an SFT policy: the regression head's scale floor, and whether its scale head trains."""
     if head == "regression" and args.scale_floor:
         policy.set_scale_floor(args.scale_floor)
+    if head == "regression" and args.freeze_scale:
+        policy.scale_head.requires_grad_(False)
     return policy
 
 
@@ -354,6 +356,8 @@ def main() -> None:
     p.add_argument("--target-kl", type=float, default=None,
                    help="stop an update's remaining minibatches once a minibatch's approx-KL exceeds this "
                         "(per element with --ratio-level element)")
+    p.add_argument("--freeze-scale", action="store_true",
+                   help="regression: keep the NLL-fitted scale head fixed during RL (RIPT-VLA's fix_scale_head)")
     p.add_argument("--scale-floor", type=float, default=0.0,
                    help="regression: lower clip of the Laplace scale during RL (normalised units; 0 = the SFT policy's)")
     p.add_argument("--env-steps", type=float, default=0.0, help="stop a head's LOOP once it has used this many env steps (0 = none)")
