@@ -40,6 +40,15 @@ class NotInstalledError(UserError, ImportError):
     """An optional simulator or extra is not installed."""
 
 
+class TrainingDiverged(UserError):
+    """The updates made the policy non-finite (too large a learning rate); the message names the lr key to lower."""
+
+
+class NonFiniteError(ValueError):
+    """A model produced NaN / inf (a loss, weights after an update, actions). Not the user's by itself: the caller
+    that knows the context (a diverged update, a damaged policy file) raises a :class:`UserError` naming the fix."""
+
+
 def require(module: str, *, extra: str, purpose: str) -> ModuleType:
     """Imports ``module``, or raises :class:`NotInstalledError` saying which pip extra brings it.
 

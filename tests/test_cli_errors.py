@@ -280,3 +280,36 @@ def test_a_preset_without_a_policy_names_every_kind_of_policy(files, capsys):
     rc = pirl(["train", "--run-dir", str(run), "--config", "libero_pi0"])
     _one_line_error(capsys, rc, "policy is empty", "LeRobot or openpi", "lerobot/pi0_libero")
     assert not run.exists()
+
+
+# -- a run whose numbers go non-finite: the cause and the setting to change, never a traceback ------------------
+
+def test_a_diverging_rl_run_names_the_lr_to_lower_and_keeps_its_logs(files, tmp_path, capsys):
+    run = tmp_path / "diverged"
+    rc = pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "iterations=6",
+               "num_groups=8", "eval_every=10", "eval_episodes_per_task=2", "eval_num_envs=2", "videos_per_task=0",
+               "optim.lr=1000"])
+    err = _one_line_error(capsys, rc, "training diverged in iteration", "optim.lr=1000", "lower optim.lr",
+                          str(run / "metrics.jsonl"))
+    assert "iteration 1 " not in err, "the first rollout comes before any update: it cannot have diverged"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) >= 2, "the iterations before the divergence stay logged"
+
+
+def test_a_diverging_sft_run_names_the_lr_and_saves_no_policy(files, tmp_path, capsys):
+    run = tmp_path / "sft-diverged"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=50", "batch_size=2",
+               "eval_every=-1", "lr=1e12"])
+    _one_line_error(capsys, rc, "SFT diverged: the loss is", "lr=1e+12", "lower lr", "no policy was saved")
+    assert not (run / "final.safetensors").exists()
+
+
+def test_a_policy_file_with_nan_weights_is_refused_at_load(files, tmp_path, capsys):
+    torch.manual_seed(0)
+    policy = make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1, noise_head=False)
+    with torch.no_grad():
+        next(iter(policy.parameters())).view(-1)[0] = float("nan")
+    path = save_policy(policy, tmp_path / "nan.safetensors")
+    for command in ("eval", "train"):
+        rc = pirl([command, "--run-dir", str(tmp_path / command), f"policy={path}", *PM])
+        _one_line_error(capsys, rc, str(path), "non-finite weights", "diverged run")

@@ -21,6 +21,7 @@ from pirl.algorithms import (
     preset,
 )
 from pirl.algorithms.advantages import normalize
+from pirl.errors import NonFiniteError
 from pirl.envs.point_mass import PointMassConfig, PointMassEnv
 from pirl.flow import SamplerConfig
 from pirl.policies.mlp import make_mlp_policy
@@ -308,6 +309,23 @@ def test_nonfinite_loss_skips_step_and_keeps_weights():
     assert updater.skipped_total == n_minibatches
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert all(len(s) == 0 for s in updater.optimizer.state.values())  # Adam never stepped
+
+
+def test_an_update_that_leaves_non_finite_weights_says_so():
+    """A finite but huge step can overflow the weights; the next rollout would fail far from the cause."""
+    policy, batch, cfg = _setup()
+    updater = PPOUpdater(policy, dataclasses.replace(cfg, epochs=1, minibatch_size=len(batch)), OptimizerConfig(lr=1e-3))
+    step = updater.optimizer.step
+
+    def overflowing_step(*args, **kwargs):
+        step(*args, **kwargs)
+        with torch.no_grad():
+            updater.params[0].view(-1)[0] = math.inf
+
+    updater.optimizer.step = overflowing_step
+    names = {id(p): n for n, p in policy.named_parameters()}
+    with pytest.raises(NonFiniteError, match=f"non-finite weights.*first in {names[id(updater.params[0])]}"):
+        updater.update(batch)
 
 
 def test_gradient_accumulation_matches_full_minibatch():

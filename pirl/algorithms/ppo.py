@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from pirl.algorithms.advantages import explained_variance, normalize
 from pirl.algorithms.buffer import RolloutBatch
 from pirl.algorithms.config import OptimizerConfig, PPOConfig
+from pirl.errors import NonFiniteError
 
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -255,6 +256,16 @@ class PPOUpdater:
             f"{self.cfg.ratio_check_factor:g} x the log-prob's float32 round-off) on {len(batch)} samples; {_RATIO_HELP}"
         )
 
+    def _check_weights(self, steps: int, skipped: int) -> None:
+        """Raises :class:`NonFiniteError` when the update left a NaN / inf weight (one device sync): a step whose
+        loss was finite but huge (too large a learning rate) can do that, and every later rollout would fail."""
+        if not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all()):
+            return
+        names = {id(p): n for n, p in self.policy.named_parameters()}
+        bad = next(names.get(id(p), "?") for p in self.params if not bool(torch.isfinite(p).all()))
+        raise NonFiniteError(f"the update left non-finite weights (NaN/inf), first in {bad}, after {steps} optimiser "
+                             f"step(s) ({skipped} skipped for a non-finite loss)")
+
     def _evaluate_in_micro_batches(self, batch: RolloutBatch):
         """``policy.evaluate`` over ``batch`` in micro-batches of ``ppo.micro_batch_size``: re-scoring a whole
         minibatch at once held ~7 GB of transient activations for full-size π0 (H200, 80 samples)."""
@@ -317,6 +328,7 @@ class PPOUpdater:
                     break
             if early_stop:
                 break
+        self._check_weights(steps, skipped)
 
         self.skipped_total += skipped
         elapsed = time.perf_counter() - start

@@ -63,7 +63,7 @@ class PipelinedCollector(RolloutCollector):
         def act(obs_part: dict[str, np.ndarray], h: int) -> tuple[Obs, Any]:
             obs = policy.prepare(obs_part)
             out = policy.act(obs, sampler, generator=generator)
-            env.step_async(out.actions.detach().cpu().numpy(), stages[h])
+            env.step_async(out.actions_numpy(), stages[h])
             return obs, out
 
         # prime: A's first actions go out before B's are computed

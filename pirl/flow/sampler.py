@@ -20,6 +20,8 @@ from typing import Callable, Literal, Optional, Union
 import torch
 from torch import Tensor
 
+from pirl.errors import NonFiniteError
+
 Method = Literal["ode", "flow_sde", "flow_noise"]
 SdeSteps = Literal["one", "all"]
 NoiseSteps = Literal["all", "one"]
@@ -278,7 +280,7 @@ def _call_velocity(
         raise ValueError(f"velocity returned shape {got} for x of shape {tuple(x.shape)}; they must match")
     v = v.float()
     if check and not torch.isfinite(v).all():
-        raise ValueError("velocity returned non-finite values (NaN/inf); check the model's weights and inputs")
+        raise NonFiniteError("velocity returned non-finite values (NaN/inf); check the model's weights and inputs")
     if method == "flow_noise":
         if std is None:
             if noise_std is None:
@@ -460,7 +462,7 @@ def sample(
 def _check_chain(xs: Tensor, stds: Optional[Tensor], stochastic: Tensor, method: str) -> None:
     """One device sync per chunk: a non-finite velocity (or std) at any step leaves the chain's states non-finite."""
     if not bool(torch.isfinite(xs).all()):
-        raise ValueError("velocity returned non-finite values (NaN/inf); check the model's weights and inputs")
+        raise NonFiniteError("velocity returned non-finite values (NaN/inf); check the model's weights and inputs")
     if method == "flow_noise" and stds is not None:
         drawn = stochastic.view(*stochastic.shape, *([1] * (stds.dim() - 2)))
         if bool((drawn & ~(stds > 0)).any()):

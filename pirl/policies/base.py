@@ -26,10 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pirl import flow
+from pirl.errors import NonFiniteError
 from pirl.flow import Chain, NoiseHead, SamplerConfig
 
 Obs = dict[str, Tensor]
@@ -89,6 +91,16 @@ class ActOutput:
     """[B] (or [B, M] per element) float32 log-probability of the record under the sampling policy."""
     value: Optional[Tensor]
     """[B] critic value, or None if the policy has no value head."""
+
+    def actions_numpy(self) -> np.ndarray:
+        """The actions as a numpy array for the simulator; raises :class:`~pirl.errors.NonFiniteError` on NaN / inf
+        (a simulator fed NaN would go on with NaN states, and the failure would surface far from its cause)."""
+        actions = self.actions.detach().cpu().numpy()
+        bad = ~np.isfinite(actions)
+        if bad.any():
+            raise NonFiniteError(f"the policy produced non-finite actions (NaN/inf) in {int(bad.sum())} of {actions.size} "
+                                 "elements")
+        return actions
 
 
 @dataclass
@@ -165,8 +177,6 @@ class Policy(nn.Module):
         The default converts numeric arrays to tensors and drops text; policies that read
         instructions override it to tokenise ``obs["instruction"]``.
         """
-        import numpy as np
-
         device = self.device()
         out: Obs = {}
         for key, value in obs.items():

@@ -211,6 +211,10 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
         raise PolicyLoadError(f"policy file {path} is not a readable safetensors file ({type(e).__name__}: {e}): it is "
                               "truncated or not a policy; pass policy=PATH to a file written by `pirl sft` or "
                               "`pirl train`") from None
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+    if bad is not None:  # saved from a diverged run: every rollout of it would fail far from the cause
+        raise PolicyLoadError(f"policy file {path} holds non-finite weights (NaN/inf, first in {bad}): it was saved from a "
+                              "diverged run; train it again (a lower lr) and check its loss")
     kind = meta["pirl_kind"]
     if kind not in KINDS:
         raise PolicyLoadError(f"{path} holds a policy of kind {kind!r}, unknown to this pirl (known: {sorted(KINDS)})")

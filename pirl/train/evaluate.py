@@ -21,7 +21,7 @@ import torch
 
 from pirl.envs.base import ChunkVectorEnv, Context, eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
-from pirl.errors import InputError
+from pirl.errors import InputError, NonFiniteError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.options import Pi0Options
@@ -171,7 +171,7 @@ def evaluate_policy(
             ep_len = np.zeros(N, dtype=np.int64)
             for _ in range(env.max_chunk_steps):
                 out = policy.act(policy.prepare(obs), sampler, generator=gen)
-                res = env.step(out.actions.cpu().numpy())
+                res = env.step(out.actions_numpy())
                 solved |= res.success
                 live = ~done
                 ep_len[live] = res.info["episode_length"][live]
@@ -211,7 +211,7 @@ def record_videos(
             solved = np.zeros(per_task, dtype=bool)
             for _ in range(env.max_chunk_steps):
                 out = policy.act(policy.prepare(obs), sampler, generator=gen)
-                res = env.step(out.actions.cpu().numpy())
+                res = env.step(out.actions_numpy())
                 steps = res.info.get("frames", [])
                 for j in np.flatnonzero(~done):
                     n_exec = len(steps)
@@ -295,7 +295,11 @@ def eval_main(cfg: EvalConfig, args) -> int:
     sampler = SamplerConfig(method="ode", steps=cfg.steps)
     run = RunDir.create(getattr(args, "run_dir", None), name="eval")
     with run.discard_if_unused():
-        result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path)
+        try:
+            result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path)
+        except NonFiniteError as e:
+            raise InputError(f"the policy {path} is not finite ({e}): the file holds a damaged or diverged policy; "
+                             "train it again and check its loss") from e
         out = {"policy": path, "protocol": protocol.name, "episodes_per_task": protocol.episodes,
                "success": result.task_mean(), "per_task": result.per_task(), "episodes": len(result.success),
                "sampler": f"ode, K={cfg.steps}"}

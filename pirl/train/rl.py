@@ -25,7 +25,7 @@ import torch
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.config import to_dict
 from pirl.envs.registry import EnvConfig, env_record, make_env
-from pirl.errors import InputError, MissingFileError, OutOfMemory, require
+from pirl.errors import InputError, MissingFileError, NonFiniteError, OutOfMemory, TrainingDiverged, UserError, require
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
@@ -371,6 +371,7 @@ class Trainer:
                                                                      seed=cfg.seed)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=1, mode="max")
         self.iteration, self.env_steps, self.env_crashes, wall = 0, 0, 0, 0.0
+        self.updated = False  # whether this process ran an update (tells a damaged policy from a diverged run)
         self.learner_restarts = 0
         self.best_success = -math.inf
         resume_step = None
@@ -485,6 +486,7 @@ class Trainer:
             metrics["policy/skipped_iteration"] = 1.0  # every group was uninformative
         else:
             batch = build_batch(rollout.buffers, self.algo.advantage)
+            self.updated = True
             metrics.update(self.updater.update(batch))
             if self.ray:
                 self.ray.weights_changed(self.policy)
@@ -500,6 +502,25 @@ class Trainer:
         return metrics
 
     def run(self) -> int:
+        """Trains to the iteration or time limit; a policy that goes non-finite ends it with the cause and the fix."""
+        try:
+            return self._run()
+        except NonFiniteError as e:
+            raise self._diverged(e) from e
+
+    def _diverged(self, e: NonFiniteError) -> UserError:
+        """The user's fix for a NaN / inf policy: a damaged policy file before any update, a lower lr after."""
+        where = f"{self.run_dir / 'metrics.jsonl'}"
+        if self.iteration == 0 and not self.updated:
+            return InputError(f"the policy {self.cfg.policy} is not finite before any RL update ({e}): the file holds a "
+                              f"damaged or diverged policy; train it again (`pirl sft`) and check its loss")
+        key = "head.lr" if isinstance(self.policy, HeadPolicy) else "optim.lr"
+        return TrainingDiverged(
+            f"training diverged in iteration {self.iteration + 1} ({e}) after updates at {key}={self.algo.optim.lr:g}: "
+            f"start a new run with a lower {key} or set ppo.target_kl to end an update's epochs early (resuming this "
+            f"run would repeat the same updates); its logs up to iteration {self.iteration} are in {where}")
+
+    def _run(self) -> int:
         cfg = self.cfg
         summary_path = self.run_dir / "summary.json"
         summary = read_summary(self.run_dir) if summary_path.exists() else {}

@@ -211,7 +211,7 @@ class RolloutCollector:
             t0 = time.perf_counter()
             obs = self.policy.prepare(obs_np)
             out = self.policy.act(obs, sampler, generator=generator)
-            actions = out.actions.detach().cpu().numpy()  # waits for the device: inference ends here
+            actions = out.actions_numpy()  # waits for the device: inference ends here
             t1 = time.perf_counter()
             res = self.env.step(actions)
             self.timing["inference_s"] += t1 - t0

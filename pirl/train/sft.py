@@ -307,6 +307,12 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
             t0 = time.perf_counter()
             obs, actions, mask = data.batch(rng.integers(0, len(data), cfg.batch_size))
             loss = policy.sft_loss(policy.prepare(obs), actions, generator=gen, mask=mask)
+            value = loss.item()
+            if not math.isfinite(value):  # one NaN step would poison every weight, and the saved policy with them
+                raise InputError(
+                    f"SFT diverged: the loss is {value} at step {step} of {cfg.steps} (lr={cfg.lr:g}); lower lr (default "
+                    f"{SFTConfig.lr:g})" + (" or check the dataset for NaN / inf values" if step == 1 else "")
+                    + "; no policy was saved from this run")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -314,7 +320,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
             sched.step()
             completed = step
             result.train_seconds += time.perf_counter() - t0
-            running, count = running + loss.item(), count + 1
+            running, count = running + value, count + 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 result.losses.append((step, running / count))
                 if log:
