@@ -313,3 +313,50 @@ def test_a_policy_file_with_nan_weights_is_refused_at_load(files, tmp_path, caps
     for command in ("eval", "train"):
         rc = pirl([command, "--run-dir", str(tmp_path / command), f"policy={path}", *PM])
         _one_line_error(capsys, rc, str(path), "non-finite weights", "diverged run")
+
+
+# -- task ids: a task-id policy reads its own ids whatever order or subset of its tasks the env lists ------------
+
+class _Env:
+    def __init__(self, names, texts):
+        self.task_names, self.instructions = names, texts
+
+
+def _two_task_policy():
+    torch.manual_seed(0)
+    policy = make_mlp_policy(39, 4, action_horizon=4, hidden=16, depth=1, num_tasks=2, noise_head=False)
+    policy.task_names, policy.task_instructions = ("reach-v3", "push-v3"), ("reach the goal", "push the puck")
+    return policy
+
+
+def test_env_task_ids_are_mapped_onto_the_policys_by_name():
+    from pirl.train.evaluate import bind_task_ids
+
+    policy, said = _two_task_policy(), []
+    obs = {"state": np.zeros((2, 39), np.float32), "task": np.array([0, 1])}
+    bind_task_ids(policy, _Env(["push-v3", "reach-v3"], ["push the puck", "reach the goal"]), "p", log=said.append)
+    assert policy.prepare(obs)["task"].tolist() == [1, 0] and "push-v3 -> 1" in said[0]
+    bind_task_ids(policy, _Env(["push-v3"], ["push the puck"]), "p", log=said.append)  # a subset
+    assert policy.prepare({**obs, "task": np.array([0, 0])})["task"].tolist() == [1, 1]
+    bind_task_ids(policy, _Env(["reach-v3", "push-v3"], ["x", "y"]), "p", log=said.append)  # the same order
+    assert policy.prepare(obs)["task"].tolist() == [0, 1] and len(said) == 2
+    bind_task_ids(policy, _Env(["a", "b"], ["push the puck", "reach the goal"]), "p", log=said.append)  # by instruction
+    assert policy.prepare(obs)["task"].tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"drawer-open-v3 is not among them"):
+        bind_task_ids(policy, _Env(["reach-v3", "drawer-open-v3"], ["x", "y"]), "p", log=said.append)
+
+
+def test_a_policy_file_keeps_its_task_names_through_rl_saves(tmp_path):
+    from pirl.policies.io import load_policy
+
+    path = save_policy(_two_task_policy(), tmp_path / "p.safetensors", extra={"iteration": 3})  # as `pirl train` saves
+    policy, extra = load_policy(path)
+    assert policy.task_names == ("reach-v3", "push-v3") and extra["iteration"] == 3
+    assert policy.task_instructions == ("reach the goal", "push the puck")
+
+
+def test_eval_on_a_task_the_policy_was_not_trained_on_is_refused(tmp_path, capsys):
+    path = save_policy(_two_task_policy(), tmp_path / "p.safetensors")
+    rc = pirl(["eval", "--run-dir", str(tmp_path / "e"), f"policy={path}", "env.suite=metaworld",
+               "env.tasks=[reach-v3,drawer-open-v3]", "episodes_per_task=1", "num_envs=1"])
+    _one_line_error(capsys, rc, str(path), "['reach-v3', 'push-v3']", "drawer-open-v3 is not among them", "env.tasks")

@@ -24,7 +24,7 @@ through :mod:`pirl.flow`, so the first PPO ratio of every update is exactly 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -135,6 +135,13 @@ class Policy(nn.Module):
     """D, action dimensions."""
     value_head: Optional[ValueHead]
 
+    task_names: Optional[tuple[str, ...]] = None
+    """The simulator tasks a task-id policy (``cfg.num_tasks`` > 0) was trained on, in id order; recorded in its file
+    from the SFT dataset, so an env with another order or a subset of them is mapped by name (None: unknown)."""
+    task_instructions: Optional[tuple[str, ...]] = None
+    """Their instructions, in the same order (a dataset from elsewhere may name its tasks only by instruction)."""
+    _task_ids: Optional[Tensor] = None
+
     detach_value_features: bool = True
     """The critic reads the policy's features without moving them: a fresh value head's large early
     gradients would otherwise rewrite the actor's encoder (measured: KL > 100 in the first PPO update
@@ -175,7 +182,8 @@ class Policy(nn.Module):
         """Environment observation (numpy arrays, strings) -> model inputs on the policy's device.
 
         The default converts numeric arrays to tensors and drops text; policies that read
-        instructions override it to tokenise ``obs["instruction"]``.
+        instructions override it to tokenise ``obs["instruction"]``. The env's task ids become
+        the policy's own where :meth:`bind_task_ids` mapped them.
         """
         device = self.device()
         out: Obs = {}
@@ -184,7 +192,13 @@ class Policy(nn.Module):
                 out[key] = value.to(device)
             elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
                 out[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device)
+        if self._task_ids is not None and "task" in out:
+            out["task"] = self._task_ids.to(device)[out["task"].long()]
         return out
+
+    def bind_task_ids(self, ids: Optional[Sequence[int]]) -> None:
+        """Reads env task id ``i`` as the policy's ``ids[i]`` from now on (``prepare``); None: ids as they are."""
+        self._task_ids = None if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
 
     @property
     def action_shape(self) -> tuple[int, int]:

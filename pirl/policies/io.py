@@ -89,11 +89,21 @@ def save_policy(policy: Policy, path: str | Path, extra: Optional[dict[str, Any]
         "pirl_kind": policy_kind(policy),
         "config": json.dumps(_config_dict(policy)),
         "heads": json.dumps(heads),
-        "extra": json.dumps(extra or {}),
+        "extra": json.dumps({**_task_record(policy), **(extra or {})}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     save_file(state, str(path), metadata=meta)
     return path
+
+
+def _task_record(policy: Policy) -> dict[str, list[str]]:
+    """The tasks a task-id policy was trained on (kept through RL, so its files always say which id is which)."""
+    record = {}
+    if policy.task_names:
+        record["task_names"] = list(policy.task_names)
+    if policy.task_instructions:
+        record["tasks"] = list(policy.task_instructions)
+    return record
 
 
 def export_policy(policy: Policy, directory: str | Path) -> Optional[Path]:
@@ -235,7 +245,10 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
     except RuntimeError as e:
         raise PolicyLoadError(f"{path}: the weights do not fit the policy built from its own config "
                               f"({str(e).splitlines()[0]}…); a changed action_horizon or camera list?") from None
-    return policy, json.loads(meta.get("extra", "{}"))
+    extra = json.loads(meta.get("extra", "{}"))
+    policy.task_names = tuple(extra["task_names"]) if extra.get("task_names") else None
+    policy.task_instructions = tuple(extra["tasks"]) if extra.get("tasks") else None
+    return policy, extra
 
 
 def _load_pi0_dir(fmt: str, path: Path, pi0: Pi0Options) -> Policy:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,34 @@ def check_policy_fits_env(policy: FlowPolicy, env: ChunkVectorEnv, source: str |
         keys = "env.suite / env.tasks / env.chunk" + (" / env.control_mode" if hasattr(getattr(env, "cfg", None), "control_mode") else "")
         raise InputError(f"policy {source} does not fit the env ({'; '.join(problems)}); set {keys} to what the policy "
                          "was trained on, or pass a policy trained on this env")
+
+
+def bind_task_ids(policy: FlowPolicy, env: ChunkVectorEnv, source: str | Path,
+                  log: Optional[Callable[[str], None]] = print) -> None:
+    """Maps the env's task ids onto the ones a task-id policy was trained with, by task name (or instruction), so
+    that an env listing its tasks in another order, or a subset of them, gives each task its own id; refuses an env
+    task the policy was not trained on. A policy file that does not record its tasks keeps the env's ids."""
+    if not getattr(getattr(policy, "cfg", None), "num_tasks", 0):
+        return  # no task ids: a single-task policy, or one that reads the instruction
+    env_names, env_texts = list(env.task_names), list(getattr(env, "instructions", ()))
+    for own, wanted in ((policy.task_names, env_names), (policy.task_instructions, env_texts)):
+        if own and wanted and all(t in own for t in wanted):
+            ids = [list(own).index(t) for t in wanted]
+            identity = ids == list(range(len(ids)))
+            if not identity and log:
+                log("task ids mapped by name onto the policy's: " + ", ".join(f"{n} -> {i}" for n, i in zip(env_names, ids)))
+            policy.bind_task_ids(None if identity else ids)
+            return
+    if not policy.task_names:
+        return
+    unknown = [t for t in env_names if t not in policy.task_names]
+    if len(unknown) < len(env_names):
+        raise InputError(f"policy {source} was trained on the tasks {list(policy.task_names)}; the env's "
+                         f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not among them (its task id would "
+                         "be another task's): set env.tasks to tasks the policy knows, or train one on these")
+    if log:  # another naming scheme throughout (e.g. a dataset from elsewhere): nothing to match on
+        log(f"the policy's tasks {list(policy.task_names)} do not name this env's {env_names}; task ids are used as "
+            "they are (env task i = the policy's task i)")
 
 
 PROTOCOLS = ("held_out", "libero_official")
@@ -273,6 +301,7 @@ def run_protocol(policy: FlowPolicy, env_cfg: EnvConfig, protocol: EvalProtocol,
     env = make_env(protocol.env_config(env_cfg), num_envs)
     try:
         check_policy_fits_env(policy, env, source)
+        bind_task_ids(policy, env, source)
         return evaluate_policy(policy, env, protocol.contexts(len(env.task_names)), sampler, seed=seed)
     finally:
         env.close()
