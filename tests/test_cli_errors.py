@@ -274,6 +274,17 @@ def test_out_of_range_settings_are_refused_when_the_config_is_read(files, capsys
     assert not run.exists()
 
 
+@pytest.mark.parametrize("key,words", [
+    ("episodes_per_task=0", "episodes_per_task must be >= 1"),
+    ("action_noise=-0.1", "action_noise must be >= 0"),
+    ("video_crf=60", "video_crf must lie in [0, 51]"),
+])
+def test_out_of_range_collect_settings_are_refused_before_anything_runs(tmp_path, capsys, key, words):
+    run = tmp_path / "collect"
+    _one_line_error(capsys, pirl(["collect", "--run-dir", str(run), "tasks=[reach-v3]", "camera=null", key]), words)
+    assert not run.exists()
+
+
 def test_a_preset_without_a_policy_names_every_kind_of_policy(files, capsys):
     # the π0 presets name no checkpoint: the message must say a π0 directory or hub id works, not only `pirl sft`'s file
     run = files / "no-policy"

@@ -81,6 +81,16 @@ class CollectConfig:
     """ManiSkill: the controller the planner's demos are converted to (as env.control_mode): 'pd_joint_delta_pos'
     (None), 'pd_joint_pos' or 'pd_ee_delta_pos' (hand displacement; what PickCube is learnt in)."""
 
+    def __post_init__(self) -> None:
+        for name in ("episodes_per_task", "num_envs", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("action_noise", "max_attempts_per_task", "max_episode_steps", "seed_start", "held_out_init_states"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.video_crf <= 51:
+            raise ValueError(f"video_crf must lie in [0, 51] (H.264 quality), got {self.video_crf}")
+
 
 @dataclass
 class CollectReport:
