@@ -24,7 +24,7 @@ from torch import Tensor
 from pirl.envs.base import StepResult
 from pirl.distributed.env import RayVectorEnv, cat_results
 from pirl.flow import SamplerConfig
-from pirl.train.rollout import Obs, RolloutCollector
+from pirl.train.rollout import Obs, RolloutCollector, actions_for_env
 
 
 def cat_outputs(outs: list[Any]) -> Any:
@@ -63,7 +63,7 @@ class PipelinedCollector(RolloutCollector):
         def act(obs_part: dict[str, np.ndarray], h: int) -> tuple[Obs, Any]:
             obs = policy.prepare(obs_part)
             out = policy.act(obs, sampler, generator=generator)
-            env.step_async(out.actions_numpy(), stages[h])
+            env.step_async(actions_for_env(out.actions), stages[h])
             return obs, out
 
         # prime: A's first actions go out before B's are computed

@@ -31,7 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from pirl import flow
-from pirl.errors import NonFiniteError
 from pirl.flow import Chain, NoiseHead, SamplerConfig
 
 Obs = dict[str, Tensor]
@@ -92,15 +91,6 @@ class ActOutput:
     value: Optional[Tensor]
     """[B] critic value, or None if the policy has no value head."""
 
-    def actions_numpy(self) -> np.ndarray:
-        """The actions as a numpy array for the simulator; raises :class:`~pirl.errors.NonFiniteError` on NaN / inf
-        (a simulator fed NaN would go on with NaN states, and the failure would surface far from its cause)."""
-        actions = self.actions.detach().cpu().numpy()
-        bad = ~np.isfinite(actions)
-        if bad.any():
-            raise NonFiniteError(f"the policy produced non-finite actions (NaN/inf) in {int(bad.sum())} of {actions.size} "
-                                 "elements")
-        return actions
 
 
 @dataclass

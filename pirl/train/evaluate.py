@@ -24,6 +24,7 @@ from pirl.envs.registry import EnvConfig, make_env
 from pirl.errors import InputError, NonFiniteError
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
+from pirl.train.rollout import actions_for_env
 from pirl.policies.options import Pi0Options
 
 
@@ -199,7 +200,7 @@ def evaluate_policy(
             ep_len = np.zeros(N, dtype=np.int64)
             for _ in range(env.max_chunk_steps):
                 out = policy.act(policy.prepare(obs), sampler, generator=gen)
-                res = env.step(out.actions_numpy())
+                res = env.step(actions_for_env(out.actions))
                 solved |= res.success
                 live = ~done
                 ep_len[live] = res.info["episode_length"][live]
@@ -239,7 +240,7 @@ def record_videos(
             solved = np.zeros(per_task, dtype=bool)
             for _ in range(env.max_chunk_steps):
                 out = policy.act(policy.prepare(obs), sampler, generator=gen)
-                res = env.step(out.actions_numpy())
+                res = env.step(actions_for_env(out.actions))
                 steps = res.info.get("frames", [])
                 for j in np.flatnonzero(~done):
                     n_exec = len(steps)

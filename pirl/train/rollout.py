@@ -23,12 +23,23 @@ from torch import Tensor
 from pirl.algorithms.advantages import filter_groups_by_success, filter_uniform_groups
 from pirl.algorithms.buffer import RolloutBuffer
 from pirl.envs.base import EVAL_SEED_START, ChunkVectorEnv, Context, StepResult
+from pirl.errors import NonFiniteError
 from pirl.flow import SamplerConfig
 
 log = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = EVAL_SEED_START
 Obs = dict[str, Tensor]
+
+
+def actions_for_env(actions: Tensor) -> np.ndarray:
+    """A policy's action chunk as a numpy array for the simulator; raises :class:`~pirl.errors.NonFiniteError` on
+    NaN / inf (a simulator fed NaN goes on with NaN states, and the failure would surface far from its cause)."""
+    out = actions.detach().cpu().numpy()
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise NonFiniteError(f"the policy produced non-finite actions (NaN/inf) in {int(bad.sum())} of {out.size} elements")
+    return out
 
 
 TASK_SAMPLING = ("uniform", "adaptive", "failing")
@@ -211,7 +222,7 @@ class RolloutCollector:
             t0 = time.perf_counter()
             obs = self.policy.prepare(obs_np)
             out = self.policy.act(obs, sampler, generator=generator)
-            actions = out.actions_numpy()  # waits for the device: inference ends here
+            actions = actions_for_env(out.actions)  # waits for the device: inference ends here
             t1 = time.perf_counter()
             res = self.env.step(actions)
             self.timing["inference_s"] += t1 - t0
