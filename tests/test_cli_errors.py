@@ -311,7 +311,7 @@ def test_a_diverging_sft_run_names_the_lr_and_saves_no_policy(files, tmp_path, c
     run = tmp_path / "sft-diverged"
     rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=50", "batch_size=2",
                "eval_every=-1", "lr=1e12"])
-    _one_line_error(capsys, rc, "SFT diverged: the loss is", "lr=1e+12", "lower lr", "no policy was saved")
+    _one_line_error(capsys, rc, "SFT diverged: the loss is", "lr=1e+12", "lower lr", "final.safetensors was not written")
     assert not (run / "final.safetensors").exists()
 
 

@@ -92,7 +92,6 @@ class ActOutput:
     """[B] critic value, or None if the policy has no value head."""
 
 
-
 @dataclass
 class EvalOutput:
     """Re-scored chains during an update."""

@@ -312,7 +312,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
                 raise InputError(
                     f"SFT diverged: the loss is {value} at step {step} of {cfg.steps} (lr={cfg.lr:g}); lower lr (default "
                     f"{SFTConfig.lr:g})" + (" or check the dataset for NaN / inf values" if step == 1 else "")
-                    + "; no policy was saved from this run")
+                    + "; final.safetensors was not written")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
