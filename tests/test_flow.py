@@ -458,3 +458,72 @@ def test_noise_only_where_log_probs_count(method, kw, per_row):
     torch.testing.assert_close(again, chain.log_prob, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="noise_where"):
         SamplerConfig(noise_where="padding")
+
+
+def test_learned_prior_counts_x0_rescores_exactly_and_trains_only_its_head():
+    """A learned x^0 prior: a fresh head changes no action; its log N(x^0; mu, I) joins the chain's likelihood for
+    every method (a sum built by hand); re-scoring gives ratio 1 bitwise; its gradient moves mu and nothing else."""
+    from pirl.policies import make_mlp_policy
+
+    torch.manual_seed(0)
+    policy = make_mlp_policy(6, 2, action_horizon=3, hidden=32)
+    obs = {"state": torch.randn(16, 6)}
+    cfgs = (SamplerConfig(), SamplerConfig(method="flow_noise"), SamplerConfig(logp_steps=2),
+            SamplerConfig(method="ode"))
+    plain = [policy.act(obs, c, generator=torch.Generator().manual_seed(0)) for c in cfgs]
+    policy.attach_prior_head(bound=0.5)
+    fresh = [policy.act(obs, c, generator=torch.Generator().manual_seed(0)) for c in cfgs]
+    for a, b in zip(plain, fresh):
+        assert torch.equal(a.actions, b.actions) and b.chain.learned_prior
+    with torch.no_grad():
+        policy.prior_head.net[-1].weight.normal_(0, 1.0)  # a trained prior: mu != 0, |mu| <= bound
+    for cfg in cfgs:
+        out = policy.act(obs, cfg, generator=torch.Generator().manual_seed(0))
+        chain = out.chain
+        mu = policy.prior_mean(policy.encode(obs))
+        assert 0 < mu.abs().max() <= 0.5
+        torch.testing.assert_close(chain.init_mean, mu)
+        # x^0 = mu + the same standard normal draw as without a prior
+        torch.testing.assert_close(chain.xs[:, 0] - mu, plain[cfgs.index(cfg)].chain.xs[:, 0])
+        m = torch.ones(3, 2) if chain.mask is None else chain.mask.float()
+        z = chain.xs[:, 0] - mu
+        init = ((-0.5 * z * z - 0.5 * math.log(2 * math.pi)) * m).flatten(1).sum(1)
+        by_hand = (chain.log_probs * chain.stochastic).sum(1) + init
+        torch.testing.assert_close(out.log_prob, by_hand, atol=1e-4, rtol=1e-5)
+        ev = policy.evaluate(obs, chain)
+        assert torch.equal(ev.log_prob, out.log_prob)
+        # re-scored at another batch size and order: round-off only, within the ratio check's own scale
+        perm = torch.randperm(16)[:5]
+        part = policy.evaluate({"state": obs["state"][perm]}, chain.index(perm))
+        assert (part.log_prob - out.log_prob[perm]).abs().max() <= 10 * part.roundoff.max()
+    policy.zero_grad()
+    out = policy.act(obs, SamplerConfig(method="ode"), generator=torch.Generator().manual_seed(1))
+    policy.evaluate(obs, out.chain).log_prob.sum().backward()  # an ODE chain's only term is the prior's
+    prior = {id(p) for p in policy.prior_head.parameters()}
+    moved = [n for n, p in policy.named_parameters() if id(p) not in prior and p.grad is not None and p.grad.any()]
+    assert not moved and policy.prior_head.net[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="bound"):
+        policy.attach_prior_head(bound=0.0)
+    policy.prior_head = None
+    with pytest.raises(ValueError, match="prior head"):
+        policy.evaluate(obs, out.chain)
+
+
+def test_learned_prior_chain_index_cat_and_mean_reduce():
+    from pirl.policies import make_mlp_policy
+
+    torch.manual_seed(0)
+    policy = make_mlp_policy(6, 2, action_horizon=3, hidden=32)
+    policy.attach_prior_head()
+    obs = {"state": torch.randn(8, 6)}
+    a = policy.act(obs, SamplerConfig(reduce="mean"), generator=torch.Generator().manual_seed(0)).chain
+    b = policy.act(obs, SamplerConfig(reduce="mean"), generator=torch.Generator().manual_seed(1)).chain
+    both = flow.Chain.cat([a.index(slice(0, 3)), b])
+    assert both.init_mean.shape == (11, 3, 2) and torch.equal(both.init_mean[3:], b.init_mean)
+    # hybrid Flow-SDE: one stochastic transition plus the prior's term, averaged over the two
+    assert torch.equal(flow.num_terms(a.stochastic, a.method, a.learned_prior), torch.full((8,), 2.0))
+    torch.testing.assert_close(a.log_prob * 2, a.log_probs.sum(1) + a.init_log_prob)
+    plain = make_mlp_policy(6, 2, action_horizon=3, hidden=32)
+    c = plain.act(obs, SamplerConfig(reduce="mean"), generator=torch.Generator().manual_seed(0)).chain
+    with pytest.raises(ValueError, match="priors"):
+        flow.Chain.cat([a, c])

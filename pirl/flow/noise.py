@@ -51,3 +51,27 @@ class NoiseHead(nn.Module):
         squashed = torch.tanh(self.net(h))
         log_var = self.log_var_min + 0.5 * (squashed + 1.0) * (self.log_var_max - self.log_var_min)
         return torch.exp(0.5 * log_var).view(-1, *self.out_shape)
+
+
+class PriorHead(nn.Module):
+    """A learned prior for x^0: features [B, F] -> the mean of N(mu, I) that a chunk's starting noise is drawn from.
+
+    A few-shot flow policy's spread comes mostly from x^0 (which mode a chunk comes from), and no transition's
+    log-prob credits it; with this prior the chain's likelihood includes log N(x^0; mu, I), so RL can move mu towards
+    the starting noise of chunks that succeed (noise-space steering). mu = bound * tanh(raw) stays where the velocity
+    network has seen noise during SFT; the last layer starts at zero, so a fresh head is the standard normal prior
+    and changes no action.
+    """
+
+    def __init__(self, in_features: int, out_shape: tuple[int, ...], *, hidden: int = 128, bound: float = 1.0) -> None:
+        super().__init__()
+        if not (math.isfinite(bound) and bound > 0):
+            raise ValueError(f"the prior mean's bound must be a finite number > 0, got {bound!r}")
+        self.out_shape, self.bound = tuple(out_shape), float(bound)
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.out_shape)))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """mu of shape [B, *out_shape] (float32)."""
+        return (self.bound * torch.tanh(self.net(features.float()))).view(-1, *self.out_shape)

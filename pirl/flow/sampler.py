@@ -59,6 +59,13 @@ class Chain:
     reduce: str = "sum"
     mask: Optional[Tensor] = field(default=None, repr=False)
     """Elements that count in the log-probabilities (broadcastable to [B, ...]); None = all."""
+    init_mean: Optional[Tensor] = field(default=None, repr=False)
+    """[B, ...] mean of a learned prior N(init_mean, I) that x^0 was drawn from; its log-density then counts in the
+    chain's likelihood whatever the method. None: x^0 ~ N(0, I), counted by Flow-Noise only."""
+
+    @property
+    def learned_prior(self) -> bool:
+        return self.init_mean is not None
 
     @property
     def actions(self) -> Tensor:
@@ -68,7 +75,8 @@ class Chain:
     @property
     def log_prob(self) -> Tensor:
         """[B] the chain's log-likelihood, aggregated as :func:`aggregate` describes."""
-        return aggregate(self.log_probs, self.stochastic, self.init_log_prob, self.method, self.reduce)
+        return aggregate(self.log_probs, self.stochastic, self.init_log_prob, self.method, self.reduce,
+                         self.learned_prior)
 
     def index(self, idx: Tensor | slice) -> "Chain":
         """The chains of the selected batch rows (for minibatches)."""
@@ -81,6 +89,7 @@ class Chain:
             log_probs=self.log_probs[idx],
             init_log_prob=self.init_log_prob[idx],
             mask=self.mask[idx] if (self.mask is not None and self.mask.dim() == self.xs.dim() - 1) else self.mask,
+            init_mean=None if self.init_mean is None else self.init_mean[idx],
         )
 
     def to(self, device: torch.device | str) -> "Chain":
@@ -94,6 +103,7 @@ class Chain:
             log_probs=self.log_probs.to(device),
             init_log_prob=self.init_log_prob.to(device),
             mask=self.mask.to(device) if self.mask is not None else None,
+            init_mean=None if self.init_mean is None else self.init_mean.to(device),
         )
 
     @staticmethod
@@ -101,8 +111,9 @@ class Chain:
         """Concatenates chains of one method and K along the batch."""
         first = chains[0]
         for c in chains[1:]:
-            if (c.method, c.steps, c.noise_level, c.reduce) != (first.method, first.steps, first.noise_level, first.reduce):
-                raise ValueError("cannot concatenate chains sampled with different methods or step counts")
+            if (c.method, c.steps, c.noise_level, c.reduce, c.learned_prior) != (
+                    first.method, first.steps, first.noise_level, first.reduce, first.learned_prior):
+                raise ValueError("cannot concatenate chains sampled with different methods, step counts or priors")
         per_row_mask = first.mask is not None and first.mask.dim() == first.xs.dim() - 1
         return replace(
             first,
@@ -113,6 +124,7 @@ class Chain:
             log_probs=torch.cat([c.log_probs for c in chains]),
             init_log_prob=torch.cat([c.init_log_prob for c in chains]),
             mask=torch.cat([c.mask for c in chains]) if per_row_mask else first.mask,
+            init_mean=torch.cat([c.init_mean for c in chains]) if first.learned_prior else None,
         )
 
     def detach(self) -> "Chain":
@@ -124,6 +136,7 @@ class Chain:
             stds=self.stds.detach(),
             log_probs=self.log_probs.detach(),
             init_log_prob=self.init_log_prob.detach(),
+            init_mean=None if self.init_mean is None else self.init_mean.detach(),
         )
 
 
@@ -170,32 +183,35 @@ def sde_coefficients(t: Tensor, steps: int, noise_level: float) -> tuple[Tensor,
 
 
 def aggregate(
-    log_probs: Tensor, stochastic: Tensor, init_log_prob: Tensor, method: str, reduce: str = "sum"
+    log_probs: Tensor, stochastic: Tensor, init_log_prob: Tensor, method: str, reduce: str = "sum",
+    learned_prior: bool = False,
 ) -> Tensor:
     """Chain log-likelihood [B] from per-transition log-probs [B, K].
 
-    ``sum`` (default): sum over the stochastic transitions, plus log N(x^0; 0, I) for Flow-Noise.
+    ``sum`` (default): sum over the stochastic transitions, plus log N(x^0; 0, I) for Flow-Noise, or log N(x^0;
+    mu, I) of a learned prior (``learned_prior``) for any method.
     ``mean``: that sum divided by the number of its terms (:func:`num_terms`; the πRL reference
     averages over the K + 1 terms of Flow-Noise). PPO's clip and KL act on the chain's (summed)
     log-ratio either way: a flow policy reports the divisor (``EvalOutput.log_prob_terms``) and the
     loss scales its clip bounds by it, so averaging changes the gradient's scale, not the trust region.
     """
     total = (log_probs * stochastic).sum(dim=1)
-    if method == "flow_noise":
+    if method == "flow_noise" or learned_prior:
         total = total + init_log_prob
     if reduce == "sum":
         return total
     if reduce == "mean":
-        return total / num_terms(stochastic, method).to(total.dtype)
+        return total / num_terms(stochastic, method, learned_prior).to(total.dtype)
     raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
 
 
-def num_terms(stochastic: Tensor, method: str) -> Tensor:
+def num_terms(stochastic: Tensor, method: str, learned_prior: bool = False) -> Tensor:
     """[B] number of terms of a chain's log-likelihood (at least 1): its stochastic transitions, plus N(x^0)
-    for Flow-Noise. ``reduce="mean"`` divides the sum by it: the chain's log-ratio is this times the averaged one.
+    for Flow-Noise or a learned prior. ``reduce="mean"`` divides the sum by it: the chain's log-ratio is this times
+    the averaged one.
     """
     n = stochastic.sum(dim=1).to(torch.float32)
-    return (n + 1 if method == "flow_noise" else n).clamp(min=1)
+    return (n + 1 if (method == "flow_noise" or learned_prior) else n).clamp(min=1)
 
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -231,8 +247,10 @@ def log_prob_roundoff(chain: Chain, velocity_eps: float = 0.0) -> Tensor:
         elem = elem * (m.unsqueeze(1) if m.dim() == x.dim() - 1 else m).to(elem.dtype)
     per_step = elem.flatten(2).sum(dim=2)
     x0 = chain.xs[:, 0].float()
-    init = _masked_sum(1.0 + 1.5 * x0 * x0, chain.mask)  # the same for N(x^0; 0, 1): s = 1, mu = 0, z = x^0
-    return FLOAT32_EPS * aggregate(per_step, stoch, init, chain.method, chain.reduce)
+    mu0 = torch.zeros_like(x0) if chain.init_mean is None else chain.init_mean.float()
+    z0 = x0 - mu0  # the same for N(x^0; mu, 1): s = 1 (mu = 0 unless the prior is learned)
+    init = _masked_sum(1.0 + 0.5 * z0 * z0 + z0.abs() * (x0.abs() + mu0.abs()), chain.mask)
+    return FLOAT32_EPS * aggregate(per_step, stoch, init, chain.method, chain.reduce, chain.learned_prior)
 
 
 def _check_steps(steps: int) -> None:
@@ -332,6 +350,7 @@ def sample(
     check_finite: bool = True,
     noise_where: str = "all",
     noise_steps: NoiseSteps = "all",
+    init_mean: Optional[Tensor] = None,
 ) -> Chain:
     """Integrate from ``x_init`` (noise at t = 1) to t = 0 in ``steps`` steps and record the chain.
 
@@ -354,6 +373,9 @@ def sample(
         noise_steps: Flow-Noise only; ``"all"`` = every transition draws the learned noise (πRL's joint
             log-likelihood), ``"one"`` = one random transition per sample does, the others take the Euler step
             (RLinf's ``joint_logprob: false``; the same structure as hybrid Flow-SDE).
+        init_mean: [B, ...] the mean of a learned prior N(init_mean, I) that ``x_init`` was drawn from (a policy's
+            prior head): log N(x^0; init_mean, I) then counts in the chain's likelihood for every method, so the
+            choice of x^0, which picks the mode a chunk comes from, is credited. None: x^0 ~ N(0, I).
     """
     _validate(method, steps, noise_level, sde_steps, reduce, noise_steps)
     if noise_where not in ("all", "counted"):
@@ -429,7 +451,11 @@ def sample(
         x = x_next
 
     x0 = xs[0]
-    init_lp = _masked_sum(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask)
+    if init_mean is not None:
+        if init_mean.shape != x0.shape:
+            raise ValueError(f"init_mean of shape {tuple(init_mean.shape)} for x_init {tuple(x0.shape)}; they must match")
+        init_mean = init_mean.float()
+    init_lp = init_log_prob(x0, init_mean, mask)
     xs_t, means_t = torch.stack(xs, 1), torch.stack(means, 1)
     if hybrid:
         rows = torch.cat(hybrid_rows)
@@ -456,7 +482,14 @@ def sample(
         noise_level=noise_level,
         reduce=reduce,
         mask=mask,
+        init_mean=init_mean,
     )
+
+
+def init_log_prob(x0: Tensor, init_mean: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
+    """[B] log N(x^0; init_mean, I) over the counted elements (``init_mean`` None: the standard normal)."""
+    mean = torch.zeros_like(x0) if init_mean is None else init_mean
+    return _masked_sum(gaussian_log_prob(x0, mean, torch.ones_like(x0)), mask)
 
 
 def _check_chain(xs: Tensor, stds: Optional[Tensor], stochastic: Tensor, method: str) -> None:
@@ -544,7 +577,9 @@ def log_prob(
     """[B] log-likelihood of a stored chain under the current parameters.
 
     Same aggregation as :attr:`Chain.log_prob` (``reduce`` overrides the chain's). Under
-    the parameters that sampled the chain, the result equals ``chain.log_prob``.
+    the parameters that sampled the chain, the result equals ``chain.log_prob``. A learned prior's term is the stored
+    one: the policy that owns the prior re-scores it (:meth:`pirl.policies.FlowPolicy.evaluate`).
     """
     lps = transition_log_probs(velocity, chain, noise_std=noise_std, check_finite=check_finite)
-    return aggregate(lps, chain.stochastic, chain.init_log_prob, chain.method, reduce or chain.reduce)
+    return aggregate(lps, chain.stochastic, chain.init_log_prob, chain.method, reduce or chain.reduce,
+                     chain.learned_prior)

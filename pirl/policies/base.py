@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pirl import flow
-from pirl.flow import Chain, NoiseHead, SamplerConfig
+from pirl.flow import Chain, NoiseHead, PriorHead, SamplerConfig
 
 Obs = dict[str, Tensor]
 
@@ -221,6 +221,8 @@ class FlowPolicy(Policy):
     """Base class of all flow-matching policies (MLP, vision-language, π0 family)."""
 
     noise_head: Optional[NoiseHead]
+    prior_head: Optional[PriorHead]
+    """A learned prior N(mu(obs), I) for x^0 (:class:`~pirl.flow.PriorHead`), or None: x^0 ~ N(0, I)."""
 
     detach_noise_features: bool = True
     """The Flow-Noise head reads ``velocity``'s features without moving them: sigma's policy gradient (and an
@@ -230,6 +232,7 @@ class FlowPolicy(Policy):
     def __init__(self) -> None:
         super().__init__()
         self.noise_head = None
+        self.prior_head = None
 
     # -- to implement -----------------------------------------------------------------------
     def encode(self, obs: Obs) -> Any:
@@ -252,6 +255,23 @@ class FlowPolicy(Policy):
         time; trained by RL only."""
         self.noise_head = NoiseHead(in_features, self.action_shape, std_min=std_min, std_max=std_max)
         return self.noise_head
+
+    @property
+    def prior_feature_dim(self) -> int:
+        """Width of ``value_features``, which the prior head reads."""
+        return getattr(self, "value_feature_dim", None) or self.feature_dim
+
+    def attach_prior_head(self, bound: float = 1.0) -> PriorHead:
+        """Adds a learned prior for x^0 reading ``value_features`` (detached: RL moves the prior without reshaping
+        the encoder through it); it starts as N(0, I), so actions are unchanged until RL trains it."""
+        self.prior_head = PriorHead(self.prior_feature_dim, self.action_shape, bound=bound).to(self.device())
+        return self.prior_head
+
+    def prior_mean(self, ctx: Any) -> Optional[Tensor]:
+        """[B, H, D] mean of x^0's prior, or None without a prior head."""
+        if self.prior_head is None:
+            return None
+        return self.prior_head(self.value_features(ctx).detach())
 
     def velocity_fn(self, ctx: Any, with_std: bool) -> flow.sampler.VelocityFn:
         """The closure the sampler calls: binds the encoded observation."""
@@ -282,6 +302,9 @@ class FlowPolicy(Policy):
         B = _batch_size(obs)
         device = self.device()
         x0 = torch.randn((B, *self.action_shape), generator=generator, device=device)
+        init_mean = self.prior_mean(ctx)
+        if init_mean is not None:
+            x0 = init_mean + x0
         return flow.sample(
             self.velocity_fn(ctx, cfg.method == "flow_noise"),
             x0,
@@ -294,6 +317,7 @@ class FlowPolicy(Policy):
             mask=self.logp_mask(cfg, device),
             noise_where=cfg.noise_where,
             noise_steps=cfg.noise_steps,
+            init_mean=init_mean,
         )
 
     @torch.no_grad()
@@ -309,12 +333,19 @@ class FlowPolicy(Policy):
 
         The entropy (Flow-Noise) averages 1/2 log(2 pi e sigma^2) over the transitions and the elements whose
         log-probs count (``chain.mask``: executed actions, the env's action dims): a bonus on padding or
-        non-executed actions would only inflate sigma where it is never used (MATH.md).
+        non-executed actions would only inflate sigma where it is never used (MATH.md). A chain drawn from a learned
+        prior has its log N(x^0; mu, I) re-scored under the current prior.
         """
         ctx = self.encode(obs)
         with_std = chain.method == "flow_noise"
         lps, stds = flow.transition_log_probs(self.velocity_fn(ctx, with_std), chain, return_std=True)
-        log_prob = flow.aggregate(lps, chain.stochastic, chain.init_log_prob, chain.method, chain.reduce)
+        init_lp = chain.init_log_prob
+        if chain.learned_prior:
+            if self.prior_head is None:
+                raise ValueError("these chains were drawn from a learned prior (x^0 ~ N(mu, I)) and this policy has no "
+                                 "prior head to re-score them")
+            init_lp = flow.init_log_prob(chain.xs[:, 0], self.prior_mean(ctx), chain.mask)
+        log_prob = flow.aggregate(lps, chain.stochastic, init_lp, chain.method, chain.reduce, chain.learned_prior)
         entropy = None
         if with_std:
             ent = flow.gaussian_entropy(stds.clamp(min=1e-12))  # [B, K, ...]
@@ -322,7 +353,7 @@ class FlowPolicy(Policy):
         value = None
         if with_value and self.value_head is not None:
             value = self._value(ctx)
-        terms = flow.num_terms(chain.stochastic, chain.method) if chain.reduce == "mean" else None
+        terms = flow.num_terms(chain.stochastic, chain.method, chain.learned_prior) if chain.reduce == "mean" else None
         with torch.no_grad():
             roundoff = flow.log_prob_roundoff(chain, self.velocity_eps())
         return EvalOutput(log_prob, value, entropy, log_prob_terms=terms, roundoff=roundoff)

@@ -84,6 +84,7 @@ def save_policy(policy: Policy, path: str | Path, extra: Optional[dict[str, Any]
     heads = {
         "noise_head": None if getattr(policy, "noise_head", None) is None else [math.exp(0.5 * policy.noise_head.log_var_min), math.exp(0.5 * policy.noise_head.log_var_max)],
         "value_head": None if policy.value_head is None else policy.value_head.net[0].out_features,
+        "prior_head": None if getattr(policy, "prior_head", None) is None else policy.prior_head.bound,
     }
     meta = {
         "pirl_kind": policy_kind(policy),
@@ -109,8 +110,9 @@ def _task_record(policy: Policy) -> dict[str, list[str]]:
 def export_policy(policy: Policy, directory: str | Path) -> Optional[Path]:
     """Writes a policy in its family's own external format, if it has one: π0 / π0.5 as a LeRobot directory
     (config.json, model.safetensors, pre/post-processor files; the RL heads are pirl's and stay out).
-    Other kinds: None."""
-    if policy_kind(policy) != "pi0":
+    Other kinds, and a π0 whose x^0 comes from a learned prior (LeRobot's sampler draws N(0, I), so the export would
+    act differently): None."""
+    if policy_kind(policy) != "pi0" or getattr(policy, "prior_head", None) is not None:
         return None
     from pirl.policies.pi0.checkpoint import save_lerobot
 
@@ -238,6 +240,8 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
         policy.attach_noise_head(policy.feature_dim, *heads["noise_head"])
     if heads["value_head"] is not None:
         policy.attach_value_head(getattr(policy, "value_feature_dim", policy.feature_dim), heads["value_head"])
+    if heads.get("prior_head") is not None:  # files from before the learned prior have no such key
+        policy.attach_prior_head(heads["prior_head"])
     if kind == "pi0" and any(t.dtype.is_floating_point and t.itemsize == 2 for t in state.values()):
         policy.to_bf16()
     try:

@@ -190,6 +190,12 @@ class TrainConfig:
     std_range: Optional[tuple[float, float]] = None
     """Flow-Noise: [std_min, std_max] of the noise head. None: the checkpoint's head keeps its range (a new head
     gets 0.08-0.16, πRL's). Given: a new head gets it, and a checkpoint's head is re-ranged to it."""
+    learned_prior: bool = False
+    """Flow policies: draw x^0 from a learned prior N(mu(obs), I) whose log-density counts in the chain's likelihood
+    (:class:`pirl.flow.PriorHead`), so RL credits the choice of x^0, which picks the mode a few-shot policy's chunk
+    comes from. A new head starts as N(0, I); a checkpoint's prior head is kept (and used) whatever this says."""
+    prior_bound: float = 1.0
+    """learned_prior: |mu| <= this, per element (the velocity network saw x^0 ~ N(0, I) in SFT)."""
     max_env_restarts: int = 5
     """Give up after this many simulator crashes in one iteration."""
     seed: int = 0
@@ -225,6 +231,8 @@ class TrainConfig:
                                  f"{self.sampler.method!r} (set sampler.method=flow_noise or drop std_range)")
             if not 0 < self.std_range[0] < self.std_range[1]:
                 raise ValueError(f"std_range must satisfy 0 < std_min < std_max, got {self.std_range}")
+        if not (math.isfinite(self.prior_bound) and self.prior_bound > 0):
+            raise ValueError(f"prior_bound must be a finite number > 0, got {self.prior_bound}")
         r = self.runner
         if r.kind == "ray" and not 1 <= r.env_workers <= self.num_groups * self.group_size:
             raise ValueError(f"runner.env_workers must lie in [1, num_groups x group_size = "
@@ -272,7 +280,8 @@ DEFAULT_STD_RANGE = (0.08, 0.16)
 
 
 def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) -> FlowPolicy:
-    """Attaches the heads RL needs (critic for GAE, noise head for Flow-Noise) when the checkpoint lacks them."""
+    """Attaches the heads RL needs (critic for GAE, noise head for Flow-Noise, a learned x^0 prior when asked) when the
+    checkpoint lacks them."""
     feature_dim = getattr(policy, "feature_dim", None)
     if algo.advantage.needs_critic and policy.value_head is None:
         if feature_dim is None:
@@ -283,6 +292,11 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
             policy.attach_noise_head(feature_dim, *(cfg.std_range or DEFAULT_STD_RANGE))
         elif cfg.std_range is not None:
             policy.noise_head.set_range(*cfg.std_range)
+    if cfg.learned_prior and not isinstance(policy, FlowPolicy):
+        raise InputError(f"learned_prior is a prior over a flow policy's starting noise x^0; a {policy_kind(policy)} "
+                         "policy draws its actions from its head: drop learned_prior")
+    if cfg.learned_prior and policy.prior_head is None:
+        policy.attach_prior_head(cfg.prior_bound)
     return policy.to(cfg.device)
 
 
@@ -328,6 +342,9 @@ class Trainer:
             from pirl.policies.pi0.memory import check_fits
 
             check_fits(self.policy, cfg, log=print)
+            if self.policy.prior_head is not None:
+                print("learned x^0 prior: no LeRobot export (policy_*_lerobot) is written, since LeRobot's sampler "
+                      "draws x^0 from N(0, I); the pirl policy files hold the prior")
         self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)
         if isinstance(self.policy, HeadPolicy):
             if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
@@ -488,6 +505,9 @@ class Trainer:
             metrics["policy/skipped_iteration"] = 1.0  # every group was uninformative
         else:
             batch = build_batch(rollout.buffers, self.algo.advantage)
+            init_mean = getattr(batch.chain, "init_mean", None)
+            if init_mean is not None:  # how far the learned x^0 prior has moved from N(0, I) (the rollouts' prior)
+                metrics["policy/prior_mean_abs"] = float(init_mean.abs().mean())
             self.updated = True
             metrics.update(self.updater.update(batch))
             if self.ray:

@@ -272,7 +272,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     policy = build_policy(cfg, ds, data)
     # Flow-Noise and value heads are RL's: SFT trains the velocity field (or the action head) only
     params = [p for n, p in policy.named_parameters()
-              if p.requires_grad and not n.startswith(("noise_head.", "value_head."))]
+              if p.requires_grad and not n.startswith(("noise_head.", "value_head.", "prior_head."))]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

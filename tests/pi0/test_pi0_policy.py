@@ -167,3 +167,23 @@ def test_value_sources(model_obs):
             assert f.shape == (2, p.value_feature_dim) and torch.isfinite(f).all()
             # a function of the observation only: the same obs gives the same value
             torch.testing.assert_close(p.value(obs), p.value(obs))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_learned_prior_without_a_critic(variant, tokenizer_path, env_obs):
+    """A learned x^0 prior reads the critic's features (π0.5: the VLM's, kept for it even with no value head, as
+    GRPO / LOOP run): ratio 1 on re-scoring, and its gradient reaches the prior head."""
+    torch.manual_seed(0)
+    cfg = tiny_config(variant)
+    policy = make_pi0_policy(cfg, PaligemmaTokenizer(tokenizer_path, cfg.token_len), value_head=False)
+    policy.attach_prior_head()
+    with torch.no_grad():
+        policy.prior_head.net[-1].weight.normal_(0, 0.1)
+    obs = policy.prepare(env_obs(policy.cfg, batch=3))
+    out = policy.act(obs, SamplerConfig(method="flow_sde", steps=3, logp_steps=2),
+                     generator=torch.Generator().manual_seed(1))
+    assert out.chain.learned_prior and out.chain.init_mean.abs().max() > 0
+    ev = policy.evaluate(obs, out.chain)
+    torch.testing.assert_close(ev.log_prob, out.log_prob, rtol=0, atol=1e-6)
+    ev.log_prob.sum().backward()
+    assert policy.prior_head.net[-1].weight.grad.abs().sum() > 0

@@ -184,7 +184,7 @@ class Pi0Policy(FlowPolicy):
 
     def encode(self, obs: Obs) -> Pi0Context:
         m = self.model
-        keep_hidden = self.value_head is not None and self.value_source == "vlm"
+        keep_hidden = (self.value_head is not None or self.prior_head is not None) and self.value_source == "vlm"
         frozen = self._train_mode == "expert"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             emb, pad = m.embed_prefix(obs["images"], obs["image_masks"], obs["tokens"], obs["token_mask"])
