@@ -131,6 +131,9 @@ class OptimizerConfig:
     """Learning rate of the policy (velocity network, noise head)."""
     value_lr: float = 1e-3
     """Learning rate of the value head (the critic usually learns faster than the actor)."""
+    prior_lr: float = 3e-4
+    """Learning rate of a learned x^0 prior's head (``learned_prior``): a fresh, zero-initialised head that
+    moves mu by about this x its width per Adam step, where the policy's lr would leave it near 0 for a whole run."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -141,6 +144,7 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         _positive("lr", self.lr)
         _positive("value_lr", self.value_lr)
+        _positive("prior_lr", self.prior_lr)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("eps", self.eps)
 

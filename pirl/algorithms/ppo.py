@@ -140,14 +140,20 @@ def _value_loss(value: Tensor, target: Tensor, cfg: PPOConfig) -> Tensor:
 
 
 def make_optimizer(policy: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW with two parameter groups: the value head (``cfg.value_lr``) and everything else (``cfg.lr``)."""
-    value_head = getattr(policy, "value_head", None)
-    value_ids = {id(p) for p in value_head.parameters()} if isinstance(value_head, nn.Module) else set()
+    """AdamW with a parameter group per learning rate: the value head (``cfg.value_lr``), a learned x^0 prior's head
+    (``cfg.prior_lr``) and everything else (``cfg.lr``)."""
+
+    def ids(name: str) -> set[int]:
+        head = getattr(policy, name, None)
+        return {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+
+    value_ids, prior_ids = ids("value_head"), ids("prior_head")
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in value_ids], "lr": cfg.lr, "name": "policy"}]
-    value_params = [p for p in trainable if id(p) in value_ids]
-    if value_params:
-        groups.append({"params": value_params, "lr": cfg.value_lr, "name": "value"})
+    groups = [{"params": [p for p in trainable if id(p) not in value_ids | prior_ids], "lr": cfg.lr, "name": "policy"}]
+    for name, head_ids, lr in (("value", value_ids, cfg.value_lr), ("prior", prior_ids, cfg.prior_lr)):
+        params = [p for p in trainable if id(p) in head_ids]
+        if params:
+            groups.append({"params": params, "lr": lr, "name": name})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
