@@ -506,8 +506,10 @@ class Trainer:
         else:
             batch = build_batch(rollout.buffers, self.algo.advantage)
             init_mean = getattr(batch.chain, "init_mean", None)
-            if init_mean is not None:  # how far the learned x^0 prior has moved from N(0, I) (the rollouts' prior)
-                metrics["policy/prior_mean_abs"] = float(init_mean.abs().mean())
+            if init_mean is not None:  # how far the learned x^0 prior has moved from N(0, I), where it counts
+                m = batch.chain.mask
+                m = torch.ones_like(init_mean) if m is None else m.to(init_mean.dtype).expand_as(init_mean)
+                metrics["policy/prior_mean_abs"] = float((init_mean.abs() * m).sum() / m.sum().clamp(min=1))
             self.updated = True
             metrics.update(self.updater.update(batch))
             if self.ray:
