@@ -412,7 +412,7 @@ def test_learned_prior_trains_saves_and_evaluates_through_the_cli(tmp_path, caps
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("policy/ratio_check" in r for r in records)
     assert records[-1]["policy/prior_mean_abs"] > 0  # the second iteration samples from the moved prior
-    assert records[-1]["perf/lr_prior"] == 3e-4 and records[-1]["perf/lr_policy"] == 1e-3  # its own lr group
+    assert records[-1]["perf/lr_prior"] == 3e-3 and records[-1]["perf/lr_policy"] == 1e-3  # its own lr group
     capsys.readouterr()
     assert pirl(["eval", "--run-dir", str(tmp_path / "ev"), f"policy={run / 'policy_latest.safetensors'}",
                  "episodes_per_task=2", "num_envs=2"]) == 0
