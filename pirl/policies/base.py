@@ -140,8 +140,8 @@ class Policy(nn.Module):
         super().__init__()
         self.value_head = None
 
-    def _value(self, ctx: Any) -> Tensor:
-        features = self.value_features(ctx)
+    def _value(self, ctx: Any, features: Optional[Tensor] = None) -> Tensor:
+        features = self.value_features(ctx) if features is None else features
         return self.value_head(features.detach() if self.detach_value_features else features)
 
     # -- to implement -----------------------------------------------------------------------
@@ -267,11 +267,19 @@ class FlowPolicy(Policy):
         self.prior_head = PriorHead(self.prior_feature_dim, self.action_shape, bound=bound).to(self.device())
         return self.prior_head
 
-    def prior_mean(self, ctx: Any) -> Optional[Tensor]:
-        """[B, H, D] mean of x^0's prior, or None without a prior head."""
+    def prior_mean(self, ctx: Any, features: Optional[Tensor] = None) -> Optional[Tensor]:
+        """[B, H, D] mean of x^0's prior, or None without a prior head; ``features``: ``value_features(ctx)`` when
+        the caller has them already (π0's expert-read features cost a pass of the action expert)."""
         if self.prior_head is None:
             return None
-        return self.prior_head(self.value_features(ctx).detach())
+        return self.prior_head((self.value_features(ctx) if features is None else features).detach())
+
+    def _shared_features(self, ctx: Any, with_value: bool) -> Optional[Tensor]:
+        """``value_features(ctx)`` once for both the prior and the critic when both read them, else None (each
+        computes its own, if any)."""
+        if self.prior_head is not None and with_value and self.value_head is not None:
+            return self.value_features(ctx)
+        return None
 
     def velocity_fn(self, ctx: Any, with_std: bool) -> flow.sampler.VelocityFn:
         """The closure the sampler calls: binds the encoded observation."""
@@ -295,14 +303,20 @@ class FlowPolicy(Policy):
         return mask
 
     def sample_chain(
-        self, obs: Obs, cfg: SamplerConfig, *, generator: Optional[torch.Generator] = None, ctx: Any = None
+        self,
+        obs: Obs,
+        cfg: SamplerConfig,
+        *,
+        generator: Optional[torch.Generator] = None,
+        ctx: Any = None,
+        features: Optional[Tensor] = None,
     ) -> Chain:
-        """A denoising chain [B, K+1, H, D] in normalised action space."""
+        """A denoising chain [B, K+1, H, D] in normalised action space (``features``: see :meth:`prior_mean`)."""
         ctx = self.encode(obs) if ctx is None else ctx
         B = _batch_size(obs)
         device = self.device()
         x0 = torch.randn((B, *self.action_shape), generator=generator, device=device)
-        init_mean = self.prior_mean(ctx)
+        init_mean = self.prior_mean(ctx, features)
         if init_mean is not None:
             x0 = init_mean + x0
         return flow.sample(
@@ -324,8 +338,9 @@ class FlowPolicy(Policy):
     def act(self, obs: Obs, cfg: SamplerConfig, *, generator: Optional[torch.Generator] = None) -> ActOutput:
         """Samples an action chunk for a batch of observations (rollouts and evaluation)."""
         ctx = self.encode(obs)
-        chain = self.sample_chain(obs, cfg, generator=generator, ctx=ctx).detach()
-        value = self._value(ctx) if self.value_head is not None else None
+        features = self._shared_features(ctx, True)
+        chain = self.sample_chain(obs, cfg, generator=generator, ctx=ctx, features=features).detach()
+        value = self._value(ctx, features) if self.value_head is not None else None
         return ActOutput(self.unnormalize_actions(chain.actions), chain, chain.log_prob, value)
 
     def evaluate(self, obs: Obs, chain: Chain, *, with_value: bool = True) -> EvalOutput:
@@ -337,6 +352,7 @@ class FlowPolicy(Policy):
         prior has its log N(x^0; mu, I) re-scored under the current prior.
         """
         ctx = self.encode(obs)
+        features = self._shared_features(ctx, with_value) if chain.learned_prior else None
         with_std = chain.method == "flow_noise"
         lps, stds = flow.transition_log_probs(self.velocity_fn(ctx, with_std), chain, return_std=True)
         init_lp = chain.init_log_prob
@@ -344,7 +360,7 @@ class FlowPolicy(Policy):
             if self.prior_head is None:
                 raise ValueError("these chains were drawn from a learned prior (x^0 ~ N(mu, I)) and this policy has no "
                                  "prior head to re-score them")
-            init_lp = flow.init_log_prob(chain.xs[:, 0], self.prior_mean(ctx), chain.mask)
+            init_lp = flow.init_log_prob(chain.xs[:, 0], self.prior_mean(ctx, features), chain.mask)
         log_prob = flow.aggregate(lps, chain.stochastic, init_lp, chain.method, chain.reduce, chain.learned_prior)
         entropy = None
         if with_std:
@@ -352,7 +368,7 @@ class FlowPolicy(Policy):
             entropy = _masked_mean(ent, chain.mask, chain.stochastic)
         value = None
         if with_value and self.value_head is not None:
-            value = self._value(ctx)
+            value = self._value(ctx, features)
         terms = flow.num_terms(chain.stochastic, chain.method, chain.learned_prior) if chain.reduce == "mean" else None
         with torch.no_grad():
             roundoff = flow.log_prob_roundoff(chain, self.velocity_eps())

@@ -187,3 +187,33 @@ def test_learned_prior_without_a_critic(variant, tokenizer_path, env_obs):
     torch.testing.assert_close(ev.log_prob, out.log_prob, rtol=0, atol=1e-6)
     ev.log_prob.sum().backward()
     assert policy.prior_head.net[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prior_and_critic_share_one_feature_pass(variant, tokenizer_path, env_obs, monkeypatch):
+    """With a learned prior and a critic both reading ``value_features`` (π0: a pass of the action expert), act and
+    evaluate compute them once, and give the same prior mean and value as separate calls."""
+    torch.manual_seed(0)
+    cfg = tiny_config(variant)
+    policy = make_pi0_policy(cfg, PaligemmaTokenizer(tokenizer_path, cfg.token_len))
+    policy.attach_prior_head()
+    with torch.no_grad():
+        policy.prior_head.net[-1].weight.normal_(0, 0.1)
+    obs = policy.prepare(env_obs(policy.cfg, batch=3))
+    sampler = SamplerConfig(method="flow_sde", steps=3, logp_steps=2)
+    with torch.no_grad():
+        ctx = policy.encode(obs)
+        mu, value = policy.prior_mean(ctx), policy.value(obs)
+    calls = []
+    original = type(policy).value_features
+    monkeypatch.setattr(type(policy), "value_features", lambda self, c: calls.append(1) or original(self, c))
+    out = policy.act(obs, sampler, generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 1
+    torch.testing.assert_close(out.chain.init_mean, mu, rtol=0, atol=0)
+    torch.testing.assert_close(out.value, value, rtol=0, atol=0)
+    ev = policy.evaluate(obs, out.chain)
+    assert len(calls) == 2
+    torch.testing.assert_close(ev.log_prob, out.log_prob, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ev.value, value, rtol=0, atol=0)
+    policy.evaluate(obs, out.chain, with_value=False)  # the prior alone still reads them
+    assert len(calls) == 3
