@@ -73,6 +73,8 @@ class Setup:
 def point_mass_setup(args: argparse.Namespace) -> Setup:
     from pirl.envs.point_mass import PointMassConfig, PointMassEnv, expert_actions
 
+    if args.reward != "sparse":
+        raise SystemExit("--reward dense: MetaWorld only (the point mass has one reward)")
     cfg = PointMassConfig(num_tasks=args.num_tasks, chunk=args.horizon, max_chunk_steps=8)
     n = args.demos * cfg.num_tasks
     env = PointMassEnv(n, cfg)
@@ -90,7 +92,7 @@ def point_mass_setup(args: argparse.Namespace) -> Setup:
         running &= ~(res.terminated | res.truncated)
         obs = res.obs
     t = torch.from_numpy
-    return Setup(lambda num_envs: PointMassEnv(num_envs, cfg), t(np.concatenate(states)), t(np.concatenate(chunks)),
+    return Setup(lambda num_envs, train=True: PointMassEnv(num_envs, cfg), t(np.concatenate(states)), t(np.concatenate(chunks)),
                  t(np.concatenate(tasks)), PointMassEnv.state_dim, PointMassEnv.action_dim, cfg.num_tasks)
 
 
@@ -107,10 +109,13 @@ def metaworld_setup(args: argparse.Namespace) -> Setup:
                               num_envs=1, max_episode_steps=args.max_episode_steps), data)
     ds = load_dataset(data, load_videos=False)
     env_cfg = MetaWorldConfig(tasks=tasks, chunk=args.chunk, max_episode_steps=args.max_episode_steps)
+    # a dense reward pays for every step near the goal, so training episodes run on past success (else a success
+    # would cut its own return short); evaluation counts success either way and stops there
+    train_cfg = dataclasses.replace(env_cfg, reward=args.reward, terminate_on_success=args.reward == "sparse")
     state_dim = int(np.prod(ds.info["features"]["observation.state"]["shape"]))
     action_dim = int(np.prod(ds.info["features"]["action"]["shape"]))
-    return Setup(lambda num_envs: make_metaworld(env_cfg, num_envs=num_envs), None, None, None, state_dim, action_dim,
-                 len(tasks), dataset=str(data), frames=ds.num_frames)
+    return Setup(lambda num_envs, train=True: make_metaworld(train_cfg if train else env_cfg, num_envs=num_envs),
+                 None, None, None, state_dim, action_dim, len(tasks), dataset=str(data), frames=ds.num_frames)
 
 
 def samplers(head: str, args: argparse.Namespace) -> Any:
@@ -194,6 +199,13 @@ def prepare(policy: Any, head: str, args: argparse.Namespace) -> Any:
     return policy
 
 
+def collector_config(args: argparse.Namespace, seed: int) -> CollectorConfig:
+    """LOOP's grouped rollouts with dynamic rejection on what the advantages read (with a dense reward, groups of
+    equal success still differ in return)."""
+    return CollectorConfig(args.groups, args.group_size, group_filter="nonuniform", max_tries=args.max_tries,
+                           seed=seed, filter_on="success" if args.reward == "sparse" else "return")
+
+
 def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     t_start = time.perf_counter()
     policy, sft_s = build(head, setup, args, seed)
@@ -203,9 +215,8 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
     algo = preset("loop")
     algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=lr), ppo=ppo_config(head, args))
     env = setup.make_env(args.groups * args.group_size)
-    eval_env = setup.make_env(args.eval_envs) if args.eval_episodes > 0 else None
-    collector = RolloutCollector(env, policy, sampler, CollectorConfig(
-        args.groups, args.group_size, group_filter="nonuniform", max_tries=args.max_tries, seed=seed))
+    eval_env = setup.make_env(args.eval_envs, train=False) if args.eval_episodes > 0 else None
+    collector = RolloutCollector(env, policy, sampler, collector_config(args, seed))
     contexts = eval_contexts(setup.num_tasks, args.eval_episodes)
 
     def evaluate() -> dict[str, float]:
@@ -230,6 +241,7 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
         rl_s += time.perf_counter() - start  # evaluation below is not training time
         iterations += 1
         updates.append({"rollout_success": rollout.metrics["rollout/success_rate"],
+                        "rollout_return": rollout.metrics["rollout/return"],
                         "groups_kept": rollout.metrics["rollout/groups_kept"],
                         "approx_kl": m.get("policy/approx_kl", float("nan")),
                         "clip_fraction": m.get("policy/clip_fraction", float("nan")),
@@ -239,7 +251,7 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
         print(f"  {head} it {it + 1}: rollout success {updates[-1]['rollout_success']:.2f}, "
               f"{updates[-1]['groups_kept']:.0f} groups kept, approx-KL {updates[-1]['approx_kl']:.4f}, "
               f"clip {updates[-1]['clip_fraction']:.3f}, {updates[-1]['optimizer_steps']:.0f} steps, "
-              f"entropy {updates[-1]['entropy']:.3f}, "
+              f"entropy {updates[-1]['entropy']:.3f}, return {updates[-1]['rollout_return']:.1f}, "
               f"{env_steps:,.0f} env steps, {rl_s:.0f} s", flush=True)
         last = (it + 1 == args.iterations or (args.time_limit and rl_s >= args.time_limit)
                 or (args.env_steps and env_steps >= args.env_steps))
@@ -277,8 +289,7 @@ def kl_check(head: str, lrs: list[float], setup: Setup, args: argparse.Namespace
     sampler = samplers(head, args)
     algo = preset("loop")
     env = setup.make_env(args.groups * args.group_size)
-    collector = RolloutCollector(env, policy, sampler, CollectorConfig(
-        args.groups, args.group_size, group_filter="nonuniform", max_tries=args.max_tries, seed=seed))
+    collector = RolloutCollector(env, policy, sampler, collector_config(args, seed))
     rollout = collector.collect()
     if hasattr(env, "close"):
         env.close()
@@ -330,6 +341,9 @@ def main() -> None:
     p.add_argument("--demo-noise", type=float, default=0.1, help="metaworld: std of the noise on the expert's actions")
     p.add_argument("--data-root", default="runs/bench_heads", help="metaworld: where the demonstrations are cached")
     p.add_argument("--max-episode-steps", type=int, default=200, help="metaworld: actions per episode")
+    p.add_argument("--reward", choices=("sparse", "dense"), default="sparse",
+                   help="metaworld: LOOP's episode return from success (RIPT-VLA) or MetaWorld's shaped reward "
+                        "(training episodes then run on past success to the step limit)")
     p.add_argument("--demo-seed", type=int, default=0)
     p.add_argument("--horizon", type=int, default=None, help="H, actions per chunk (point_mass 4, metaworld 8)")
     p.add_argument("--chunk", type=int, default=None, help="actions executed per chunk (point_mass H, metaworld 4)")

@@ -202,7 +202,10 @@ def main() -> None:
         label = args.label if not args.label or args.label[0] in "_-" else "_" + args.label
         name = name + label
         run = root / name
-        train(replace(cfg), run, resume=args.resume)
+        if train(replace(cfg), run, resume=args.resume) != 0:
+            # an interrupted run's summary is not its result: the row waits for the resumed run to finish
+            print(f"{name}: interrupted, no results row written; continue with the same command and --resume")
+            sys.exit(130)
         evals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r]
         records = read_metrics(run / "metrics.jsonl")
         cpu = {r["step"]: r["perf/cpu_s"] for r in records if "perf/cpu_s" in r}
