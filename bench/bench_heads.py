@@ -135,8 +135,9 @@ def samplers(head: str, args: argparse.Namespace) -> Any:
 
 
 def ppo_config(head: str, args: argparse.Namespace):
-    """LOOP's preset with the bench's epochs, minibatch, clip, target KL and (heads only) ratio level."""
-    algo = preset("loop")
+    """The algorithm's preset (LOOP, or PPO with a critic) with the bench's epochs, minibatch, clip, target KL and
+    (heads only) ratio level."""
+    algo = preset(args.algorithm)
     level = args.ratio_level if head != "flow" else "chunk"
     return dataclasses.replace(algo.ppo, epochs=args.epochs, minibatch_size=args.minibatch, ratio_level=level,
                                clip_low=args.clip, clip_high=args.clip, target_kl=args.target_kl)
@@ -201,7 +202,9 @@ def prepare(policy: Any, head: str, args: argparse.Namespace) -> Any:
 
 def collector_config(args: argparse.Namespace, seed: int) -> CollectorConfig:
     """LOOP's grouped rollouts with dynamic rejection on what the advantages read (with a dense reward, groups of
-    equal success still differ in return)."""
+    equal success still differ in return); PPO: the same number of episodes, one per context, none dropped."""
+    if args.algorithm == "ppo":
+        return CollectorConfig(args.groups * args.group_size, 1, seed=seed)
     return CollectorConfig(args.groups, args.group_size, group_filter="nonuniform", max_tries=args.max_tries,
                            seed=seed, filter_on="success" if args.reward == "sparse" else "return")
 
@@ -212,8 +215,11 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
     prepare(policy, head, args)
     policy.eval()  # rollouts and re-scoring must agree (ratio-1 check)
     sampler = samplers(head, args)
-    algo = preset("loop")
-    algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=lr), ppo=ppo_config(head, args))
+    algo = preset(args.algorithm)
+    algo = dataclasses.replace(algo, optim=OptimizerConfig(lr=lr, value_lr=1e-3), ppo=ppo_config(head, args))
+    if algo.advantage.needs_critic and policy.value_head is None:  # a fresh critic, as `pirl train` attaches
+        policy.attach_value_head(getattr(policy, "value_feature_dim", None) or policy.feature_dim)
+        policy.eval()
     env = setup.make_env(args.groups * args.group_size)
     eval_env = setup.make_env(args.eval_envs, train=False) if args.eval_episodes > 0 else None
     collector = RolloutCollector(env, policy, sampler, collector_config(args, seed))
@@ -352,6 +358,9 @@ def main() -> None:
     p.add_argument("--sft-steps", type=int, default=None, help="point_mass 400, metaworld 2000 (the demo's)")
     p.add_argument("--iterations", type=int, default=30, help="LOOP iterations (collect + update)")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop a head's LOOP after this many s of training (0 = none)")
+    p.add_argument("--algorithm", choices=("loop", "ppo"), default="loop",
+                   help="loop (RIPT-VLA); ppo: a critic and GAE (the demo's algorithm), groups x group-size episodes "
+                        "per iteration, one per context")
     p.add_argument("--groups", type=int, default=16, help="contexts per rollout batch")
     p.add_argument("--group-size", type=int, default=4, help="K rollouts per context")
     p.add_argument("--max-tries", type=int, default=2, help="rollout batches per iteration to fill the groups")
