@@ -37,3 +37,14 @@ def test_other_metaworld_presets_as_measured():
         cfg = train_preset(name)
         assert cfg.algorithm == algorithm and cfg.sampler.noise_level == 1.0
         assert cfg.num_groups * cfg.group_size == 48  # episodes per iteration of bench/bench_learning.py
+
+
+def test_pi0_flow_noise_preset_is_the_measured_run():
+    """The small-π0 Flow-Noise preset holds the settings of its measured runs (bench/results/learning_pi0-small_flow_noise.md):
+    a learned x^0 prior with its own lr, σ ∈ [0.2, 0.4], lr 1e-5, 32 episodes of at most 150 actions, the camera."""
+    cfg = train_preset("metaworld_pi0_flow_noise")
+    assert cfg.sampler.method == "flow_noise" and cfg.std_range == (0.2, 0.4) and cfg.learned_prior
+    assert (cfg.optim.lr, cfg.optim.prior_lr, cfg.optim.value_lr) == (1e-5, 3e-3, 1e-3)
+    assert cfg.num_groups * cfg.group_size == 32 and cfg.task_sampling == "adaptive"
+    assert (cfg.env.max_episode_steps, cfg.env.camera, cfg.env.image_size) == (150, "corner2", 64)
+    assert cfg.time_limit_s == 3600 and cfg.eval_every == 8 and cfg.eval_episodes_per_task == 20
