@@ -418,3 +418,18 @@ def test_learned_prior_trains_saves_and_evaluates_through_the_cli(tmp_path, caps
                  "episodes_per_task=2", "num_envs=2"]) == 0
     with pytest.raises(ValueError, match="prior_bound"):
         TrainConfig(prior_bound=0.0)
+
+
+@needs_metaworld
+def test_a_state_policy_with_a_camera_is_told_the_images_go_unread(tmp_path, capsys):
+    """env.camera with a state-only policy runs (the images are simply unread), and says how to skip rendering them."""
+    torch.manual_seed(0)
+    policy = save_policy(make_mlp_policy(39, 4, action_horizon=4, hidden=16, depth=1, noise_head=False),
+                         tmp_path / "mw.safetensors")
+    cmd = ["train", "--run-dir", str(tmp_path / "run"), f"policy={policy}", "env.tasks=reach-v3", "env.chunk=4",
+           "env.max_episode_steps=8", "iterations=1", "num_groups=2", "eval_episodes_per_task=1", "eval_num_envs=1",
+           "videos_per_task=0", "runner.kind=local"]
+    assert pirl(cmd + ["env.camera=corner2", "env.image_size=16"]) == 0
+    assert "env.camera=corner2: this mlp policy reads the state only" in capsys.readouterr().out
+    assert pirl([*cmd[:2], str(tmp_path / "run2"), *cmd[3:]]) == 0
+    assert "reads the state only" not in capsys.readouterr().out

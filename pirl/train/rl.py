@@ -345,6 +345,9 @@ class Trainer:
             if self.policy.prior_head is not None:
                 print("learned x^0 prior: no LeRobot export (policy_*_lerobot) is written, since LeRobot's sampler "
                       "draws x^0 from N(0, I); the pirl policy files hold the prior")
+        if cfg.env.camera is not None and policy_kind(self.policy) not in ("vla", "pi0") and not resume:
+            print(f"env.camera={cfg.env.camera}: this {policy_kind(self.policy)} policy reads the state only, so the "
+                  "camera's images are rendered for nothing; env.camera=null skips them")
         self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)
         if isinstance(self.policy, HeadPolicy):
             if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
