@@ -184,6 +184,7 @@ def env_of_policy_file(args) -> Optional[dict[str, Any]]:
     from safetensors import safe_open
 
     from pirl.envs.registry import env_from_record
+    from pirl.policies.io import IMAGE_KINDS
 
     try:
         with safe_open(policy, framework="pt", device="cpu") as f:
@@ -193,7 +194,7 @@ def env_of_policy_file(args) -> Optional[dict[str, Any]]:
         return None
     if not isinstance(record, dict):
         return None
-    return env_from_record(record, images=meta.get("pirl_kind") in ("vla", "pi0"))
+    return env_from_record(record, images=meta.get("pirl_kind") in IMAGE_KINDS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

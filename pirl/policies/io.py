@@ -61,6 +61,8 @@ KINDS: dict[str, PolicyKind] = {
     "pi0": PolicyKind("pirl.policies.pi0", "Pi0Policy", "Pi0Config"),
 }
 """Every policy kind pirl saves, loads, trains and evaluates (π0 and π0.5 are both ``pi0``)."""
+IMAGE_KINDS = ("vla", "pi0")
+"""The kinds that read a camera; the others read the state only."""
 
 
 def policy_kind(policy: Policy) -> str:

@@ -28,7 +28,7 @@ from pirl.envs.registry import EnvConfig, env_record, make_env
 from pirl.errors import InputError, MissingFileError, NonFiniteError, OutOfMemory, TrainingDiverged, UserError, require
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
-from pirl.policies.io import export_policy, load_policy, policy_kind, save_policy
+from pirl.policies.io import IMAGE_KINDS, export_policy, load_policy, policy_kind, save_policy
 from pirl.policies.heads import HeadPolicy, HeadSamplerConfig
 from pirl.policies.options import HeadOptions, Pi0Options
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
@@ -345,7 +345,7 @@ class Trainer:
             if self.policy.prior_head is not None:
                 print("learned x^0 prior: no LeRobot export (policy_*_lerobot) is written, since LeRobot's sampler "
                       "draws x^0 from N(0, I); the pirl policy files hold the prior")
-        if cfg.env.camera is not None and policy_kind(self.policy) not in ("vla", "pi0") and not resume:
+        if cfg.env.camera is not None and policy_kind(self.policy) not in IMAGE_KINDS and not resume:
             print(f"env.camera={cfg.env.camera}: this {policy_kind(self.policy)} policy reads the state only, so the "
                   "camera's images are rendered for nothing; env.camera=null skips them")
         self.policy.eval()  # no dropout: rollout and re-scoring must agree (ratio-1 check)

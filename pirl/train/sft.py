@@ -28,7 +28,7 @@ from pirl.policies.mlp import make_mlp_policy
 from pirl.policies.regression import RegressionPolicy, fit_scale_head, make_regression_policy
 from pirl.policies.tokenized import make_tokenized_policy
 from pirl.policies.vla import make_vla_policy
-from pirl.policies.io import save_policy
+from pirl.policies.io import IMAGE_KINDS, save_policy
 from pirl.policies.options import Pi0Options
 from pirl.train.evaluate import evaluate_policy
 
@@ -37,7 +37,7 @@ STATE_STD_FLOOR = 0.02
 
 
 POLICY_KINDS = ("mlp", "vla", "regression", "tokenized", "pi0", "pi05")
-IMAGE_POLICIES = ("vla", "pi0", "pi05")
+IMAGE_POLICIES = (*IMAGE_KINDS, "pi05")
 """Kinds that read a camera (the dataset must have a video)."""
 
 
