@@ -34,6 +34,7 @@ from pirl.data.collect import CollectConfig, collect
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
 from pirl.algorithms import OptimizerConfig, PPOConfig
+from pirl.config import ConfigError, load_config, to_dict
 from pirl.train.logging import read_metrics
 from pirl.train.rl import RunnerConfig, TrainConfig, train
 from pirl.train.rollout import TASK_SAMPLING
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("--run-name", default=None, help="RL run folder under --root (default: the method's name)")
     ap.add_argument("--stop-after-sft", action="store_true",
                     help="collect the demos and train the SFT policy (both cached under --root), then stop")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig overrides, as on pirl train's command line (e.g. learned_prior=true optim.prior_lr=3e-3)")
     ap.add_argument("--root", default=None, help="default runs/bench_rl_libero (one task) or runs/bench_rl_libero/<tasks>")
     args = ap.parse_args()
     grouped = args.method != "ppo_flow_sde"
@@ -125,6 +128,11 @@ def main() -> None:
         checkpoint_every=5, seed=args.seed, task_sampling=args.task_sampling,
         runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
     )
+    if args.set:
+        try:
+            cfg = load_config(TrainConfig, to_dict(cfg), args.set)
+        except ConfigError as e:
+            ap.error(f"--set: {e}")
     # the single-task PPO run keeps its old directory, so that its checkpoints resume
     run = root / (args.run_name or ("rl" if single and not grouped else args.method))
     t_rl = time.perf_counter()
@@ -158,7 +166,7 @@ def main() -> None:
         f"Tasks {args.tasks}, state MLP flow policy (robot state + privileged object/target positions), "
         f"{args.shots} expert demos per task ({info['total_episodes']} collected), {args.sft_steps} SFT steps; {method} "
         f"(a = {args.noise_level}, K = 4, lr {args.lr}), {episodes} episodes per iteration, {args.task_sampling} "
-        f"task sampling; success "
+        f"task sampling{'; ' + ' '.join(args.set) if args.set else ''}; success "
         f"of the deterministic policy (ODE, K = 4) on {args.held_out} held-out init states per task.", "",
         "| expert | SFT (before RL) | after RL | env steps | iterations | RL wall s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

@@ -293,6 +293,23 @@ def test_a_preset_without_a_policy_names_every_kind_of_policy(files, capsys):
     assert not run.exists()
 
 
+@pytest.mark.parametrize("kind", ["regression", "tokenized"])
+@pytest.mark.parametrize("keys,named", [
+    (["sampler.method=flow_noise"], ["sampler.method=flow_noise"]),
+    (["learned_prior=true"], ["learned_prior=true"]),
+    (["sampler.method=flow_noise", "learned_prior=true"], ["sampler.method=flow_noise and learned_prior=true"]),
+])
+def test_flow_only_settings_on_a_head_policy_are_refused_by_name(files, tmp_path, capsys, kind, keys, named):
+    # found running `--config metaworld_pi0_flow_noise` with a regression file: an AttributeError on noise_head
+    from pirl.policies import make_regression_policy, make_tokenized_policy
+    make = make_regression_policy if kind == "regression" else make_tokenized_policy
+    path = save_policy(make(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / f"{kind}.safetensors")
+    run = tmp_path / "run"
+    rc = pirl(["train", "--run-dir", str(run), f"policy={path}", *PM, *keys])
+    _one_line_error(capsys, rc, *named, f"a {kind} policy", "head")
+    assert not run.exists()
+
+
 # -- a run whose numbers go non-finite: the cause and the setting to change, never a traceback ------------------
 
 def test_a_diverging_rl_run_names_the_lr_to_lower_and_keeps_its_logs(files, tmp_path, capsys):

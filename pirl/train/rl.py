@@ -282,6 +282,14 @@ DEFAULT_STD_RANGE = (0.08, 0.16)
 def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) -> FlowPolicy:
     """Attaches the heads RL needs (critic for GAE, noise head for Flow-Noise, a learned x^0 prior when asked) when the
     checkpoint lacks them."""
+    if not isinstance(policy, FlowPolicy):
+        flow_only = [k for k, on in (("sampler.method=flow_noise", cfg.sampler.method == "flow_noise"),
+                                     ("learned_prior=true", cfg.learned_prior)) if on]
+        if flow_only:
+            raise InputError(f"{' and '.join(flow_only)} (from the command line or the --config preset) shape a flow "
+                             f"policy's denoising chain; a {policy_kind(policy)} policy draws its actions from its "
+                             "head (head.* keys): drop them, or use a preset without them (e.g. --config "
+                             "metaworld_loop)")
     feature_dim = getattr(policy, "feature_dim", None)
     if algo.advantage.needs_critic and policy.value_head is None:
         if feature_dim is None:
@@ -292,9 +300,6 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
             policy.attach_noise_head(feature_dim, *(cfg.std_range or DEFAULT_STD_RANGE))
         elif cfg.std_range is not None:
             policy.noise_head.set_range(*cfg.std_range)
-    if cfg.learned_prior and not isinstance(policy, FlowPolicy):
-        raise InputError(f"learned_prior is a prior over a flow policy's starting noise x^0; a {policy_kind(policy)} "
-                         "policy draws its actions from its head: drop learned_prior")
     if cfg.learned_prior and policy.prior_head is None:
         policy.attach_prior_head(cfg.prior_bound)
     return policy.to(cfg.device)
