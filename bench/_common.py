@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,6 +23,18 @@ def machine() -> str:
     if torch is not None and torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, {cores}"
     return f"{cores} (shared with other jobs: timings are indicative)"
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Runs a benchmark's ``main``; a user's mistake (:class:`pirl.errors.UserError`: missing assets, an unknown task,
+    a bad --set key) ends it with one line naming the cause and exit status 2, as the ``pirl`` command does."""
+    from pirl.errors import UserError
+
+    try:
+        main()
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def setup_threads(n: int = 1) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import setup_threads, write_results
+from _common import run_main, setup_threads, write_results
 
 
 def main() -> None:
@@ -61,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import write_results  # noqa: E402
+from _common import run_main, write_results  # noqa: E402
 from pirl.envs.base import EVAL_SEED_START, Context  # noqa: E402
 from pirl.envs.registry import EnvConfig, make_env  # noqa: E402
 from pirl.flow import SamplerConfig  # noqa: E402
@@ -155,4 +155,4 @@ def step_transfer(policy, obs, steps: int, chunk: int, dims: int, repeats: int, 
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

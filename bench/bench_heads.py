@@ -45,6 +45,7 @@ from pirl.policies import (
 from pirl.train.evaluate import evaluate_policy
 from pirl.train.pretrain import sft_fit
 from pirl.train.rollout import CollectorConfig, RolloutCollector
+from _common import run_main
 
 HEADS = ("regression", "tokenized", "flow")
 
@@ -498,4 +499,4 @@ def results_table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 
-from _common import write_results
+from _common import run_main, write_results
 
 
 def main() -> None:
@@ -107,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pirl.config import load_config, to_dict
+from pirl.config import apply_overrides, load_config, to_dict
 from pirl.data.collect import CollectConfig, collect
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
@@ -37,6 +37,7 @@ from pirl.policies.options import Pi0Options
 from pirl.train.logging import read_metrics
 from pirl.train.rl import RunnerConfig, TrainConfig, train
 from pirl.train.sft import SFTConfig, sft
+from _common import run_main
 
 METHODS = {
     "ppo_flow_sde": dict(algorithm="ppo", sampler=SamplerConfig(method="flow_sde", steps=4, noise_level=1.0)),
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="continue each method's run from its last checkpoint (e.g. with a longer --time-limit)")
     args = ap.parse_args()
+    apply_overrides(TrainConfig, {}, args.set)  # a mistyped key fails now, not after the demos and SFT
     torch.set_num_threads(1)
     tasks = args.tasks[0] if len(args.tasks) == 1 else tuple(args.tasks)
     vla = args.policy != "mlp"  # every other kind reads the camera
@@ -226,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,7 +17,7 @@ import os
 import time
 
 import numpy as np
-from _common import adapter_overhead, write_results
+from _common import adapter_overhead, run_main, write_results
 
 from pirl.envs.base import Context
 
@@ -69,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

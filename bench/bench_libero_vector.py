@@ -14,7 +14,7 @@ import os
 import time
 
 import numpy as np
-from _common import write_results
+from _common import run_main, write_results
 
 from pirl.envs.base import Context
 
@@ -65,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import adapter_overhead, setup_threads, write_results
+from _common import adapter_overhead, run_main, setup_threads, write_results
 
 from pirl.envs.base import Context
 
@@ -61,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

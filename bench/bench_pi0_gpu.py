@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from pirl.flow import SamplerConfig  # noqa: E402
 from pirl.policies.pi0 import Pi0Config, full_config, make_pi0_policy, tiny_config  # noqa: E402
+from _common import run_main  # noqa: E402
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -351,4 +352,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

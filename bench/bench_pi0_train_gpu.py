@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import write_results  # noqa: E402
+from _common import run_main, write_results  # noqa: E402
 from pirl.policies.pi0 import Pi0Policy  # noqa: E402
 from pirl.policies.pi0.checkpoint import save_lerobot  # noqa: E402
 from pirl.policies.pi0.configuration import DEFAULT_CAMERAS, PALIGEMMA_VOCAB, new_config  # noqa: E402
@@ -138,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from _common import write_results
+from _common import run_main, write_results
 
 
 def main() -> None:
@@ -110,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import setup_threads, write_results
+from _common import run_main, setup_threads, write_results
 
 
 def env_only(env, steps: int) -> float:
@@ -118,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import ray
 import psutil  # Ray's bundled copy (ray/thirdparty_files), importable once ray is
-from _common import write_results
+from _common import run_main, write_results
 
 MB = 2**20
 
@@ -84,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import ray  # noqa: F401 - puts Ray's bundled psutil (ray/thirdparty_files) on sys.path
 import psutil
-from _common import write_results
+from _common import run_main, write_results
 
 MB = 2**20
 
@@ -154,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,13 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-from _common import setup_threads, write_results
+from _common import run_main, setup_threads, write_results
 
 from pirl.data.collect import CollectConfig, collect
 from pirl.envs.registry import EnvConfig
 from pirl.flow import SamplerConfig
 from pirl.algorithms import OptimizerConfig, PPOConfig
-from pirl.config import ConfigError, load_config, to_dict
+from pirl.config import apply_overrides, load_config, to_dict
 from pirl.train.logging import read_metrics
 from pirl.train.rl import RunnerConfig, TrainConfig, train
 from pirl.train.rollout import TASK_SAMPLING
@@ -80,6 +80,7 @@ def main() -> None:
                     help="TrainConfig overrides, as on pirl train's command line (e.g. learned_prior=true optim.prior_lr=3e-3)")
     ap.add_argument("--root", default=None, help="default runs/bench_rl_libero (one task) or runs/bench_rl_libero/<tasks>")
     args = ap.parse_args()
+    apply_overrides(TrainConfig, {}, args.set)  # a mistyped key fails now, not after the demos and SFT
     grouped = args.method != "ppo_flow_sde"
     G = args.group_size if grouped else 1
     episodes = args.episodes_per_iteration or (6 * G if grouped else 8)
@@ -129,10 +130,7 @@ def main() -> None:
         runner=RunnerConfig(kind=args.runner, env_workers=args.env_workers),
     )
     if args.set:
-        try:
-            cfg = load_config(TrainConfig, to_dict(cfg), args.set)
-        except ConfigError as e:
-            ap.error(f"--set: {e}")
+        cfg = load_config(TrainConfig, to_dict(cfg), args.set)
     # the single-task PPO run keeps its old directory, so that its checkpoints resume
     run = root / (args.run_name or ("rl" if single and not grouped else args.method))
     t_rl = time.perf_counter()
@@ -182,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

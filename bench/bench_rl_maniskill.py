@@ -26,7 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import setup_threads, write_results
+from _common import run_main, setup_threads, write_results
 
 
 def main() -> None:
@@ -141,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,6 +25,7 @@ from pirl.envs.registry import EnvConfig, make_env
 from pirl.flow import SamplerConfig
 from pirl.policies import make_mlp_policy
 from pirl.train.rollout import CollectorConfig, RolloutCollector
+from _common import run_main
 
 
 def raw_rollout(env, contexts, rng) -> int:
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

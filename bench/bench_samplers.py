@@ -24,6 +24,7 @@ from torch import nn
 
 from pirl import flow
 from pirl.flow import NoiseHead
+from _common import run_main
 
 
 class Velocity(nn.Module):
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pirl.envs.base import Context
+from _common import run_main
 
 
 def bench(make: Callable[[], Any], steps: int, chunk: int) -> dict[str, float]:
@@ -80,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,7 +17,7 @@ import argparse
 import copy
 
 import torch
-from _common import setup_threads, write_results
+from _common import run_main, setup_threads, write_results
 
 
 def measure(path: str, env, args) -> dict:
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

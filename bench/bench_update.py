@@ -23,6 +23,7 @@ import torch
 from pirl.algorithms import PPOConfig, PPOUpdater, RolloutBatch
 from pirl.flow import SamplerConfig
 from pirl.policies.mlp import make_mlp_policy
+from _common import run_main
 
 VARIANTS = {
     "flow_sde_hybrid": dict(method="flow_sde", sde_steps="one"),
@@ -99,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,7 +26,7 @@ import os
 import statistics
 import time
 
-from _common import write_results
+from _common import run_main, write_results
 
 
 def _policy(env, args):
@@ -184,4 +184,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

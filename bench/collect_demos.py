@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from _common import write_results
+from _common import run_main, write_results
 
 
 def main() -> None:
@@ -35,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,7 +12,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import write_results
+from _common import run_main, write_results
 
 
 def measure(task: str, procs: int, camera, size: int, steps: int, chunk: int = 1) -> float:
@@ -64,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

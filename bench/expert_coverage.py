@@ -16,7 +16,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from _common import write_results
+from _common import run_main, write_results
 
 from pirl.envs.base import Context
 
@@ -79,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

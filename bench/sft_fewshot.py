@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import setup_threads, write_results
+from _common import run_main, setup_threads, write_results
 
 DEFAULT_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "button-press-topdown-v3", "window-open-v3"]
 
@@ -76,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -75,3 +75,22 @@ def test_readme_keeps_its_results_and_links():
     cited = set(re.findall(r"bench/results/[\w.\-/]+\.(?:md|json)", readme))
     absent = sorted(c for c in cited if not (ROOT.parent / c).exists())
     assert not absent, f"README cites results files that do not exist: {absent}"
+
+
+def test_benchmark_scripts_end_a_users_mistake_in_one_line(tmp_path):
+    """Every bench/*.py runs its main through _common.run_main, which turns a UserError (missing assets, a mistyped
+    --set key) into one line and exit status 2, as the `pirl` command does; a bug keeps its traceback."""
+    bench = ROOT.parent / "bench"
+    unguarded = [p.name for p in bench.glob("*.py") if p.name != "_common.py"
+                 and 'if __name__ == "__main__":\n    run_main(main)\n' not in p.read_text()]
+    assert not unguarded, unguarded
+    script = tmp_path / "bench_x.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(bench)!r})\nfrom _common import run_main\n"
+                      "from pirl.errors import InputError\n"
+                      "def main():\n    raise InputError('unknown task foo: pass one of bar')\n"
+                      "def bug():\n    raise KeyError('x')\n"
+                      "run_main(bug if sys.argv[1:] else main)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "bench_x.py: error: unknown task foo: pass one of bar", r.stderr
+    r = subprocess.run([sys.executable, str(script), "bug"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "KeyError" in r.stderr
