@@ -312,16 +312,53 @@ def test_flow_only_settings_on_a_head_policy_are_refused_by_name(files, tmp_path
 
 # -- a run whose numbers go non-finite: the cause and the setting to change, never a traceback ------------------
 
+DIVERGING = ["iterations=6", "num_groups=8", "eval_every=10", "eval_episodes_per_task=2", "eval_num_envs=2",
+             "videos_per_task=0", "optim.lr=1000"]
+
+
 def test_a_diverging_rl_run_names_the_lr_to_lower_and_keeps_its_logs(files, tmp_path, capsys):
     run = tmp_path / "diverged"
-    rc = pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "iterations=6",
-               "num_groups=8", "eval_every=10", "eval_episodes_per_task=2", "eval_num_envs=2", "videos_per_task=0",
-               "optim.lr=1000"])
+    rc = pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, *DIVERGING])
     err = _one_line_error(capsys, rc, "training diverged in iteration", "optim.lr=1000", "lower optim.lr",
                           str(run / "metrics.jsonl"))
     assert "iteration 1 " not in err, "the first rollout comes before any update: it cannot have diverged"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 2, "the iterations before the divergence stay logged"
+
+
+def _ray_error_line(res: subprocess.CompletedProcess, *names: str) -> str:
+    """Ray writes its own INFO / WARNING lines to stderr; pirl's error is one line among them, with no traceback."""
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    ours = [line for line in res.stderr.splitlines() if line.startswith("pirl train: error:")]
+    assert len(ours) == 1, res.stderr
+    for name in names:
+        assert name in ours[0], ours[0]
+    return ours[0]
+
+
+def test_a_diverging_run_with_ray_learner_ranks_names_the_lr_too(files, tmp_path):
+    pytest.importorskip("ray")
+    run = tmp_path / "diverged-ray"
+    res = _cli("train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, *DIVERGING,
+               "runner.kind=ray", "runner.learner_processes=2", "runner.worker_cpus=0.5")
+    _ray_error_line(res, "training diverged in iteration", "lower optim.lr")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 2
+
+
+@pytest.mark.parametrize("keys,words", [
+    (["runner.learner_processes=2", "runner.worker_cpus=500"],
+     ["1 env worker(s), 1 learner rank(s) need 1000 CPUs", "runner.worker_cpus"]),
+    (["runner.rollout_workers=1", "runner.rollout_gpus=1000", "runner.worker_cpus=0.5"],
+     ["1 rollout worker(s) need 1000 GPUs", "runner.rollout_gpus"]),
+])
+def test_ray_actors_that_a_local_ray_cannot_hold_are_refused_not_awaited(files, tmp_path, keys, words):
+    # 2 env workers + 1 learner rank at 1 CPU each waited forever on a 2-core machine; these fit on no machine
+    pytest.importorskip("ray")
+    run = tmp_path / "too-big"
+    res = _cli("train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "runner.kind=ray",
+               "runner.env_workers=1", *keys)
+    _ray_error_line(res, *words)
+    assert not run.exists()
 
 
 def test_a_diverging_sft_run_names_the_lr_and_saves_no_policy(files, tmp_path, capsys):

@@ -24,6 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pirl.distributed.env import RayVectorEnv, init_ray
+from pirl.errors import InputError
 
 Placement = Literal["disaggregated", "collocated"]
 
@@ -45,6 +46,12 @@ class RayRunner:
         self.learner_gpus = learner_gpus
         self.counts = {"env": env_workers, "rollout": rollout_workers, "learner": max(learner_processes - 1, 0)}
         self.started = init_ray(address)
+        if self.started:
+            try:
+                self._check_fits(ray.cluster_resources())
+            except BaseException:
+                ray.shutdown()
+                raise
         self.pg = None
         if placement == "collocated":
             def bundle(gpus: float) -> dict[str, float]:
@@ -57,6 +64,24 @@ class RayRunner:
         self.env: Optional[RayVectorEnv] = None
         self.pool = None
         self.learners = None
+
+    def _check_fits(self, have: dict[str, float]) -> None:
+        """A Ray started here cannot grow: actors asking for more CPUs / GPUs than it has would wait forever (a
+        cluster joined by address may autoscale, so it is not checked)."""
+        n = self.counts
+        roles = [("env worker(s)", n["env"], {"CPU": self.worker_cpus}),
+                 ("rollout worker(s)", n["rollout"], {"CPU": self.worker_cpus, "GPU": self.rollout_gpus}),
+                 ("learner rank(s)", n["learner"], {"CPU": self.worker_cpus, "GPU": self.learner_gpus})]
+        fix = {"CPU": "lower runner.worker_cpus (e.g. 0.5 packs two actors per core) or the actor counts",
+               "GPU": "lower runner.rollout_gpus or runner.learner_gpus (a fraction shares a GPU; rollout_gpus=0 infers "
+                      "on the CPU) or the actor counts"}
+        for res in ("CPU", "GPU"):
+            asking = [(name, k, each[res]) for name, k, each in roles if k and each.get(res)]
+            need = sum(k * amount for _, k, amount in asking)
+            if need > have.get(res, 0.0) + 1e-9:
+                parts = ", ".join(f"{k} {name}" for name, k, _ in asking)
+                raise InputError(f"runner.kind=ray: {parts} need {need:g} {res}s, and the Ray started here has "
+                                 f"{have.get(res, 0.0):g}; they would wait forever: {fix[res]}")
 
     def options(self, role: str) -> Callable[[int], dict[str, Any]]:
         """Ray actor options of the i-th actor of ``role`` ('env', 'rollout', 'learner')."""
