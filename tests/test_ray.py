@@ -559,3 +559,51 @@ def test_env_worker_steps_its_share_in_its_own_process():
         assert isinstance(worker.env._vec, gym.vector.SyncVectorEnv)
     finally:
         worker.env.close()
+
+
+# -- what a Ray that cannot place the actors says (no cluster needed) -------------------------------------------
+
+def _runner(env=2, rollout=0, learner=0, cpus=1.0, rollout_gpus=0.0, learner_gpus=0.0):
+    from pirl.distributed.runner import RayRunner
+
+    r = object.__new__(RayRunner)  # the resource arithmetic alone: no Ray started
+    r.counts = {"env": env, "rollout": rollout, "learner": learner}
+    r.worker_cpus, r.rollout_gpus, r.learner_gpus = cpus, rollout_gpus, learner_gpus
+    return r
+
+
+def test_a_local_ray_too_small_for_the_actors_is_refused_and_a_joined_one_is_waited_for_aloud(capsys):
+    from pirl.errors import InputError
+
+    _runner(env=2, learner=1, cpus=0.5)._check_fits({"CPU": 2.0})  # 1.5 of 2 CPUs: fits
+    with pytest.raises(InputError, match=r"2 env worker\(s\), 1 learner rank\(s\) need 3 CPUs.*has 2;.*worker_cpus"):
+        _runner(env=2, learner=1)._check_fits({"CPU": 2.0})
+    with pytest.raises(InputError, match=r"^runner.kind=ray: 1 rollout worker\(s\) need 0.5 GPUs.*has 0;"):
+        _runner(env=2, rollout=1, cpus=0.5, rollout_gpus=0.5)._check_fits({"CPU": 2.0})
+    _runner(env=2)._notice_wait("auto", {"CPU": 2.0})
+    assert capsys.readouterr().out == ""
+    _runner(env=2)._notice_wait("auto", {"CPU": 0.0})
+    assert "2 env worker(s) ask for 2 CPUs and the cluster has 0 free" in capsys.readouterr().out
+
+
+def test_a_ray_address_that_does_not_answer_is_refused_at_once(monkeypatch):
+    import socket
+
+    from pirl.distributed import env as ray_env_module
+    from pirl.errors import InputError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    with pytest.raises(InputError, match=f"runner.address=127.0.0.1:{port}: no Ray cluster answers there.*ray start"):
+        ray_env_module._check_reachable(f"127.0.0.1:{port}")
+    assert time.perf_counter() - t < 10
+
+    def no_cluster(**kw):
+        raise ConnectionError("Could not find any running Ray instance")
+
+    monkeypatch.setattr(ray_env_module.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_env_module.ray, "init", no_cluster)
+    with pytest.raises(InputError, match="runner.address=auto: Could not find any running Ray instance; start a"):
+        ray_env_module.init_ray("auto")

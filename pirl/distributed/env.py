@@ -13,6 +13,7 @@ actor. The episodes it was running are reported as ended with ``info["crashed"]`
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,7 +23,7 @@ from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayActorError, Ray
 
 from pirl.envs.base import Context, StepResult
 from pirl.envs.registry import EnvConfig, make_env
-from pirl.errors import OutOfMemory, UserError
+from pirl.errors import InputError, OutOfMemory, UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,27 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         kw["num_cpus"] = num_cpus
         if object_store_mb:
             kw["object_store_memory"] = object_store_mb * 2**20
-    ray.init(address=address, **kw)
+    else:
+        _check_reachable(address)
+    try:
+        ray.init(address=address, **kw)
+    except ConnectionError as e:  # "auto" with no cluster running on this machine
+        raise InputError(f"runner.address={address}: {e}; start a cluster with `ray start --head`, or leave "
+                         "runner.address unset to start a Ray here") from e
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` that does not answer fails now: Ray itself retries such an address for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "local", a ray:// client address: Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(f"runner.address={address}: no Ray cluster answers there ({e}); start one with "
+                         f"`ray start --head --port={port}` on {host}, or leave runner.address unset to start a Ray "
+                         "here") from e
 
 
 class EnvWorker:

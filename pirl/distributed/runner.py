@@ -46,12 +46,14 @@ class RayRunner:
         self.learner_gpus = learner_gpus
         self.counts = {"env": env_workers, "rollout": rollout_workers, "learner": max(learner_processes - 1, 0)}
         self.started = init_ray(address)
-        if self.started:
+        if address is None and self.started:
             try:
                 self._check_fits(ray.cluster_resources())
             except BaseException:
                 ray.shutdown()
                 raise
+        elif address is not None:
+            self._notice_wait(address, ray.available_resources())
         self.pg = None
         if placement == "collocated":
             def bundle(gpus: float) -> dict[str, float]:
@@ -65,23 +67,38 @@ class RayRunner:
         self.pool = None
         self.learners = None
 
-    def _check_fits(self, have: dict[str, float]) -> None:
-        """A Ray started here cannot grow: actors asking for more CPUs / GPUs than it has would wait forever (a
-        cluster joined by address may autoscale, so it is not checked)."""
+    def _shortfall(self, have: dict[str, float]) -> Optional[tuple[str, float, str]]:
+        """The first resource (name, amount asked, who asks) the actors need more of than ``have`` holds, or None."""
         n = self.counts
         roles = [("env worker(s)", n["env"], {"CPU": self.worker_cpus}),
                  ("rollout worker(s)", n["rollout"], {"CPU": self.worker_cpus, "GPU": self.rollout_gpus}),
                  ("learner rank(s)", n["learner"], {"CPU": self.worker_cpus, "GPU": self.learner_gpus})]
-        fix = {"CPU": "lower runner.worker_cpus (e.g. 0.5 packs two actors per core) or the actor counts",
-               "GPU": "lower runner.rollout_gpus or runner.learner_gpus (a fraction shares a GPU; rollout_gpus=0 infers "
-                      "on the CPU) or the actor counts"}
         for res in ("CPU", "GPU"):
             asking = [(name, k, each[res]) for name, k, each in roles if k and each.get(res)]
             need = sum(k * amount for _, k, amount in asking)
             if need > have.get(res, 0.0) + 1e-9:
-                parts = ", ".join(f"{k} {name}" for name, k, _ in asking)
-                raise InputError(f"runner.kind=ray: {parts} need {need:g} {res}s, and the Ray started here has "
-                                 f"{have.get(res, 0.0):g}; they would wait forever: {fix[res]}")
+                return res, need, ", ".join(f"{k} {name}" for name, k, _ in asking)
+        return None
+
+    def _check_fits(self, have: dict[str, float]) -> None:
+        """A Ray started here cannot grow: actors asking for more CPUs / GPUs than it has would wait forever."""
+        short = self._shortfall(have)
+        if short is not None:
+            res, need, who = short
+            fix = ("lower runner.worker_cpus (e.g. 0.5 packs two actors per core) or the actor counts" if res == "CPU"
+                   else "lower runner.rollout_gpus or runner.learner_gpus (a fraction shares a GPU; rollout_gpus=0 "
+                        "infers on the CPU) or the actor counts")
+            raise InputError(f"runner.kind=ray: {who} need {need:g} {res}s, and the Ray started here has "
+                             f"{have.get(res, 0.0):g}; they would wait forever: {fix}")
+
+    def _notice_wait(self, address: str, free: dict[str, float]) -> None:
+        """A joined cluster may autoscale or free resources later, so a shortfall is said, not refused."""
+        short = self._shortfall(free)
+        if short is not None:
+            res, need, who = short
+            print(f"runner.address={address}: {who} ask for {need:g} {res}s and the cluster has {free.get(res, 0.0):g} "
+                  "free (other jobs hold the rest); the run waits until Ray can place them (Ctrl-C stops it)",
+                  flush=True)
 
     def options(self, role: str) -> Callable[[int], dict[str, Any]]:
         """Ray actor options of the i-th actor of ``role`` ('env', 'rollout', 'learner')."""
