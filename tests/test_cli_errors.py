@@ -425,3 +425,16 @@ def test_eval_on_a_task_the_policy_was_not_trained_on_is_refused(tmp_path, capsy
     rc = pirl(["eval", "--run-dir", str(tmp_path / "e"), f"policy={path}", "env.suite=metaworld",
                "env.tasks=[reach-v3,drawer-open-v3]", "episodes_per_task=1", "num_envs=1"])
     _one_line_error(capsys, rc, str(path), "['reach-v3', 'push-v3']", "drawer-open-v3 is not among them", "env.tasks")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["report", "runs", "--out", "rep"], ["unknown option --out", "(out=VALUE)", "pirl report --help"]),
+    (["train", "--iterations=3"], ["unknown option --iterations=3", "(iterations=VALUE)"]),
+    (["train", "--env.tasks", "reach-v3"], ["unknown option --env.tasks", "(env.tasks=VALUE)"]),
+    (["eval", "--bogus"], ["unrecognized argument --bogus", "pirl eval --help"]),
+])
+def test_a_config_key_given_as_an_option_is_named_in_its_key_value_form(capsys, args, words):
+    # a stranger's first try, `pirl report RUN --out DIR`, printed the top-level usage and "pirl: error"
+    rc = pirl(args)
+    err = _one_line_error(capsys, rc, *words)
+    assert err.startswith(f"pirl {args[0]}: error:")

@@ -156,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_option(name: str, cmd: Any, token: str) -> str:
+    """What to say for an option the command lacks: a config key given as ``--key`` is named in its key=value form."""
+    import dataclasses
+
+    key = token.lstrip("-").split("=", 1)[0]
+    fields = {f.name for f in dataclasses.fields(resolve(cmd.config))}
+    if token.startswith("-") and key.replace("-", "_").split(".")[0] in fields:
+        key = key.replace("-", "_")
+        return (f"unknown option {token}: config keys are set as key=value, without dashes ({key}=VALUE); "
+                f"`pirl {name} --help` lists them")
+    return f"unrecognized argument {token}: `pirl {name} --help` lists the options and config keys"
+
+
 RESUME_EXTENDS = ("iterations", "time_limit_s")
 """The keys `pirl train --resume RUN key=value` may change: they move the run's end, not what it computes."""
 
@@ -208,11 +221,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     if args.command is None:
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         parser.print_help()
         return EXIT_USAGE
     name, cmd = args.command, COMMANDS[args.command]
+    if unknown:
+        print(f"pirl {name}: error: {_unknown_option(name, cmd, unknown[0])}", file=sys.stderr)
+        return EXIT_USAGE
     if name == "report":
         args.runs, args.overrides = _split_report_items(args.items)
 
