@@ -438,3 +438,25 @@ def test_a_config_key_given_as_an_option_is_named_in_its_key_value_form(capsys, 
     rc = pirl(args)
     err = _one_line_error(capsys, rc, *words)
     assert err.startswith(f"pirl {args[0]}: error:")
+
+
+def test_a_run_being_written_by_another_process_is_not_resumed_into(files, tmp_path, capsys):
+    # two processes on one run raced on its checkpoint index (FileNotFoundError in the first) and config
+    import fcntl
+
+    run = tmp_path / "live"
+    assert pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "num_groups=2",
+                 "iterations=1", "checkpoint_every=1", "eval_every=1000", "eval_episodes_per_task=1",
+                 "eval_num_envs=1", "videos_per_task=0"]) == 0
+    capsys.readouterr()
+    config, metrics = (run / "config.yaml").read_text(), (run / "metrics.jsonl").read_text()
+    with open(run / ".lock", "w") as other:  # another open file: a lock as another process would hold it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write("4242")
+        other.flush()
+        for args in (["--resume", str(run)], ["--resume", str(run), "iterations=3"]):
+            rc = pirl(["train", *args])
+            _one_line_error(capsys, rc, "another process (pid 4242) is writing this run", f"--resume {run}")
+        assert (run / "config.yaml").read_text() == config and (run / "metrics.jsonl").read_text() == metrics
+    assert pirl(["train", "--resume", str(run), "iterations=2"]) == 0  # once it ended, the run continues
+    assert len((run / "metrics.jsonl").read_text().splitlines()) > len(metrics.splitlines())

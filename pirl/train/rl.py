@@ -650,6 +650,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
     With Ray learner ranks (``learner_processes >= 2``) a rank that dies ends the Trainer, and a new one
     resumes from the last checkpoint (from the start when there is none yet), so the run ends as an
     uninterrupted one would; ``learner/restarts`` counts them, at most ``cfg.runner.max_learner_restarts``."""
+    from pirl.train.rundir import hold_run
+
+    with hold_run(run_dir):
+        return _train(cfg, run_dir, resume)
+
+
+def _train(cfg: TrainConfig, run_dir: str | Path, resume: bool) -> int:
     failure: tuple[type[BaseException], ...] = ()
     if cfg.runner.kind == "ray" and cfg.runner.learner_processes > 1:
         from pirl.distributed.learner import LearnerFailure
@@ -685,19 +692,20 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
 def train_main(cfg: TrainConfig, args) -> int:
     """CLI entry: `pirl train [--config X] [key=value ...] [--run-dir D] [--resume D]`."""
     from pirl.policies.io import resolve_source
-    from pirl.train.rundir import RunDir
+    from pirl.train.rundir import RunDir, hold_run
 
     if getattr(args, "resume", None):
         run = RunDir.open(args.resume)
-        if getattr(args, "overrides", None):  # iterations / time_limit_s extended: a later resume keeps them
-            run.save_config(cfg)
-            print(f"extending the run: iterations {cfg.iterations}, time_limit_s {cfg.time_limit_s}", flush=True)
-        return train(cfg, run.path, resume=True)
+        with hold_run(run.path):  # before its config is rewritten: the run may be live in another process
+            if getattr(args, "overrides", None):  # iterations / time_limit_s extended: a later resume keeps them
+                run.save_config(cfg)
+                print(f"extending the run: iterations {cfg.iterations}, time_limit_s {cfg.time_limit_s}", flush=True)
+            return train(cfg, run.path, resume=True)
     # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
     check_inputs(cfg)
     resolve_source(cfg.policy)
     run = RunDir.create(getattr(args, "run_dir", None), name="train")
-    with run.discard_if_unused():
+    with run.discard_if_unused(), hold_run(run.path):  # a run that failed at start may still be starting elsewhere
         run.save_config(cfg)
         print(f"run directory: {run.path}", flush=True)
         return train(cfg, run.path)

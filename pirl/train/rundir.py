@@ -6,10 +6,12 @@
     <run>/checkpoints/         step_<n>/ checkpoints + index.json (pirl.train.checkpoint)
     <run>/videos/              evaluation videos (pirl.train.video)
     <run>/summary.json         final results (pirl.train.logging.write_summary)
+    <run>/.lock                held by the process writing the run (:func:`hold_run`)
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -19,6 +21,56 @@ from typing import Any, Iterator, Optional
 
 from pirl.config import dump_config
 from pirl.errors import ExistingFileError, MissingFileError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, and runs are not guarded against a second writer
+    fcntl = None  # type: ignore[assignment]
+
+LOCK = ".lock"
+_held: dict[Path, int] = {}  # run directories this process holds -> nesting depth (train() inside train_main)
+
+
+def _contents(p: Path) -> list[str]:
+    """What a run directory holds besides its lock file."""
+    return [q.name for q in p.iterdir() if q.name != LOCK]
+
+
+@contextmanager
+def hold_run(path: str | Path) -> Iterator[None]:
+    """Holds ``<path>/.lock`` while this process writes the run: a second process resuming or training into it
+    (whose checkpoint and metrics writes would interleave with these) is refused, naming the holder. The OS
+    releases the lock when the process ends, however it ends. Re-entrant within one process."""
+    key = Path(path).resolve()
+    if fcntl is None or key in _held:
+        _held[key] = _held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    f = open(key / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ExistingFileError(f"{path}: another process (pid {holder}) is writing this run; wait for it to end, "
+                                f"or stop it (Ctrl-C keeps its checkpoints) and then `pirl train --resume {path}`") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _held[key] = 1
+    try:
+        yield
+    finally:
+        del _held[key]
+        f.close()  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)
@@ -61,7 +113,7 @@ class RunDir:
         p = Path(path) if path is not None else Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         # a directory holding only its config is a run that stopped before its first record (a missing dataset,
         # a wrong file): nothing to lose, so a corrected command may reuse it
-        if (p / "config.yaml").exists() and any(q.name != "config.yaml" for q in p.iterdir()):
+        if (p / "config.yaml").exists() and any(q != "config.yaml" for q in _contents(p)):
             raise ExistingFileError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
         fresh = not p.exists()
         p.mkdir(parents=True, exist_ok=True)
@@ -75,7 +127,7 @@ class RunDir:
         try:
             yield self
         except BaseException:
-            if self.fresh and self.path.is_dir() and all(q.name == "config.yaml" for q in self.path.iterdir()):
+            if self.fresh and self.path.is_dir() and all(q == "config.yaml" for q in _contents(self.path)):
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
 
