@@ -183,6 +183,18 @@ def test_manager_keeps_latest_and_best(tmp_path):
     assert load_checkpoint(mgr2.latest)["again"] is True
 
 
+def test_a_damaged_index_is_named_with_its_fix(tmp_path):
+    from pirl.train.checkpoint import DamagedCheckpointError
+
+    mgr = CheckpointManager(tmp_path / "ckpts")
+    mgr.save(1, metric=0.5, models={"policy": _model()})
+    (mgr.root / "index.json").write_text("{garbage")
+    with pytest.raises(DamagedCheckpointError, match=r"index.json is damaged \(JSONDecodeError.*delete it to go on"):
+        CheckpointManager(mgr.root)
+    (mgr.root / "index.json").unlink()
+    assert CheckpointManager(mgr.root).latest == mgr.path(1)
+
+
 def test_find_checkpoint_and_tensor_in_trainer_state(tmp_path):
     from pirl.train.checkpoint import find_checkpoint
 

@@ -460,3 +460,25 @@ def test_a_run_being_written_by_another_process_is_not_resumed_into(files, tmp_p
         assert (run / "config.yaml").read_text() == config and (run / "metrics.jsonl").read_text() == metrics
     assert pirl(["train", "--resume", str(run), "iterations=2"]) == 0  # once it ended, the run continues
     assert len((run / "metrics.jsonl").read_text().splitlines()) > len(metrics.splitlines())
+
+
+def test_a_resume_from_an_older_checkpoint_says_which_and_what_runs_again(files, tmp_path, capsys):
+    # a run killed between checkpoints resumed silently; its later records were dropped without a word
+    import shutil
+
+    run = tmp_path / "older"
+    assert pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "num_groups=2",
+                 "iterations=2", "checkpoint_every=2", "eval_every=1000", "eval_episodes_per_task=1",
+                 "eval_num_envs=1", "videos_per_task=0"]) == 0
+    shutil.copytree(run / "checkpoints", tmp_path / "at-2")
+    assert pirl(["train", "--resume", str(run), "iterations=4"]) == 0
+    shutil.rmtree(run / "checkpoints")  # as if killed after iteration 4's records, before its checkpoint
+    shutil.copytree(tmp_path / "at-2", run / "checkpoints")
+    capsys.readouterr()
+    assert pirl(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {run / 'checkpoints' / 'step_000000002'} (iteration 2," in out, out
+    assert "the records of iterations 3-4, logged after it, are dropped (they run again" in out, out
+    (run / "checkpoints" / "index.json").write_text("{garbage")
+    rc = pirl(["train", "--resume", str(run), "iterations=5"])
+    _one_line_error(capsys, rc, "index.json is damaged", "delete it to go on")

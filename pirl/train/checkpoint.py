@@ -421,7 +421,13 @@ class CheckpointManager:
         for stale in self.root.glob(f"{_TMP_PREFIX}*"):  # left by a process killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
         ipath = self.root / INDEX
-        self._index = json.loads(ipath.read_text()) if ipath.is_file() else {}
+        try:
+            self._index = json.loads(ipath.read_text()) if ipath.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DamagedCheckpointError(
+                f"{ipath} is damaged ({type(e).__name__}: {e}); it records only which checkpoint scored best, and the "
+                "step_* directories hold the checkpoints themselves: delete it to go on (the next evaluation sets "
+                "the best one again; policy_best.safetensors in the run directory keeps the best policy)") from None
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints on disk (those with a manifest), ascending."""

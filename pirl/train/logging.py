@@ -93,6 +93,8 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
         self._start = time.monotonic() - wall_time_offset
+        self.last_dropped_step = -1
+        """Resuming: the last step logged after ``resume_step`` (whose records were dropped), or -1."""
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         else:
@@ -117,7 +119,9 @@ class MetricsLogger:
                           config=dict(config or {}))
 
     def _truncate(self, step: int) -> None:
-        keep = [r for r in read_metrics(self.path) if r.get("step", -1) <= step]
+        records = read_metrics(self.path)
+        keep = [r for r in records if r.get("step", -1) <= step]
+        self.last_dropped_step = max((r.get("step", -1) for r in records), default=-1)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in keep)

@@ -423,6 +423,12 @@ class Trainer:
                                     tensorboard=cfg.logger in ("tensorboard", "both"),
                                     wandb=cfg.logger in ("wandb", "both"), wandb_project=cfg.wandb_project,
                                     config=to_dict(cfg))
+        if resume:
+            rerun = (f"; the records of iterations {self.iteration + 1}-{self.logger.last_dropped_step}, logged after "
+                     "it, are dropped (they run again from this checkpoint)"
+                     if self.logger.last_dropped_step > self.iteration else "")
+            print(f"resuming from {latest} (iteration {self.iteration}, {self.env_steps:,} env steps){rerun}",
+                  flush=True)
         self.task_names = list(self.env.task_names)
 
     def make_rollout_env(self):
