@@ -482,3 +482,14 @@ def test_a_resume_from_an_older_checkpoint_says_which_and_what_runs_again(files,
     (run / "checkpoints" / "index.json").write_text("{garbage")
     rc = pirl(["train", "--resume", str(run), "iterations=5"])
     _one_line_error(capsys, rc, "index.json is damaged", "delete it to go on")
+
+
+def test_overrides_after_an_option_are_applied_not_refused(files, tmp_path, capsys):
+    # `pirl train policy=P --run-dir D iterations=3` said "unrecognized arguments: iterations=3"
+    import yaml
+
+    rc = pirl(["train", f"policy={files / 'policy.safetensors'}", "--run-dir", str(tmp_path / "r"), "iterations=3",
+               "--print-config", "num_groups=5", "iterations=4"])
+    assert rc == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["iterations"] == 4 and cfg["num_groups"] == 5 and cfg["policy"] == str(files / "policy.safetensors")

@@ -228,9 +228,17 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.print_help()
         return EXIT_USAGE
     name, cmd = args.command, COMMANDS[args.command]
+    # argparse fills a nargs="*" positional once: key=value items after an option (`policy=P --run-dir D
+    # iterations=3`) come back unparsed, and belong to the same list
+    later = [t for t in unknown if "=" in t and not t.startswith("-")]
+    unknown = [t for t in unknown if t not in later]
     if unknown:
         print(f"pirl {name}: error: {_unknown_option(name, cmd, unknown[0])}", file=sys.stderr)
         return EXIT_USAGE
+    if name == "report":
+        args.items = [*args.items, *later]
+    else:
+        args.overrides = [*args.overrides, *later]
     if name == "report":
         args.runs, args.overrides = _split_report_items(args.items)
 
