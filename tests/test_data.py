@@ -133,8 +133,11 @@ def test_collect_scripted_demos(tmp_path):
     pytest.importorskip("metaworld")
     from pirl.data.collect import CollectConfig, collect
 
-    rep = collect(CollectConfig(tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2, camera="corner2", image_size=32, num_envs=2), tmp_path / "demos")
+    lines: list[str] = []  # progress after each batch: LIBERO's experts ran for minutes without a word
+    rep = collect(CollectConfig(tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2, camera="corner2", image_size=32, num_envs=2), tmp_path / "demos", log=lines.append)
     assert rep.episodes == 4 and all(v >= 2 for v in rep.successes.values())
+    assert len(lines) >= 2 and lines[0].startswith("collect: 2/4 episodes kept, 2 of 2 attempts solved"), lines
+    assert lines[-1].startswith(f"collect: 4/4 episodes kept, {sum(rep.successes.values())} of {sum(rep.attempts.values())}")
     ds = load_dataset(tmp_path / "demos")
     assert ds.info["pirl_env"]["tasks"] == ["reach-v3", "drawer-close-v3"] and ds.info["pirl_env"]["suite"] == "metaworld"
     assert ds.task_names == ["reach-v3", "drawer-close-v3"] and ds.videos["observation.images.corner2"].shape == (rep.frames, 32, 32, 3)

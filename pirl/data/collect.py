@@ -183,8 +183,10 @@ def source_env(cfg: CollectConfig, task_names: Sequence[str]) -> dict[str, Any]:
     return env
 
 
-def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
-    """Runs the suite's scripted experts and writes the episodes as a LeRobot v3.0 dataset at ``root``."""
+def collect(cfg: CollectConfig, root: Union[str, Path],
+            log: Optional[Callable[[str], None]] = print) -> CollectReport:
+    """Runs the suite's scripted experts and writes the episodes as a LeRobot v3.0 dataset at ``root``; ``log``
+    gets a progress line after each batch of episodes (LIBERO's take seconds each)."""
     import warnings
 
     if (Path(root) / "meta" / "info.json").exists():
@@ -197,7 +199,7 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     if cfg.camera == "default":
         cfg = replace(cfg, camera=DEFAULT_CAMERA[cfg.suite])
     if cfg.suite == "maniskill":
-        return _maniskill(cfg, Path(root), max_attempts)
+        return _maniskill(cfg, Path(root), max_attempts, log)
     sim = _libero(cfg) if cfg.suite == "libero" else _metaworld(cfg)
     env, task_names, vkey = sim.env, sim.task_names, sim.video_key
     rng = np.random.default_rng(cfg.noise_seed)
@@ -270,6 +272,10 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
                             extra={"seed": int(contexts[i].seed), "success": bool(solved[i]), "env_task": task_names[t]},
                         )
                     )
+            if log:
+                done = sum(len(k) for k in kept.values())
+                log(f"collect: {done}/{per_task * len(kept)} episodes kept, {sum(successes.values())} of "
+                    f"{sum(attempts.values())} attempts solved, {time.perf_counter() - t0:.0f} s")
     finally:
         env.close()
     episodes = [ep for t in kept for ep in kept[t]]
@@ -284,7 +290,8 @@ def collect(cfg: CollectConfig, root: Union[str, Path]) -> CollectReport:
     )  # fmt: skip
 
 
-def _maniskill(cfg: CollectConfig, root: Path, max_attempts: int) -> CollectReport:
+def _maniskill(cfg: CollectConfig, root: Path, max_attempts: int,
+               log: Optional[Callable[[str], None]]) -> CollectReport:
     from pirl.envs.maniskill import OFFLINE_TASKS
     from pirl.envs.maniskill_demos import CONTROL_MODES, generate_demos, write_lerobot
 
@@ -305,6 +312,9 @@ def _maniskill(cfg: CollectConfig, root: Path, max_attempts: int) -> CollectRepo
         eps, report = generate_demos(t, cfg.episodes_per_task, seed=cfg.seed_start, control_mode=mode,
                                      image_size=cfg.image_size if cfg.camera else 0, max_attempts=max_attempts)
         attempts[t], successes[t] = report["attempts"], report["replayed"]
+        if log:
+            log(f"collect: {t}: {len(eps)} planner demos replayed from {report['attempts']} seeds, "
+                f"{time.perf_counter() - t0:.0f} s")
         if len(eps) < cfg.episodes_per_task:
             raise InputError(f"the {t} planner gave {len(eps)} successful demos in {report['attempts']} seeds, fewer than "
                              f"episodes_per_task={cfg.episodes_per_task}; raise max_attempts_per_task")
