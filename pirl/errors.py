@@ -61,3 +61,29 @@ def require(module: str, *, extra: str, purpose: str) -> ModuleType:
             raise
         raise NotInstalledError(f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not "
                                 f"installed: pip install -e '.[{extra}]'") from e
+
+
+def check_device(device: str, *, available: bool = False) -> None:
+    """Raises :class:`InputError` unless ``device`` names a torch device pirl runs on (cpu, cuda, cuda:N, mps);
+    with ``available``, also unless this machine has it (checked at run time, so that a GPU config can be read and
+    printed on a CPU machine)."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"device={device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device={device!r}: pirl runs on cpu, cuda or cuda:N (and mps)")
+    if not available:
+        return
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+            raise InputError(f"device={device}: this torch {torch.__version__} sees no CUDA GPU ({why}): use device=cpu, "
+                             "or a machine with an NVIDIA GPU and a CUDA build of torch")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise InputError(f"device={device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device={device}: this machine's torch has no MPS backend (Apple GPUs only): use device=cpu")

@@ -493,3 +493,31 @@ def test_overrides_after_an_option_are_applied_not_refused(files, tmp_path, caps
     assert rc == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["iterations"] == 4 and cfg["num_groups"] == 5 and cfg["policy"] == str(files / "policy.safetensors")
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("setting,words", [
+    ("device=gpu", ["device='gpu' is not a torch device", "cuda:N"]),
+    ("device=cuda:99", ["device=cuda:99:"]),  # no CUDA here, or not 100 GPUs: either way named, not an AssertionError
+])
+def test_a_device_the_machine_lacks_is_named(files, tmp_path, capsys, command, setting, words):
+    run = tmp_path / "dev"
+    rc = pirl([command, "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, setting])
+    _one_line_error(capsys, rc, *words)
+    assert not run.exists()
+
+
+def test_negative_threads_and_wandb_without_a_key_are_named(files, tmp_path, capsys, monkeypatch):
+    rc = pirl(["train", "--run-dir", str(tmp_path / "t"), f"policy={files / 'policy.safetensors'}", *PM, "threads=-1"])
+    _one_line_error(capsys, rc, "threads must be >= 0")
+    wandb = pytest.importorskip("wandb")
+
+    def no_key(**kw):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    run = tmp_path / "w"
+    rc = pirl(["train", "--run-dir", str(run), f"policy={files / 'policy.safetensors'}", *PM, "logger=wandb",
+               "iterations=1", "videos_per_task=0"])
+    _one_line_error(capsys, rc, "W&B could not start (UsageError: No API key", "wandb login", "WANDB_MODE=offline")
+    assert not run.exists(), "a run that failed at start leaves no directory behind"

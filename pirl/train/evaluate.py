@@ -21,7 +21,7 @@ import torch
 
 from pirl.envs.base import ChunkVectorEnv, Context, eval_contexts
 from pirl.envs.registry import EnvConfig, make_env
-from pirl.errors import InputError, NonFiniteError
+from pirl.errors import InputError, NonFiniteError, check_device
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.train.rollout import actions_for_env
@@ -290,6 +290,7 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
+        check_device(self.device)
         self.eval_protocol().env_config(self.env)  # fails early: a bad protocol, count, or simulator for it
 
     def eval_protocol(self) -> EvalProtocol:
@@ -320,6 +321,7 @@ def eval_main(cfg: EvalConfig, args) -> int:
     if not path:
         raise InputError("set policy=FILE (a .safetensors policy file written by `pirl sft` or `pirl train`, a LeRobot "
                          "or openpi π0 directory, or a hub id)")
+    check_device(cfg.device, available=True)
     policy, _ = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
     protocol = cfg.eval_protocol()
     sampler = SamplerConfig(method="ode", steps=cfg.steps)

@@ -115,8 +115,15 @@ class MetricsLogger:
         id_file = self.run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")
-        return wandb.init(project=project, id=run_id, resume="allow", dir=str(self.run_dir), name=self.run_dir.name,
-                          config=dict(config or {}))
+        try:
+            return wandb.init(project=project, id=run_id, resume="allow", dir=str(self.run_dir),
+                              name=self.run_dir.name, config=dict(config or {}))
+        except (wandb.errors.UsageError, wandb.errors.AuthenticationError, wandb.errors.CommError) as e:
+            from pirl.errors import UserError
+
+            raise UserError(f"logger=wandb: W&B could not start ({type(e).__name__}: {' '.join(str(e).split())}): "
+                            "run `wandb login` or set WANDB_API_KEY, or set WANDB_MODE=offline to log to "
+                            f"{self.run_dir / 'wandb'} without a network, or use logger=tensorboard") from None
 
     def _truncate(self, step: int) -> None:
         records = read_metrics(self.path)

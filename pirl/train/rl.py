@@ -25,7 +25,8 @@ import torch
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.config import to_dict
 from pirl.envs.registry import EnvConfig, env_record, make_env
-from pirl.errors import InputError, MissingFileError, NonFiniteError, OutOfMemory, TrainingDiverged, UserError, require
+from pirl.errors import (InputError, MissingFileError, NonFiniteError, OutOfMemory, TrainingDiverged, UserError,
+                         check_device, require)
 from pirl.flow import SamplerConfig
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import IMAGE_KINDS, export_policy, load_policy, policy_kind, save_policy
@@ -239,6 +240,9 @@ class TrainConfig:
                              f"{self.num_groups * self.group_size}], got {r.env_workers}")
         if self.max_env_restarts < 0:
             raise ValueError(f"max_env_restarts must be >= 0, got {self.max_env_restarts}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        check_device(self.device)
         cuda = str(self.device).startswith("cuda")
         if r.learner_backend == "nccl" and not cuda:
             raise ValueError(f"runner.learner_backend='nccl' reduces CUDA tensors only: it needs device='cuda', "
@@ -326,6 +330,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     if not cfg.policy:
         raise InputError("policy is empty: pass policy=PATH to an SFT checkpoint (.safetensors from `pirl sft`), a "
                          "LeRobot or openpi π0 / π0.5 directory, or a Hugging Face hub id (e.g. lerobot/pi0_libero)")
+    check_device(cfg.device, available=True)
     if cfg.logger in ("wandb", "both"):
         wandb_module()  # not installed: say so now, before simulators and Ray start
 

@@ -31,9 +31,13 @@ LOCK = ".lock"
 _held: dict[Path, int] = {}  # run directories this process holds -> nesting depth (train() inside train_main)
 
 
-def _contents(p: Path) -> list[str]:
-    """What a run directory holds besides its lock file."""
-    return [q.name for q in p.iterdir() if q.name != LOCK]
+_NOT_RECORDS = ("config.yaml", LOCK, "wandb_id")
+
+
+def _holds_records(p: Path) -> bool:
+    """Whether a run directory holds anything a run wrote (records, checkpoints, data, videos): a non-empty file
+    besides its config, lock and W&B id (a run that failed at start leaves those and empty files)."""
+    return any(q.is_file() and q.stat().st_size > 0 and q.name not in _NOT_RECORDS for q in p.rglob("*"))
 
 
 @contextmanager
@@ -111,9 +115,9 @@ class RunDir:
         directory that already holds a run (use ``open`` + resume for that); one holding only its config.yaml
         (a run that failed at start) is reused."""
         p = Path(path) if path is not None else Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        # a directory holding only its config is a run that stopped before its first record (a missing dataset,
-        # a wrong file): nothing to lose, so a corrected command may reuse it
-        if (p / "config.yaml").exists() and any(q != "config.yaml" for q in _contents(p)):
+        # a directory holding only its config (and empty files) is a run that stopped before its first record (a
+        # missing dataset, a wrong file, W&B without a key): nothing to lose, so a corrected command may reuse it
+        if (p / "config.yaml").exists() and _holds_records(p):
             raise ExistingFileError(f"{p}: already holds a run (resume it with --resume {p}, or pick another --run-dir)")
         fresh = not p.exists()
         p.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,7 @@ class RunDir:
         try:
             yield self
         except BaseException:
-            if self.fresh and self.path.is_dir() and all(q == "config.yaml" for q in _contents(self.path)):
+            if self.fresh and self.path.is_dir() and not _holds_records(self.path):
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
 
