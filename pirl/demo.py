@@ -66,6 +66,12 @@ class DemoConfig:
     about three quarters of an iteration; the policy's inference and update stay in this process);
     runner.kind=local keeps everything in one process."""
 
+    def __post_init__(self) -> None:
+        if self.demos_per_task < 1 or self.sft_steps < 1 or not self.demo_action_noise >= 0:
+            raise ValueError(f"demos_per_task >= 1, sft_steps >= 1 and demo_action_noise >= 0 are required, got "
+                             f"{self.demos_per_task}, {self.sft_steps}, {self.demo_action_noise}")
+        rl_config(self, "sft")  # the RL stage's settings fail now, not after collection and SFT
+
 
 def demo_main(cfg: DemoConfig, args) -> int:
     """CLI entry: `pirl demo [key=value ...] [--run-dir D]`."""

@@ -48,3 +48,16 @@ def test_pi0_flow_noise_preset_is_the_measured_run():
     assert cfg.num_groups * cfg.group_size == 32 and cfg.task_sampling == "adaptive"
     assert (cfg.env.max_episode_steps, cfg.env.camera, cfg.env.image_size) == (150, "corner2", 64)
     assert cfg.time_limit_s == 3600 and cfg.eval_every == 8 and cfg.eval_episodes_per_task == 20
+
+
+def test_demo_settings_that_cannot_run_fail_before_collection_and_sft(tmp_path, capsys):
+    # `pirl demo algorithm=loop` collected and trained SFT for minutes, then failed building its RL stage
+    from pirl.cli.main import main as pirl
+
+    for setting, words in [("algorithm=loop", "set group_size >= 2"), ("sampler.method=ode", "no log-probabilities"),
+                           ("eval_every=0", "eval_every must be >= 1"), ("demos_per_task=0", "demos_per_task >= 1")]:
+        run = tmp_path / setting.split("=")[0]
+        assert pirl(["demo", "--run-dir", str(run), setting]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pirl demo: error: DemoConfig:") and words in err and len(err.splitlines()) == 1, err
+        assert not run.exists()
