@@ -521,3 +521,17 @@ def test_negative_threads_and_wandb_without_a_key_are_named(files, tmp_path, cap
                "iterations=1", "videos_per_task=0"])
     _one_line_error(capsys, rc, "W&B could not start (UsageError: No API key", "wandb login", "WANDB_MODE=offline")
     assert not run.exists(), "a run that failed at start leaves no directory behind"
+
+
+@pytest.mark.parametrize("setting,words", [
+    ("lr=-1", ["lr > 0"]),  # was torch's ValueError traceback
+    ("weight_decay=-1", ["weight_decay >= 0"]),
+    ("grad_clip=0", ["grad_clip > 0"]),  # would have scaled every gradient to zero
+    ("denoise_steps=0", ["denoise_steps must be >= 1"]),
+    ("hidden=0", ["hidden must be >= 1"]),  # trained and saved a zero-width network
+])
+def test_sft_settings_that_cannot_train_are_refused_when_read(files, tmp_path, capsys, setting, words):
+    run = tmp_path / "sft"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=2", setting])
+    _one_line_error(capsys, rc, "SFTConfig:", *words)
+    assert not run.exists()

@@ -118,6 +118,15 @@ class SFTConfig:
             raise ValueError(f"state_clip must be > 0 or null, got {self.state_clip!r}")
         if self.eval_max_episode_steps < 0:
             raise ValueError(f"eval_max_episode_steps must be >= 0 (0 = the suite's limit), got {self.eval_max_episode_steps}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not self.weight_decay >= 0 or not self.grad_clip > 0:
+            # grad_clip=0 would scale every gradient to zero: SFT would not learn
+            raise ValueError(f"lr > 0, weight_decay >= 0 and grad_clip > 0 are required, got {self.lr}, "
+                             f"{self.weight_decay}, {self.grad_clip}")
+        sizes = ("hidden", "depth", "vla_width", "vla_layers", "denoise_steps", "eval_episodes_per_task",
+                 "eval_num_envs", "log_every")
+        small = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        if small:
+            raise ValueError(f"{', '.join(small)}: {' and '.join(k.split('=')[0] for k in small)} must be >= 1")
 
 
 @dataclass
