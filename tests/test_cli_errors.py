@@ -535,3 +535,16 @@ def test_sft_settings_that_cannot_train_are_refused_when_read(files, tmp_path, c
     rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=2", setting])
     _one_line_error(capsys, rc, "SFTConfig:", *words)
     assert not run.exists()
+
+
+def test_an_unknown_camera_is_named_and_leaves_no_run_behind(files, tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    words = ("unknown camera 'bogus'", "corner2")
+    run = tmp_path / "cam-collect"
+    rc = pirl(["collect", "--run-dir", str(run), "tasks=reach-v3", "episodes_per_task=1", "camera=bogus"])
+    _one_line_error(capsys, rc, *words)
+    run = tmp_path / "cam-train"  # fails at the first evaluation, after the loggers started: still nothing to keep
+    rc = pirl(["train", "--run-dir", str(run), f"policy={files / 'metaworld.safetensors'}", "env.suite=metaworld",
+               "env.tasks=[reach-v3]", "env.camera=bogus", "iterations=1", "videos_per_task=0"])
+    _one_line_error(capsys, rc, *words)
+    assert not run.exists()

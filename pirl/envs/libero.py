@@ -116,7 +116,7 @@ class LiberoConfig:
             raise ValueError(f"image_size must be 0 (state only) or > 0 with cameras; got {self.image_size}, {self.cameras}")
         for c in self.cameras:
             if c not in CAMERAS:
-                raise ValueError(f"unknown camera {c!r}; choose from {tuple(CAMERAS)}")
+                raise InputError(f"unknown camera {c!r}; LIBERO's cameras are {tuple(CAMERAS)}")
         if self.record and not self.render_size > 0:
             raise ValueError(f"record=True needs render_size > 0, got {self.render_size}")
         if self.held_out_init_states < 0:

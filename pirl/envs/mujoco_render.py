@@ -23,6 +23,8 @@ import atexit  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pirl.errors import InputError  # noqa: E402
+
 _GL_CONTEXT = None
 _GL_SIZE = (0, 0)
 
@@ -71,7 +73,7 @@ class ModelRenderer:
     def __init__(self, model: mujoco.MjModel, camera: str, width: int, height: int) -> None:
         names = [model.camera(i).name for i in range(model.ncam)]
         if camera not in names:
-            raise ValueError(f"unknown camera {camera!r}; this model has cameras {names}")
+            raise InputError(f"unknown camera {camera!r}; this scene has the cameras {names}")
         if width > model.vis.global_.offwidth or height > model.vis.global_.offheight:
             model.vis.global_.offwidth = max(width, model.vis.global_.offwidth)
             model.vis.global_.offheight = max(height, model.vis.global_.offheight)

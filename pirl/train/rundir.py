@@ -32,12 +32,14 @@ _held: dict[Path, int] = {}  # run directories this process holds -> nesting dep
 
 
 _NOT_RECORDS = ("config.yaml", LOCK, "wandb_id")
+_MIRRORS = ("tb", "wandb")  # TensorBoard / W&B copies of metrics.jsonl: a header alone is no record
 
 
 def _holds_records(p: Path) -> bool:
     """Whether a run directory holds anything a run wrote (records, checkpoints, data, videos): a non-empty file
-    besides its config, lock and W&B id (a run that failed at start leaves those and empty files)."""
-    return any(q.is_file() and q.stat().st_size > 0 and q.name not in _NOT_RECORDS for q in p.rglob("*"))
+    besides its config, lock, W&B id and the loggers' mirrors (a run that failed at start leaves only those)."""
+    return any(q.is_file() and q.stat().st_size > 0 and q.name not in _NOT_RECORDS
+               and q.relative_to(p).parts[0] not in _MIRRORS for q in p.rglob("*"))
 
 
 @contextmanager
