@@ -109,18 +109,18 @@ class LiberoConfig:
         if self.suite not in SUITES:
             raise InputError(f"unknown LIBERO suite {self.suite!r}; choose one of {SUITES}")
         if self.num_envs < 1 or self.chunk < 1:
-            raise ValueError(f"num_envs and chunk must be >= 1; got {self.num_envs}, {self.chunk}")
+            raise InputError(f"num_envs and chunk must be >= 1; got {self.num_envs}, {self.chunk}")
         if self.init_states not in ("ordered", "random"):
-            raise ValueError(f"init_states must be 'ordered' or 'random', got {self.init_states!r}")
+            raise InputError(f"init_states must be 'ordered' or 'random', got {self.init_states!r}")
         if self.image_size < 0 or (self.image_size and not self.cameras):
-            raise ValueError(f"image_size must be 0 (state only) or > 0 with cameras; got {self.image_size}, {self.cameras}")
+            raise InputError(f"image_size must be 0 (state only) or > 0 with cameras; got {self.image_size}, {self.cameras}")
         for c in self.cameras:
             if c not in CAMERAS:
                 raise InputError(f"unknown camera {c!r}; LIBERO's cameras are {tuple(CAMERAS)}")
         if self.record and not self.render_size > 0:
-            raise ValueError(f"record=True needs render_size > 0, got {self.render_size}")
+            raise InputError(f"record=True needs render_size > 0, got {self.render_size}")
         if self.held_out_init_states < 0:
-            raise ValueError(f"held_out_init_states must be >= 0, got {self.held_out_init_states}")
+            raise InputError(f"held_out_init_states must be >= 0, got {self.held_out_init_states}")
 
     @property
     def episode_steps(self) -> int:
@@ -134,7 +134,7 @@ class LiberoConfig:
 def init_state_index(seed: int, num_states: int, held_out: int, order: str) -> int:
     """Which of a task's ``num_states`` init states a context seed starts from (see the module docstring)."""
     if not 0 <= held_out < num_states:
-        raise ValueError(f"held_out_init_states must lie in [0, {num_states}) for a task with {num_states} init states")
+        raise InputError(f"held_out_init_states must lie in [0, {num_states}) for a task with {num_states} init states")
     if seed >= EVAL_SEED_START:  # evaluation seed EVAL_SEED_START + i: the i-th state of the evaluation range
         seed -= EVAL_SEED_START
         first, n = (num_states - held_out, held_out) if held_out else (0, num_states)
@@ -152,7 +152,7 @@ def official_contexts(num_tasks: int, episodes_per_task: int = NUM_INIT_STATES) 
     split, which the protocol's env config (:meth:`pirl.train.evaluate.EvalProtocol.env_config`) makes sure of.
     """
     if not 1 <= episodes_per_task <= NUM_INIT_STATES:
-        raise ValueError(f"LIBERO's protocol runs 1..{NUM_INIT_STATES} episodes per task (one per init state), "
+        raise InputError(f"LIBERO's protocol runs 1..{NUM_INIT_STATES} episodes per task (one per init state), "
                          f"got {episodes_per_task}")
     return eval_contexts(num_tasks, episodes_per_task)
 

@@ -80,17 +80,17 @@ class ManiSkillConfig:
     def __post_init__(self) -> None:
         tasks = self.task_tuple
         if not tasks:
-            raise ValueError("tasks must name at least one ManiSkill task")
+            raise InputError("tasks must name at least one ManiSkill task")
         if self.num_envs < 1 or self.chunk < 1:
-            raise ValueError(f"num_envs and chunk must be >= 1; got {self.num_envs}, {self.chunk}")
+            raise InputError(f"num_envs and chunk must be >= 1; got {self.num_envs}, {self.chunk}")
         if self.reward not in ("sparse", "dense"):
-            raise ValueError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
+            raise InputError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
         if self.backend not in ("cpu", "gpu"):
-            raise ValueError(f"backend must be 'cpu' or 'gpu', got {self.backend!r}")
+            raise InputError(f"backend must be 'cpu' or 'gpu', got {self.backend!r}")
         if self.backend == "gpu" and len(tasks) != 1:
-            raise ValueError(f"the GPU backend simulates one task per vector; got {tasks} (make one vector per task)")
+            raise InputError(f"the GPU backend simulates one task per vector; got {tasks} (make one vector per task)")
         if self.image_size < 0 or not 8 <= self.render_size <= 1024:
-            raise ValueError(f"image_size must be >= 0 and render_size in [8, 1024]; got {self.image_size}, "
+            raise InputError(f"image_size must be >= 0 and render_size in [8, 1024]; got {self.image_size}, "
                              f"{self.render_size}")
 
     @property
@@ -247,7 +247,7 @@ class ManiSkillVectorEnv(GymChunkVector):
         tasks = cfg.task_tuple
         dims = [_probe(t, cfg.control_mode, cfg.image_size) for t in tasks]
         if len({a for a, _ in dims}) != 1:
-            raise ValueError(f"tasks {tasks} have different action sizes {[a for a, _ in dims]} under {cfg.control_mode}")
+            raise InputError(f"tasks {tasks} have different action sizes {[a for a, _ in dims]} under {cfg.control_mode}")
         state_dim = max(s for _, s in dims)
         super().__init__(
             partial(ManiSkillSubEnv, cfg=cfg, action_dim=dims[0][0], state_dim=state_dim), num_envs=cfg.num_envs, chunk=cfg.chunk,

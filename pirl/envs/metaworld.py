@@ -26,6 +26,7 @@ from pirl.envs import mujoco_render  # noqa: F401  (sets MUJOCO_GL before mujoco
 from pirl.envs.base import EVAL_SEED_START, Context, eval_contexts  # noqa: F401 (re-exported)
 from pirl.envs.chunked import ChunkSubEnv, GymChunkVector
 from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
+from pirl.errors import InputError
 
 STATE_DIM = 39
 ACTION_DIM = 4
@@ -65,13 +66,13 @@ class MetaWorldConfig:
     def __post_init__(self) -> None:
         resolve_tasks(self.tasks)  # fails early, with close matches
         if self.num_envs < 1 or self.chunk < 1 or self.max_episode_steps < 1:
-            raise ValueError(f"num_envs, chunk and max_episode_steps must be >= 1; got {self.num_envs}, {self.chunk}, {self.max_episode_steps}")
+            raise InputError(f"num_envs, chunk and max_episode_steps must be >= 1; got {self.num_envs}, {self.chunk}, {self.max_episode_steps}")
         if self.reward not in ("sparse", "dense"):
-            raise ValueError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
+            raise InputError(f"reward must be 'sparse' or 'dense', got {self.reward!r}")
         if self.vector not in ("sync", "async"):
-            raise ValueError(f"vector must be 'sync' or 'async', got {self.vector!r}")
+            raise InputError(f"vector must be 'sync' or 'async', got {self.vector!r}")
         if not 8 <= self.image_size <= 1024 or not 8 <= self.render_size <= 1024:
-            raise ValueError(f"image_size and render_size must lie in [8, 1024], got {self.image_size}, {self.render_size}")
+            raise InputError(f"image_size and render_size must lie in [8, 1024], got {self.image_size}, {self.render_size}")
 
 
 def train_contexts(num_tasks: int, per_task: int, start: int = 0) -> list[Context]:

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pirl.envs.base import Context, StepResult
+from pirl.errors import InputError
 
 # Four goal regions, one per quadrant; a task is one of them with its instruction.
 DEFAULT_GOALS: tuple[tuple[float, float], ...] = ((0.5, 0.5), (-0.5, 0.5), (-0.5, -0.5), (0.5, -0.5))
@@ -41,12 +42,12 @@ class PointMassConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_tasks <= len(DEFAULT_GOALS):
-            raise ValueError(f"num_tasks must lie in [1, {len(DEFAULT_GOALS)}], got {self.num_tasks}")
+            raise InputError(f"num_tasks must lie in [1, {len(DEFAULT_GOALS)}], got {self.num_tasks}")
         for name in ("chunk", "max_chunk_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.speed > 0 and self.goal_radius > 0):
-            raise ValueError(f"speed and goal_radius must be > 0, got {self.speed}, {self.goal_radius}")
+            raise InputError(f"speed and goal_radius must be > 0, got {self.speed}, {self.goal_radius}")
 
 
 class PointMassEnv:
