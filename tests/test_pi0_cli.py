@@ -208,6 +208,19 @@ def test_missing_camera_and_missing_tokenizer_are_refused(tmp_path):
         Pi0Options(cameras={"head_cam": "image"}).config_overrides(cfg.cameras, ())
 
 
+@pytest.mark.parametrize("setting,words", [
+    ("pi0.cameras={nocam: image}", ["pi0.cameras names ['nocam']", "its cameras"]),  # were tracebacks
+    ("pi0.tokenizer=/nonexistent.model", ["no tokenizer at '/nonexistent.model'", "set pi0.tokenizer"]),
+    ("pi0.delta_action_dims=99", ["the pi0 settings do not fit", "delta_action_dims=99"]),
+])
+def test_pi0_settings_a_checkpoint_cannot_take_are_one_line(sft_policies, tmp_path, capsys, setting, words):
+    run = tmp_path / "eval"
+    assert pirl(["eval", "--run-dir", str(run), f"policy={sft_policies['pi0']}", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("pirl eval: error:") and all(w in err for w in words), err
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("fmt,damage,words", [
     ("lerobot", "truncate model.safetensors", "damaged checkpoint (SafetensorError"),
     ("lerobot", "remove policy_preprocessor_step_2_normalizer_processor.safetensors", "No such file"),

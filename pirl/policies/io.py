@@ -235,7 +235,7 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
     spec = KINDS[kind]
     cfg = spec.config_from_dict(json.loads(meta["config"]))
     if kind == "pi0":
-        cfg = cfg.replace(**pi0.config_overrides(cfg.cameras, cfg.camera_keys))
+        cfg = _apply_pi0_options(cfg, pi0, path)
     policy = spec.build(cfg)
     heads = json.loads(meta["heads"])
     if heads["noise_head"] is not None:
@@ -275,6 +275,7 @@ def _load_pi0_dir(fmt: str, path: Path, pi0: Pi0Options) -> Policy:
                 if field in overrides and key in raw and overrides[field] != getattr(base, field):
                     print(f"policy: {path}/config.json's {key}={raw[key]!r} kept over the configured "
                           f"{field}={overrides.pop(field)!r}")
+            _apply_pi0_options(base, pi0, path, overrides)  # the settings must fit before the weights load
             return ck.load_lerobot(path, **overrides)
         if pi0.variant is None:
             raise PolicyLoadError(f"{path} is an openpi checkpoint, which holds no architecture config: set "
@@ -285,7 +286,7 @@ def _load_pi0_dir(fmt: str, path: Path, pi0: Pi0Options) -> Policy:
                 for k, n in (("state_dim", "state"), ("action_dim", "actions"))}
         base = new_config(pi0.variant, pi0.size or "full", **dims, action_horizon=pi0.action_horizon or 50,
                           cameras=DEFAULT_CAMERAS, tokenizer="")
-        return ck.load_openpi(path, base.replace(**pi0.config_overrides(base.cameras, base.camera_keys)))
+        return ck.load_openpi(path, _apply_pi0_options(base, pi0, path))
     except UserError:  # already names the file and the fix
         raise
     except ck.CheckpointError as e:
@@ -295,6 +296,18 @@ def _load_pi0_dir(fmt: str, path: Path, pi0: Pi0Options) -> Policy:
         raise PolicyLoadError(f"{path}: an incomplete or damaged checkpoint ({type(e).__name__}: {e}); download it "
                               "again; it should hold "
                               f"{LEROBOT_FILES if fmt == 'lerobot' else 'model.safetensors and assets/*/norm_stats.json'}") from None
+
+
+def _apply_pi0_options(cfg: Any, opts: Pi0Options, path: Path, overrides: Optional[dict[str, Any]] = None) -> Any:
+    """``cfg`` with the pi0 block's settings (``overrides``: those already worked out); a setting the checkpoint
+    cannot take (a delta_action_dims beyond its action size, ...) is the user's to change, named with the file."""
+    try:
+        return cfg.replace(**(overrides if overrides is not None else opts.config_overrides(cfg.cameras,
+                                                                                            cfg.camera_keys)))
+    except UserError:
+        raise
+    except ValueError as e:
+        raise InputError(f"the pi0 settings do not fit {path}: {e}") from None
 
 
 def _finish_pi0(policy: Any, opts: Pi0Options, path: Path) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
+from pirl.errors import InputError
+
 
 @dataclass(frozen=True)
 class Pi0Options:
@@ -54,7 +56,7 @@ class Pi0Options:
         out: dict[str, Any] = {}
         unknown = sorted(set(self.cameras) - set(cameras))
         if unknown:
-            raise ValueError(f"pi0.cameras names {unknown}, which the checkpoint does not have (its cameras: "
+            raise InputError(f"pi0.cameras names {unknown}, which the checkpoint does not have (its cameras: "
                              f"{list(cameras)})")
         keys = tuple(self.cameras.get(c, camera_keys[i] if camera_keys else default_camera_key(c))
                      for i, c in enumerate(cameras))

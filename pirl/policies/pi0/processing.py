@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pirl.errors import MissingFileError
 from pirl.policies.pi0.configuration import NormMode
 
 
@@ -35,7 +36,8 @@ class PaligemmaTokenizer:
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no tokenizer at {path!r} (give a local tokenizer.json or SentencePiece .model)")
+            raise MissingFileError(f"no tokenizer at {path!r}: set pi0.tokenizer to a local tokenizer.json or "
+                                   "SentencePiece .model (openpi's paligemma_tokenizer.model)")
         self.max_len = max_len
         if path.endswith(".model"):
             import sentencepiece
