@@ -139,3 +139,17 @@ def test_a_closed_stdout_ends_quietly():
     p.stdout.close()  # before pirl has written anything (its imports take longer than this)
     err = p.stderr.read().decode()
     assert p.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_report_reads_a_demo_directory_and_names_an_unknown_metric(tmp_path, capsys):
+    # a `pirl demo` directory was "not a run directory of `pirl train`, `pirl demo` or `pirl eval`"; a mistyped
+    # key=... wrote an empty report
+    demo = tmp_path / "demo-1"
+    _fake_run(demo / "rl", "ppo", 0.2)
+    (demo / "config.yaml").write_text("demos_per_task: 5\n")
+    run = load_run(demo)
+    assert run.name == "demo-1" and run.mean[0] == pytest.approx(0.2) and run.path == demo / "rl"
+    assert main(["report", str(demo), "key=eval/succes", f"out={tmp_path / 'rep'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pirl report: error: key=eval/succes: no record of") and "eval/success" in err, err
+    assert not (tmp_path / "rep").exists()

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -100,12 +100,19 @@ def load_run(run_dir: str | Path, key: str = "eval/success") -> RunData:
     summary = read_summary(path)
     if not records and not summary and (path / "eval.json").is_file():
         return _load_eval_run(path, key)
+    if not records and not summary and read_metrics(path / "rl"):  # a `pirl demo` directory: its RL stage
+        return replace(load_run(path / "rl", key), name=path.name)
     if not records and not summary:
         raise FileNotFoundError(f"{path}: no metrics.jsonl, summary.json or eval.json (not a run directory of "
                                 "`pirl train`, `pirl demo` or `pirl eval`?)")
     cfg_file = path / "config.yaml"
     config = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
     evals = list(iter_eval_records(records, key))
+    if not evals and key not in summary:
+        logged = sorted({k for r in records for k in r if isinstance(r[k], (int, float)) and k.count("/") == 1}
+                        - {"env_steps", "wall_time", "step"})
+        raise InputError(f"key={key}: no record of {path} holds it; its metrics include "
+                         f"{', '.join(logged[:12])}{', ...' if len(logged) > 12 else ''}")
     prefix = key + "/"
     tasks = sorted({k[len(prefix):] for r in evals for k in r if k.startswith(prefix)})
     run = RunData(path=path, name=str(summary.get("name") or path.name), method=_method(summary, config or {}), tasks=tasks,
