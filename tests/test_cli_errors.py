@@ -548,3 +548,23 @@ def test_an_unknown_camera_is_named_and_leaves_no_run_behind(files, tmp_path, ca
                "env.tasks=[reach-v3]", "env.camera=bogus", "iterations=1", "videos_per_task=0"])
     _one_line_error(capsys, rc, *words)
     assert not run.exists()
+
+
+def test_a_hub_dataset_id_is_fetched_and_offline_names_the_download(files, tmp_path, capsys, monkeypatch):
+    import pirl.data.reader as reader
+
+    asked = []
+
+    def fake_snapshot(repo_id, *, repo_type="model", allow_patterns=None):  # the hub, answered from disk
+        asked.append((repo_id, repo_type))
+        return files / "dataset"
+
+    monkeypatch.setattr(reader, "snapshot", fake_snapshot)
+    run = tmp_path / "sft"
+    assert pirl(["sft", "--run-dir", str(run), "dataset=someorg/some_demos", "steps=2", "eval_every=-1"]) == 0
+    assert asked == [("someorg/some_demos", "dataset")] and (run / "final.safetensors").is_file()
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = pirl(["sft", "--run-dir", str(tmp_path / "off"), "dataset=someorg/not_here", "steps=2"])
+    _one_line_error(capsys, rc, "could not fetch the dataset 'someorg/not_here'",
+                    "huggingface-cli download --repo-type dataset someorg/not_here")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from pirl.data.lerobot import EPISODES_PATH, INFO_PATH, STATS_PATH, TASKS_PATH, DatasetError, _stats, read_video
+from pirl.hub import is_hub_id, snapshot
 
 
 @dataclass
@@ -96,6 +97,23 @@ def _check_stats(info: dict, stats: dict, root: Path) -> None:
                 raise DatasetError(f"stats.json's {key!r} {name} has {n} values but info.json gives shape {ft['shape']}; {fix}")
 
 
+def resolve_dataset(spec: str | Path) -> Path:
+    """The local directory of a dataset: ``spec`` itself, or a Hugging Face hub dataset id ("org/name", e.g. a
+    LeRobot v3.0 conversion) downloaded with ``huggingface_hub`` (or found in its cache)."""
+    if not is_hub_id(spec):
+        return Path(spec)
+    try:
+        return snapshot(str(spec), repo_type="dataset", allow_patterns=["meta/*", "data/*", "videos/*"])
+    except ImportError:
+        raise DatasetError(f"{spec!r} looks like a Hugging Face hub dataset id, but huggingface_hub is not "
+                           "installed: pip install huggingface_hub (or give a local directory)") from None
+    except Exception as e:  # noqa: BLE001 - offline, unknown or gated repository: one message with the way out
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DatasetError(f"could not fetch the dataset {spec!r} from the Hugging Face hub ({type(e).__name__}: "
+                           f"{first}). Offline: download it on a connected machine (`huggingface-cli download "
+                           f"--repo-type dataset {spec} --local-dir DIR`), copy DIR here and set dataset=DIR") from None
+
+
 def check_dataset_root(root: str | Path) -> Path:
     """Raises :class:`DatasetError` unless ``root`` is a directory with a LeRobot ``meta/info.json`` (cheap: a
     command checks this before it creates its run directory)."""
@@ -108,8 +126,8 @@ def check_dataset_root(root: str | Path) -> Path:
 
 
 def load_dataset(root: str | Path, *, load_videos: bool = True) -> LeRobotDataset:
-    """Loads a LeRobot v3.0 dataset (meta, frames, and decoded videos) from a local directory."""
-    root = check_dataset_root(root)
+    """Loads a LeRobot v3.0 dataset (meta, frames, and decoded videos) from a local directory or a hub dataset id."""
+    root = check_dataset_root(resolve_dataset(root))
     info = _read_json(root / INFO_PATH, _RECOLLECT)
     version = str(info.get("codebase_version", "?"))
     if not version.startswith("v3"):

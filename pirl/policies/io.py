@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pirl.errors import InputError, MissingFileError, UserError
+from pirl.hub import is_hub_id, snapshot
 from pirl.policies.base import Policy
 from pirl.policies.options import Pi0Options
 
@@ -123,7 +123,6 @@ def export_policy(policy: Policy, directory: str | Path) -> Optional[Path]:
 
 
 # -- sources -----------------------------------------------------------------------------------------
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LEROBOT_FILES = "config.json, model.safetensors, policy_preprocessor.json, policy_postprocessor.json and their *.safetensors"
 
 
@@ -160,12 +159,10 @@ def detect_format(path: Path) -> str:
 def fetch_from_hub(repo_id: str) -> Path:
     """Downloads a LeRobot-format checkpoint (config, weights, processor files) with ``huggingface_hub``."""
     try:
-        from huggingface_hub import snapshot_download
+        return snapshot(repo_id, allow_patterns=["*.json", "*.safetensors", "assets/*/*"])
     except ImportError:
         raise PolicyLoadError(f"{repo_id!r} looks like a Hugging Face hub id, but huggingface_hub is not installed: "
                               "pip install 'pirl[pi0]'") from None
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "assets/*/*"]))
     except Exception as e:  # noqa: BLE001 - offline, gated, unknown repo: one message with the way out
         raise PolicyLoadError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
@@ -176,9 +173,7 @@ def fetch_from_hub(repo_id: str) -> Path:
 def resolve_source(spec: str | Path) -> tuple[str, Path]:
     """(format, local path) of a policy source: a file, a directory, or a hub id fetched when online."""
     path = Path(spec)
-    # "org/name" is a hub id unless it names a local path (or a path under a local folder)
-    if (not path.exists() and isinstance(spec, str) and HUB_ID.match(spec) and not spec.endswith(".safetensors")
-            and not path.parent.exists()):
+    if is_hub_id(spec):  # "org/name" is a hub id unless it names a local path (or a path under a local folder)
         path = fetch_from_hub(spec)
     return detect_format(path), path
 

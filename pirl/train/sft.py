@@ -361,12 +361,14 @@ def sft_main(cfg: SFTConfig, args) -> int:
     """CLI entry: `pirl sft dataset=DIR [key=value ...] [--run-dir D]` (checkpoints go to the run directory)."""
     from dataclasses import replace
 
-    from pirl.data.reader import check_dataset_root
+    from pirl.data.reader import check_dataset_root, resolve_dataset
     from pirl.train.rundir import RunDir
 
     if not cfg.dataset:
-        raise InputError("set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`)")
-    check_dataset_root(cfg.dataset)  # before the run directory exists: a typo leaves no empty run behind
+        raise InputError("set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`, or a hub dataset id)")
+    local = resolve_dataset(cfg.dataset)  # a hub id is fetched once, here
+    check_dataset_root(local)  # before the run directory exists: a typo leaves no empty run behind
+    cfg = replace(cfg, dataset=str(local))
     run = RunDir.create(getattr(args, "run_dir", None), name="sft")
     cfg = replace(cfg, out_dir=cfg.out_dir or str(run.path))
     with run.discard_if_unused():
