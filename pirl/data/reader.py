@@ -106,7 +106,7 @@ def resolve_dataset(spec: str | Path) -> Path:
         return snapshot(str(spec), repo_type="dataset", allow_patterns=["meta/*", "data/*", "videos/*"])
     except ImportError:
         raise DatasetError(f"{spec!r} looks like a Hugging Face hub dataset id, but huggingface_hub is not "
-                           "installed: pip install huggingface_hub (or give a local directory)") from None
+                           "installed: pip install -e '.[pi0]' (or give a local directory)") from None
     except Exception as e:  # noqa: BLE001 - offline, unknown or gated repository: one message with the way out
         first = str(e).splitlines()[0] if str(e) else ""
         raise DatasetError(f"could not fetch the dataset {spec!r} from the Hugging Face hub ({type(e).__name__}: "
