@@ -17,6 +17,7 @@ and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -158,8 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unknown_option(name: str, cmd: Any, token: str) -> str:
     """What to say for an option the command lacks: a config key given as ``--key`` is named in its key=value form."""
-    import dataclasses
-
     key = token.lstrip("-").split("=", 1)[0]
     fields = {f.name for f in dataclasses.fields(resolve(cmd.config))}
     if token.startswith("-") and key.replace("-", "_").split(".")[0] in fields:
@@ -236,11 +235,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"pirl {name}: error: {_unknown_option(name, cmd, unknown[0])}", file=sys.stderr)
         return EXIT_USAGE
     if name == "report":
-        args.items = [*args.items, *later]
+        args.runs, args.overrides = _split_report_items([*args.items, *later])
     else:
         args.overrides = [*args.overrides, *later]
-    if name == "report":
-        args.runs, args.overrides = _split_report_items(args.items)
 
     def fail(msg: str) -> int:
         print(f"pirl {name}: error: {' '.join(msg.split())}", file=sys.stderr)  # one line, whatever the message
