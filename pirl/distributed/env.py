@@ -61,7 +61,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     if not sep or not port.isdigit() or "://" in address:
         return  # "auto", "local", a ray:// client address: Ray resolves these itself
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()  # [::1]:6379 too
     except OSError as e:
         raise InputError(f"runner.address={address}: no Ray cluster answers there ({e}); start one with "
                          f"`ray start --head --port={port}` on {host}, or leave runner.address unset to start a Ray "
