@@ -568,3 +568,19 @@ def test_a_hub_dataset_id_is_fetched_and_offline_names_the_download(files, tmp_p
     rc = pirl(["sft", "--run-dir", str(tmp_path / "off"), "dataset=someorg/not_here", "steps=2"])
     _one_line_error(capsys, rc, "could not fetch the dataset 'someorg/not_here'",
                     "huggingface-cli download --repo-type dataset someorg/not_here")
+
+
+def test_eval_checkpoint_takes_a_run_directory_as_its_help_says(files, tmp_path, capsys):
+    # `pirl eval --checkpoint RUN` said "RUN is a run directory: pass a policy file"; `pirl demo --checkpoint` was unused
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(files / "policy.safetensors", run / "policy_latest.safetensors")
+    assert pirl(["eval", "--checkpoint", str(run), *PM, "--print-config"]) == 0
+    assert f"policy: {run / 'policy_latest.safetensors'}" in capsys.readouterr().out
+    shutil.copy(files / "policy.safetensors", run / "policy_best.safetensors")
+    assert pirl(["eval", "--checkpoint", str(run), *PM, "--print-config"]) == 0
+    assert f"policy: {run / 'policy_best.safetensors'}" in capsys.readouterr().out
+    rc = pirl(["eval", "--checkpoint", str(run), f"policy={files / 'policy.safetensors'}", *PM])
+    _one_line_error(capsys, rc, "--checkpoint and policy= both name the policy")
+    rc = pirl(["demo", "--checkpoint", str(run)])
+    _one_line_error(capsys, rc, "unrecognized argument --checkpoint")

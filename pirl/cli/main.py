@@ -146,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                            help="continue a run from its latest checkpoint, with its saved config "
                                 "(iterations=N / time_limit_s=S extend it)")
-        if name in ("eval", "demo"):
+        if name == "eval":
             p.add_argument("--checkpoint", type=Path, metavar="PATH",
-                           help="checkpoint directory (or run directory: its best/latest checkpoint)")
+                           help="the policy to evaluate: a policy file, or a `pirl train` run directory (its "
+                                "policy_best.safetensors, else policy_latest.safetensors); the same as policy=PATH")
         if name == "report":
             p.add_argument("items", nargs="*", metavar="RUN_DIR|key=value",
                            help="run directories to report on, and config overrides")
@@ -166,6 +167,14 @@ def _unknown_option(name: str, cmd: Any, token: str) -> str:
         return (f"unknown option {token}: config keys are set as key=value, without dashes ({key}=VALUE); "
                 f"`pirl {name} --help` lists them")
     return f"unrecognized argument {token}: `pirl {name} --help` lists the options and config keys"
+
+
+def _checkpoint_policy(path: Path) -> Path:
+    """``--checkpoint``'s policy: the file itself, or a run directory's best (else latest) policy file."""
+    for name in ("policy_best.safetensors", "policy_latest.safetensors"):
+        if path.is_dir() and (path / name).is_file():
+            return path / name
+    return path  # a file, or a directory the policy loader names the problem of
 
 
 RESUME_EXTENDS = ("iterations", "time_limit_s")
@@ -187,8 +196,6 @@ def env_of_policy_file(args) -> Optional[dict[str, Any]]:
     if any(o.split("=", 1)[0] in ("env", "env.suite", "env.tasks") for o in overrides):
         return None
     policy = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("policy=")), None)
-    if policy is None and getattr(args, "checkpoint", None) is not None:
-        policy = str(args.checkpoint)
     if not policy or not policy.endswith(".safetensors") or not Path(policy).is_file():
         return None
     import json
@@ -238,6 +245,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         args.runs, args.overrides = _split_report_items([*args.items, *later])
     else:
         args.overrides = [*args.overrides, *later]
+    if getattr(args, "checkpoint", None) is not None:
+        if any(o.startswith("policy=") for o in args.overrides):
+            print(f"pirl {name}: error: --checkpoint and policy= both name the policy: give one", file=sys.stderr)
+            return EXIT_USAGE
+        args.overrides.append(f"policy={_checkpoint_policy(args.checkpoint)}")
 
     def fail(msg: str) -> int:
         print(f"pirl {name}: error: {' '.join(msg.split())}", file=sys.stderr)  # one line, whatever the message

@@ -317,7 +317,7 @@ def eval_main(cfg: EvalConfig, args) -> int:
     from pirl.policies.io import load_policy
     from pirl.train.rundir import RunDir
 
-    path = cfg.policy or (str(args.checkpoint) if getattr(args, "checkpoint", None) else "")
+    path = cfg.policy  # --checkpoint arrives here as policy=
     if not path:
         raise InputError("set policy=FILE (a .safetensors policy file written by `pirl sft` or `pirl train`, a LeRobot "
                          "or openpi π0 directory, or a hub id)")
