@@ -584,3 +584,23 @@ def test_eval_checkpoint_takes_a_run_directory_as_its_help_says(files, tmp_path,
     _one_line_error(capsys, rc, "--checkpoint and policy= both name the policy")
     rc = pirl(["demo", "--checkpoint", str(run)])
     _one_line_error(capsys, rc, "unrecognized argument --checkpoint")
+
+
+def test_a_run_resumes_from_any_directory_and_without_its_source_policy(files, tmp_path, capsys, monkeypatch):
+    # config.yaml kept `policy=p.safetensors` as typed, so a resume from elsewhere (or after the SFT file moved) failed
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(files / "policy.safetensors", tmp_path / "p.safetensors")
+    common = ["policy=p.safetensors", *PM, "num_groups=2", "checkpoint_every=1", "eval_every=1000",
+              "eval_episodes_per_task=1", "eval_num_envs=1", "videos_per_task=0"]
+    assert pirl(["train", "--run-dir", "whole", *common, "iterations=4"]) == 0
+    assert pirl(["train", "--run-dir", "part", *common, "iterations=2"]) == 0
+    assert "policy: " + str(tmp_path / "p.safetensors") in (tmp_path / "part" / "config.yaml").read_text()
+    (tmp_path / "p.safetensors").rename(tmp_path / "moved.safetensors")
+    monkeypatch.chdir(files)
+    capsys.readouterr()
+    assert pirl(["train", "--resume", str(tmp_path / "part"), "iterations=4"]) == 0
+    assert "is gone (moved or deleted): the run's policy_latest.safetensors gives" in capsys.readouterr().out
+    whole, part = (load_file(str(tmp_path / r / "policy_latest.safetensors")) for r in ("whole", "part"))
+    assert whole.keys() == part.keys() and all(torch.equal(whole[k], part[k]) for k in whole)

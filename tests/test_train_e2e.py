@@ -91,18 +91,20 @@ def test_short_runs_from_a_weak_sft_policy_pass_the_ratio_check(few_shot_policy,
         assert 0 <= update["policy/ratio_check"] <= update["policy/ratio_check_tol"] < 1e-2
 
 
-def test_a_policy_file_records_the_env_it_was_trained_in(few_shot_policy, tmp_path):
+def test_a_policy_file_records_the_env_it_was_trained_in(few_shot_policy, tmp_path, capsys):
     """`pirl sft` writes the dataset's simulator and task order into the policy file; `pirl train / eval` build
     that env when the command line chooses none, and leave it alone when it does."""
     from argparse import Namespace
 
     from pirl.cli.main import env_of_policy_file
 
-    def env_for(*overrides, checkpoint=None):
-        return env_of_policy_file(Namespace(overrides=list(overrides), checkpoint=checkpoint))
+    def env_for(*overrides):
+        return env_of_policy_file(Namespace(overrides=list(overrides)))
 
     assert env_for(f"policy={few_shot_policy}") == {"suite": "metaworld", "tasks": ["reach-v3", "push-v3"]}
-    assert env_for(checkpoint=few_shot_policy)["tasks"] == ["reach-v3", "push-v3"]
+    # `pirl eval --checkpoint FILE` is policy=FILE, record included
+    assert pirl(["eval", "--checkpoint", str(few_shot_policy), "--print-config"]) == 0
+    assert "tasks: [reach-v3, push-v3]" in capsys.readouterr().out
     assert env_for(f"policy={few_shot_policy}", "env.tasks=[reach-v3]") is None  # the user chose another env
     assert env_for(f"policy={few_shot_policy}", "env.suite=point_mass") is None
     # a setting that does not choose the simulator (an assets folder, the chunk) applies on top of the record

@@ -28,6 +28,7 @@ from pirl.envs.registry import EnvConfig, env_record, make_env
 from pirl.errors import (InputError, MissingFileError, NonFiniteError, OutOfMemory, TrainingDiverged, UserError,
                          check_device, require)
 from pirl.flow import SamplerConfig
+from pirl.hub import is_hub_id
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import IMAGE_KINDS, export_policy, load_policy, policy_kind, save_policy
 from pirl.policies.heads import HeadPolicy, HeadSamplerConfig
@@ -345,7 +346,14 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.algo = cfg.algorithm_config()
         seed_everything(cfg.seed)
-        policy, self.policy_meta = load_policy(cfg.policy, device=cfg.device, pi0=cfg.pi0,
+        source = cfg.policy
+        own = self.run_dir / "policy_latest.safetensors"
+        if resume and not is_hub_id(source) and not Path(source).exists() and own.is_file():
+            # the checkpoint sets every weight: the run's own policy file gives the architecture as well
+            print(f"policy {source} is gone (moved or deleted): the run's {own.name} gives the policy's architecture, "
+                  "the checkpoint its weights", flush=True)
+            source = str(own)
+        policy, self.policy_meta = load_policy(source, device=cfg.device, pi0=cfg.pi0,
                                                log=None if resume else print)
         self.policy = prepare_policy(policy, cfg, self.algo)
         if policy_kind(self.policy) == "pi0" and not resume:
@@ -715,6 +723,8 @@ def train_main(cfg: TrainConfig, args) -> int:
     # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
     check_inputs(cfg)
     resolve_source(cfg.policy)
+    if Path(cfg.policy).exists():  # the saved config resumes from any working directory
+        cfg = replace(cfg, policy=str(Path(cfg.policy).resolve()))
     run = RunDir.create(getattr(args, "run_dir", None), name="train")
     with run.discard_if_unused(), hold_run(run.path):  # a run that failed at start may still be starting elsewhere
         run.save_config(cfg)

@@ -368,7 +368,7 @@ def sft_main(cfg: SFTConfig, args) -> int:
         raise InputError("set dataset=PATH (a LeRobot v3 dataset, e.g. from `pirl collect`, or a hub dataset id)")
     local = resolve_dataset(cfg.dataset)  # a hub id is fetched once, here
     check_dataset_root(local)  # before the run directory exists: a typo leaves no empty run behind
-    cfg = replace(cfg, dataset=str(local))
+    cfg = replace(cfg, dataset=str(local.resolve()))  # the saved config names it from any working directory
     run = RunDir.create(getattr(args, "run_dir", None), name="sft")
     cfg = replace(cfg, out_dir=cfg.out_dir or str(run.path))
     with run.discard_if_unused():
