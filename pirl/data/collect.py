@@ -206,7 +206,7 @@ def collect(cfg: CollectConfig, root: Union[str, Path],
     kept: dict[int, list[Episode]] = {t: [] for t in range(len(task_names))}
     attempts = {t: 0 for t in range(len(task_names))}
     successes = {t: 0 for t in range(len(task_names))}
-    t0 = time.perf_counter()
+    t0, last_log = time.perf_counter(), None
     try:
         while True:
             queue = [t for t in kept if len(kept[t]) < per_task]
@@ -272,10 +272,13 @@ def collect(cfg: CollectConfig, root: Union[str, Path],
                             extra={"seed": int(contexts[i].seed), "success": bool(solved[i]), "env_task": task_names[t]},
                         )
                     )
-            if log:
-                done = sum(len(k) for k in kept.values())
+            done = sum(len(k) for k in kept.values())
+            now = time.perf_counter()
+            # the first batch, the last, and at most one line per 5 s between (MetaWorld's batches take a second)
+            if log and (last_log is None or now - last_log >= 5.0 or done == per_task * len(kept)):
                 log(f"collect: {done}/{per_task * len(kept)} episodes kept, {sum(successes.values())} of "
-                    f"{sum(attempts.values())} attempts solved, {time.perf_counter() - t0:.0f} s")
+                    f"{sum(attempts.values())} attempts solved, {now - t0:.0f} s")
+                last_log = now
     finally:
         env.close()
     episodes = [ep for t in kept for ep in kept[t]]
