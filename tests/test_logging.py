@@ -69,12 +69,13 @@ def test_summary_round_trip(tmp_path):
 def test_progress_and_eval_line():
     buf = io.StringIO()
     p = Progress(10, initial=2, disable=False, file=buf)
-    p.update(1, {"policy/approx_kl": 0.0123, "policy/clip_fraction": 0.2, "other": 1})
+    # the collector's own metric names: a postfix key nothing logs would never show
+    p.update(1, {"policy/approx_kl": 0.0123, "policy/clip_fraction": 0.2, "rollout/success_rate": 0.25, "other": 1})
     p.eval_line(3, 192, {"eval/success": 0.5, "eval/success/reach": 1.0, "eval/success/push": 0.0, "eval/return": 3.0})
     p.close()
     out = buf.getvalue()
     assert "eval step 3 | env 192 | success 0.500 | reach 1.000 push 0.000 | return 3.000" in out
-    assert "kl=0.0123" in out and "clip=0.200" in out and "3/10" in out
+    assert "kl=0.0123" in out and "clip=0.200" in out and "train_succ=0.250" in out and "3/10" in out
     assert format_eval_line(1, None, {"eval/success": 1}) == "eval step 1 | success 1.000"
 
 

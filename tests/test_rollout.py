@@ -109,6 +109,23 @@ def test_collector_fills_buffer_with_groups_and_bootstrap():
     torch.testing.assert_close(batch.old_log_prob, batch.chain.log_prob)
 
 
+def test_rollout_success_is_reported_per_task():
+    # big goals: the untrained policy succeeds on some episodes, so a task's figure can be told from the mean
+    env_cfg = PointMassConfig(num_tasks=2, max_chunk_steps=3, speed=0.25, goal_radius=0.8)
+    col = _collector(groups=8, G=2, env_cfg=env_cfg)
+    rollout = col.collect()
+    (buf,) = rollout.buffers
+    m, names = rollout.metrics, col.env.task_names
+    success = buf.episode_success().float()
+    for t in buf.task.unique().tolist():
+        expected = float(success[buf.task == t].mean())
+        assert m[f"rollout/success/{names[t]}"] == pytest.approx(expected)
+    assert {k for k in m if k.startswith("rollout/success/")} == {f"rollout/success/{names[t]}" for t in buf.task.unique().tolist()}
+    # one task: the mean says it all
+    single = _collector(groups=2, G=2, env_cfg=PointMassConfig(num_tasks=1, max_chunk_steps=2)).collect().metrics
+    assert not any(k.startswith("rollout/success/") for k in single)
+
+
 def test_buffer_estimate_bytes_matches_allocation():
     col = _collector(groups=8, G=1, max_chunk_steps=4)
     (buf,) = col.collect().buffers

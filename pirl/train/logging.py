@@ -216,7 +216,7 @@ def _json_default(x: Any) -> Any:
 
 DEFAULT_POSTFIX = {
     "eval/success": "succ",
-    "rollout/success": "train_succ",
+    "rollout/success_rate": "train_succ",
     "policy/approx_kl": "kl",
     "policy/clip_fraction": "clip",
 }

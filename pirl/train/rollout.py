@@ -238,7 +238,7 @@ class RolloutCollector:
         target = (cfg.min_groups or cfg.num_groups) if filtering else cfg.num_groups
         start = time.perf_counter()
         self.timing = {"inference_s": 0.0, "sim_s": 0.0}
-        buffers, episodes = [], []
+        buffers, episodes, episode_tasks = [], [], []
         kept_groups = dropped = tries = crashed_groups = 0
         while True:
             tries += 1
@@ -247,6 +247,7 @@ class RolloutCollector:
             buf.set_ids(torch.tensor([c.task for c in contexts]), torch.from_numpy(groups), torch.from_numpy(ctx_ids))
             ep = self.run_episodes(contexts, self.sampler, buf)
             episodes.append(ep)
+            episode_tasks.append(np.asarray([c.task for c in contexts]))
             self._update_task_success(contexts, ep)
             # a crashed env worker cut these episodes short: drop their whole groups (a partial group would
             # bias group baselines); like uninformative groups, they are replaced by the next try's fresh contexts
@@ -300,6 +301,12 @@ class RolloutCollector:
             "perf/sim_s": self.timing["sim_s"],
             "perf/env_steps_per_s": env_steps / elapsed if elapsed > 0 else math.nan,
         }
+        if len(self.tasks) > 1:
+            # which task the batch's successes come from (a task stuck near 0 gives its rollouts no signal)
+            task_of = np.concatenate(episode_tasks)[ok]
+            success = cat("success")
+            for t in np.unique(task_of):
+                metrics[f"rollout/success/{self.env.task_names[t]}"] = float(success[task_of == t].mean())
         probs = self.task_probs()
         if probs is not None and len(self.tasks) > 1:
             # what adaptive sampling acts on: a task whose noisy rollouts fail gets the floor's share of the batch
