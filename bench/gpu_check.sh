@@ -56,7 +56,7 @@ step pi0_latency 330 $PY bench/bench_pi0_gpu.py --variants ${LATENCY_VARIANTS:-p
 step pi0_train 300 $PY bench/bench_pi0_train_gpu.py --variants pi0 --scopes all expert \
   --iterations ${PI0_ITERATIONS:-2} --name pi0_train_gpu_pi0
 
-step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py
+step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu_learner.py tests/test_gpu_ray.py tests/test_gpu_sft.py
 step vla_rollout 240 $PY bench/bench_vla_rollout.py --num-envs 64 --env-workers 8 --episode-steps 100 --repeats 1 \
   --threads 4 --act-batches 1 8 64 256
 step learner 150 $PY bench/bench_learner.py --worlds 2 4 8 --samples 4096 --hidden 1024 --repeats 2  # the CPU cores

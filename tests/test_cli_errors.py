@@ -537,6 +537,17 @@ def test_sft_settings_that_cannot_train_are_refused_when_read(files, tmp_path, c
     assert not run.exists()
 
 
+@pytest.mark.parametrize("setting,words", [
+    ("device=gpu", ["device='gpu' is not a torch device", "cuda:N"]),
+    ("device=cuda:99", ["device=cuda:99:"]),  # refused before the dataset is decoded, not by torch mid-run
+])
+def test_sft_on_a_device_the_machine_lacks_is_named(files, tmp_path, capsys, setting, words):
+    run = tmp_path / "sft"
+    rc = pirl(["sft", "--run-dir", str(run), f"dataset={files / 'dataset'}", "steps=2", setting])
+    _one_line_error(capsys, rc, *words)
+    assert not run.exists()
+
+
 def test_an_unknown_camera_is_named_and_leaves_no_run_behind(files, tmp_path, capsys):
     pytest.importorskip("metaworld")
     words = ("unknown camera 'bogus'", "corner2")

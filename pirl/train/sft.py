@@ -21,7 +21,7 @@ import torch
 
 from pirl.data.reader import ChunkDataset, LeRobotDataset, load_dataset
 from pirl.envs.registry import EnvConfig, env_from_record, env_record, make_env
-from pirl.errors import InputError
+from pirl.errors import InputError, check_device
 from pirl.flow import SamplerConfig
 from pirl.policies.base import Policy
 from pirl.policies.mlp import make_mlp_policy
@@ -106,6 +106,8 @@ class SFTConfig:
     """Train on the first this many episodes of each task only (normaliser stats from them too); 0 = all."""
     scale_fit_steps: int = 300
     """Regression head: NLL steps of the scale head after SFT (mean and trunk frozen)."""
+    device: str = "cpu"
+    """Torch device SFT trains and evaluates on (cpu, cuda, cuda:N, mps): π0 / π0.5 at full size want a GPU."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_KINDS:
@@ -127,6 +129,7 @@ class SFTConfig:
         small = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
         if small:
             raise ValueError(f"{', '.join(small)}: {' and '.join(k.split('=')[0] for k in small)} must be >= 1")
+        check_device(self.device)
 
 
 @dataclass
@@ -262,7 +265,8 @@ def fit_regression_scale(policy: RegressionPolicy, data: ChunkDataset, cfg: SFTC
     obs, actions, mask = data.batch(np.arange(len(data)))
     full = mask.all(dim=1)
     obs = policy.prepare(obs)
-    return fit_scale_head(policy, obs["state"][full], actions[full], tasks=obs["task"][full] if "task" in obs else None,
+    full = full.to(obs["state"].device)
+    return fit_scale_head(policy, obs["state"][full], actions.to(full.device)[full], tasks=obs["task"][full] if "task" in obs else None,
                           steps=cfg.scale_fit_steps, seed=cfg.seed)
 
 
@@ -270,6 +274,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     """Trains a policy on ``cfg.dataset`` with its SFT loss; evaluates and checkpoints as configured."""
     from pirl.envs.metaworld import eval_contexts
 
+    check_device(cfg.device, available=True)  # before minutes of dataset decoding
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, load_videos=cfg.policy in IMAGE_POLICIES)
     if cfg.eval_every >= 0 and cfg.eval_env is None:
@@ -278,7 +283,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key)
     if cfg.episodes_per_task > 0:
         data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key, episodes=data.first_episodes(cfg.episodes_per_task))
-    policy = build_policy(cfg, ds, data)
+    policy = build_policy(cfg, ds, data).to(cfg.device)
     # Flow-Noise and value heads are RL's: SFT trains the velocity field (or the action head) only
     params = [p for n, p in policy.named_parameters()
               if p.requires_grad and not n.startswith(("noise_head.", "value_head.", "prior_head."))]
@@ -287,7 +292,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)  # the flow's noise is drawn where the model is
     rng = np.random.default_rng(cfg.seed)
     result = SFTResult(policy)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
@@ -315,6 +320,7 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
         for step in range(1, cfg.steps + 1):
             t0 = time.perf_counter()
             obs, actions, mask = data.batch(rng.integers(0, len(data), cfg.batch_size))
+            actions, mask = actions.to(cfg.device), mask.to(cfg.device)
             loss = policy.sft_loss(policy.prepare(obs), actions, generator=gen, mask=mask)
             value = loss.item()
             if not math.isfinite(value):  # one NaN step would poison every weight, and the saved policy with them
