@@ -427,6 +427,25 @@ def test_eval_on_a_task_the_policy_was_not_trained_on_is_refused(tmp_path, capsy
     _one_line_error(capsys, rc, str(path), "['reach-v3', 'push-v3']", "drawer-open-v3 is not among them", "env.tasks")
 
 
+def test_all_tasks_unknown_is_refused_when_the_policy_was_trained_in_the_same_suite(tmp_path, capsys):
+    # a reach / push policy on [pick-place, door-open]: the env's ids 0 / 1 would have read reach / push's
+    # embeddings with a notice only; names from another scheme (a dataset from elsewhere) still keep the ids
+    from pirl.train.evaluate import bind_task_ids
+
+    said = []
+    bind_task_ids(_two_task_policy(), _Env(["a", "b"], ["x", "y"]), "p", log=said.append)
+    assert "task ids are used as they are" in said[0]
+    with pytest.raises(ValueError, match="pick-place-v3, door-open-v3 are not among them"):
+        bind_task_ids(_two_task_policy(), _Env(["pick-place-v3", "door-open-v3"], ["x", "y"]), "p", same_suite=True)
+    path = save_policy(_two_task_policy(), tmp_path / "p.safetensors", extra={"env": {"suite": "metaworld"}})
+    for command in ("eval", "train"):
+        run = tmp_path / command
+        rc = pirl([command, "--run-dir", str(run), f"policy={path}", "env.suite=metaworld",
+                   "env.tasks=[pick-place-v3,door-open-v3]", "num_envs=1" if command == "eval" else "num_groups=2"])
+        _one_line_error(capsys, rc, "pick-place-v3, door-open-v3 are not among them", "env.tasks")
+        assert not run.exists()
+
+
 @pytest.mark.parametrize("args,words", [
     (["report", "runs", "--out", "rep"], ["unknown option --out", "(out=VALUE)", "pirl report --help"]),
     (["train", "--iterations=3"], ["unknown option --iterations=3", "(iterations=VALUE)"]),

@@ -50,10 +50,12 @@ def check_policy_fits_env(policy: FlowPolicy, env: ChunkVectorEnv, source: str |
 
 
 def bind_task_ids(policy: FlowPolicy, env: ChunkVectorEnv, source: str | Path,
-                  log: Optional[Callable[[str], None]] = print) -> None:
+                  log: Optional[Callable[[str], None]] = print, *, same_suite: bool = False) -> None:
     """Maps the env's task ids onto the ones a task-id policy was trained with, by task name (or instruction), so
     that an env listing its tasks in another order, or a subset of them, gives each task its own id; refuses an env
-    task the policy was not trained on. A policy file that does not record its tasks keeps the env's ids."""
+    task the policy was not trained on. A policy file that does not record its tasks keeps the env's ids, and so
+    does one whose task names follow another naming scheme throughout, unless ``same_suite`` (the policy was
+    trained in this env's suite, so its names are this env's: none matching means other tasks)."""
     if not getattr(getattr(policy, "cfg", None), "num_tasks", 0):
         return  # no task ids: a single-task policy, or one that reads the instruction
     env_names, env_texts = list(env.task_names), list(getattr(env, "instructions", ()))
@@ -68,7 +70,7 @@ def bind_task_ids(policy: FlowPolicy, env: ChunkVectorEnv, source: str | Path,
     if not policy.task_names:
         return
     unknown = [t for t in env_names if t not in policy.task_names]
-    if len(unknown) < len(env_names):
+    if len(unknown) < len(env_names) or same_suite:
         raise InputError(f"policy {source} was trained on the tasks {list(policy.task_names)}; the env's "
                          f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not among them (its task id would "
                          "be another task's): set env.tasks to tasks the policy knows, or train one on these")
@@ -297,13 +299,21 @@ class EvalConfig:
         return EvalProtocol(self.protocol, self.episodes_per_task)
 
 
+def trained_suite(meta: dict) -> Optional[str]:
+    """The suite a policy file records it was trained in (its ``env`` record), if any."""
+    record = meta.get("env")
+    return record.get("suite") if isinstance(record, dict) else None
+
+
 def run_protocol(policy: FlowPolicy, env_cfg: EnvConfig, protocol: EvalProtocol, num_envs: int,
-                 sampler: SamplerConfig, *, seed: int = 0, source: str | Path = "the policy") -> EvalResult:
-    """Builds the protocol's env, checks that ``policy`` (from ``source``) fits it, runs its episodes, closes it."""
+                 sampler: SamplerConfig, *, seed: int = 0, source: str | Path = "the policy",
+                 suite: Optional[str] = None) -> EvalResult:
+    """Builds the protocol's env, checks that ``policy`` (from ``source``; trained in ``suite`` when known) fits it,
+    runs its episodes, closes it."""
     env = make_env(protocol.env_config(env_cfg), num_envs)
     try:
         check_policy_fits_env(policy, env, source)
-        bind_task_ids(policy, env, source)
+        bind_task_ids(policy, env, source, same_suite=suite == env_cfg.suite)
         return evaluate_policy(policy, env, protocol.contexts(len(env.task_names)), sampler, seed=seed)
     finally:
         env.close()
@@ -322,13 +332,14 @@ def eval_main(cfg: EvalConfig, args) -> int:
         raise InputError("set policy=FILE (a .safetensors policy file written by `pirl sft` or `pirl train`, a LeRobot "
                          "or openpi π0 directory, or a hub id)")
     check_device(cfg.device, available=True)
-    policy, _ = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
+    policy, meta = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
     protocol = cfg.eval_protocol()
     sampler = SamplerConfig(method="ode", steps=cfg.steps)
     run = RunDir.create(getattr(args, "run_dir", None), name="eval")
     with run.discard_if_unused():
         try:
-            result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path)
+            result = run_protocol(policy, cfg.env, protocol, cfg.num_envs, sampler, seed=cfg.seed, source=path,
+                                  suite=trained_suite(meta))
         except NonFiniteError as e:
             raise InputError(f"the policy {path} is not finite ({e}): the file holds a damaged or diverged policy; "
                              "train it again and check its loss") from e

@@ -35,7 +35,7 @@ from pirl.policies.heads import HeadPolicy, HeadSamplerConfig
 from pirl.policies.options import HeadOptions, Pi0Options
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
 from pirl.train.evaluate import (EvalProtocol, ProtocolName, bind_task_ids, check_policy_fits_env, evaluate_policy,
-                                 record_videos)
+                                 record_videos, trained_suite)
 from pirl.train.logging import MetricsLogger, Progress, read_summary, wandb_module, write_summary
 from pirl.train.rollout import CollectorConfig, RolloutCollector
 from pirl.train.signals import EXIT_INTERRUPTED, GracefulStop
@@ -398,7 +398,7 @@ class Trainer:
         self.eval_env = None
         try:
             check_policy_fits_env(self.policy, self.env, cfg.policy)
-            bind_task_ids(self.policy, self.env, cfg.policy)
+            bind_task_ids(self.policy, self.env, cfg.policy, same_suite=trained_suite(self.policy_meta) == cfg.env.suite)
         except InputError:
             self.close()  # env subprocesses and Ray actors are already up
             raise
