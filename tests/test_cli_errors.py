@@ -257,6 +257,13 @@ def test_resume_extends_a_finished_run_but_changes_nothing_else(files, tmp_path,
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 3 and json.loads((run / "summary.json").read_text())["iterations"] == 3
     assert yaml.safe_load((run / "config.yaml").read_text())["iterations"] == 3
+    # an extension whose resume fails at start is not written into the run
+    index = run / "checkpoints" / "index.json"
+    good = index.read_text()
+    index.write_text("{garbage")
+    _one_line_error(capsys, pirl(["train", "--resume", str(run), "iterations=5"]), "index.json is damaged")
+    assert yaml.safe_load((run / "config.yaml").read_text())["iterations"] == 3
+    index.write_text(good)
 
 
 @pytest.mark.parametrize("command,key,words", [

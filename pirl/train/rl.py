@@ -17,7 +17,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
@@ -663,8 +663,10 @@ def _last_eval(run_dir: Path) -> dict[str, Any]:
     return evals[-1] if evals else {}
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int:
-    """Runs (or resumes) RL training into ``run_dir``; returns 0, or 130 when interrupted.
+def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+          on_start: Optional[Callable[[], None]] = None) -> int:
+    """Runs (or resumes) RL training into ``run_dir``; returns 0, or 130 when interrupted. ``on_start`` is called
+    once the trainer is set up (policy, envs, checkpoint), before the first iteration.
 
     With Ray learner ranks (``learner_processes >= 2``) a rank that dies ends the Trainer, and a new one
     resumes from the last checkpoint (from the start when there is none yet), so the run ends as an
@@ -672,10 +674,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> int
     from pirl.train.rundir import hold_run
 
     with hold_run(run_dir):
-        return _train(cfg, run_dir, resume)
+        return _train(cfg, run_dir, resume, on_start)
 
 
-def _train(cfg: TrainConfig, run_dir: str | Path, resume: bool) -> int:
+def _train(cfg: TrainConfig, run_dir: str | Path, resume: bool, on_start: Optional[Callable[[], None]]) -> int:
     failure: tuple[type[BaseException], ...] = ()
     if cfg.runner.kind == "ray" and cfg.runner.learner_processes > 1:
         from pirl.distributed.learner import LearnerFailure
@@ -687,6 +689,9 @@ def _train(cfg: TrainConfig, run_dir: str | Path, resume: bool) -> int:
         if carried is not None:
             trainer.learner_restarts = carried
         try:
+            if on_start is not None:
+                on_start()
+                on_start = None
             return trainer.run()
         except OutOfMemory as e:
             last = trainer.checkpoints.latest
@@ -715,11 +720,14 @@ def train_main(cfg: TrainConfig, args) -> int:
 
     if getattr(args, "resume", None):
         run = RunDir.open(args.resume)
-        with hold_run(run.path):  # before its config is rewritten: the run may be live in another process
-            if getattr(args, "overrides", None):  # iterations / time_limit_s extended: a later resume keeps them
-                run.save_config(cfg)
-                print(f"extending the run: iterations {cfg.iterations}, time_limit_s {cfg.time_limit_s}", flush=True)
-            return train(cfg, run.path, resume=True)
+        def extend() -> None:  # iterations / time_limit_s extended: a later resume keeps them
+            run.save_config(cfg)
+            print(f"extending the run: iterations {cfg.iterations}, time_limit_s {cfg.time_limit_s}", flush=True)
+
+        with hold_run(run.path):  # the run may be live in another process
+            # the config is rewritten once the resumed trainer is up: an override it refuses (device=cuda on a CPU
+            # machine) is not written into the run for every later resume to trip on
+            return train(cfg, run.path, resume=True, on_start=extend if getattr(args, "overrides", None) else None)
     # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
     check_inputs(cfg)
     resolve_source(cfg.policy)
