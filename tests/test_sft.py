@@ -101,6 +101,16 @@ def test_vla_checkpoint_round_trip_and_bad_input(tmp_path):
         SFTConfig(dataset="x", policy="transformer")
 
 
+def test_episodes_per_task_beyond_the_dataset_is_said(demos):
+    said = []
+    cfg = SFTConfig(dataset=str(demos), steps=2, batch_size=8, hidden=16, depth=1, eval_every=-1, episodes_per_task=2)
+    sft(cfg, log=said.append)  # 3 episodes of each task: 2 are there
+    assert not any("fewer" in line for line in said), said
+    sft(SFTConfig(**{**cfg.__dict__, "episodes_per_task": 5}), log=said.append)
+    assert "episodes_per_task=5: the dataset has fewer for reach-v3 (3), button-press-topdown-v3 (3); SFT trains on " \
+           "those it has" in said, said
+
+
 def test_final_checkpoint_survives_a_failing_final_evaluation(demos, tmp_path, monkeypatch):
     import pirl.train.sft as sft_module
 

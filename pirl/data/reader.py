@@ -256,6 +256,13 @@ class ChunkDataset(torch.utils.data.Dataset):
                 out.append(e)
         return out
 
+    def episodes_per_task(self) -> dict[str, int]:
+        """Episodes this set holds of each of the dataset's tasks, by task name (0 for a task it lacks)."""
+        counts = {name: 0 for name in self.dataset.task_names}
+        for e in self.episodes:
+            counts[self.dataset.task_names[int(self.task[self.dataset.episodes[e]["dataset_from_index"]])]] += 1
+        return counts
+
     def batch(self, idx: np.ndarray | Tensor) -> tuple[dict[str, Any], Tensor, Tensor]:
         """(obs, actions [B, H, D], mask [B, H]) for samples ``idx`` (in 0..len-1); obs like an env's (numpy, strings)."""
         idx = self.frames[np.asarray(idx, dtype=np.int64)]

@@ -283,6 +283,10 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
     data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key)
     if cfg.episodes_per_task > 0:
         data = ChunkDataset(ds, cfg.action_horizon, image_key=image_key, episodes=data.first_episodes(cfg.episodes_per_task))
+        short = {name: n for name, n in data.episodes_per_task().items() if n < cfg.episodes_per_task}
+        if short and log:  # a few-shot figure must not claim shots a task does not have
+            log(f"episodes_per_task={cfg.episodes_per_task}: the dataset has fewer for "
+                + ", ".join(f"{name} ({n})" for name, n in short.items()) + "; SFT trains on those it has")
     policy = build_policy(cfg, ds, data).to(cfg.device)
     # Flow-Noise and value heads are RL's: SFT trains the velocity field (or the action head) only
     params = [p for n, p in policy.named_parameters()
