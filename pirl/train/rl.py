@@ -720,13 +720,14 @@ def train_main(cfg: TrainConfig, args) -> int:
 
     if getattr(args, "resume", None):
         run = RunDir.open(args.resume)
+
         def extend() -> None:  # iterations / time_limit_s extended: a later resume keeps them
             run.save_config(cfg)
             print(f"extending the run: iterations {cfg.iterations}, time_limit_s {cfg.time_limit_s}", flush=True)
 
         with hold_run(run.path):  # the run may be live in another process
-            # the config is rewritten once the resumed trainer is up: an override it refuses (device=cuda on a CPU
-            # machine) is not written into the run for every later resume to trip on
+            # the config is rewritten once the resumed trainer is up: a resume that fails at start (a damaged
+            # checkpoint) leaves the run as it was
             return train(cfg, run.path, resume=True, on_start=extend if getattr(args, "overrides", None) else None)
     # before the run directory exists: a missing extra or a wrong path leaves no empty run behind
     check_inputs(cfg)
