@@ -395,6 +395,7 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
             assert t.policy.cfg.scale_min == HeadOptions().scale_floor
         m = t.step()
         assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
+        assert t._method() == {"algorithm": "loop", "method": f"{kind} head"}  # what the summary and report name
     finally:
         t.close()
     head = HeadOptions(ratio_level="chunk", widen=0.7, lr=3e-6, target_kl=0.05, scale_floor=None)

@@ -44,6 +44,15 @@ def test_report_png_and_table(tmp_path):
     assert run.tasks == sorted(TASKS) and run.method == "ppo" and len(run.mean) == 5
 
 
+def test_report_names_the_algorithm_and_the_sampler(tmp_path):
+    # PPO and LOOP runs with one sampler read alike when only the sampler was shown ("flow_sde" twice)
+    a = _fake_run(tmp_path / "a", "x", 0.1)
+    (a / "config.yaml").write_text("algorithm: loop\nsampler: {method: flow_sde}\n")
+    assert load_run(a).method == "loop + flow_sde"  # a run still going: its config says it
+    write_summary(a, {"algorithm": "ppo", "method": "regression head"})
+    assert load_run(a).method == "ppo + regression head"  # the summary wins: the trainer wrote what ran
+
+
 def test_report_links_evaluation_videos(tmp_path):
     """report.md links each run's videos, the same held-out episode before and after RL on one row, relative to
     the report's directory; half-written videos (hidden temporaries) and a run without videos are left out."""

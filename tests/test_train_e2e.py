@@ -45,6 +45,7 @@ def test_cli_pipeline_collect_sft_train_eval_report(tmp_path, capsys):
     assert summary["iterations"] == 2 and summary["env_steps"] > 0
     assert set(summary["success_before"]) == set(summary["success_after"]) == {"reach-v3"}
     assert summary["eval_protocol"] == "held_out (2 episodes per task)"
+    assert summary["algorithm"] == "ppo" and summary["method"] == "flow_sde"
     for name in ("config.yaml", "metrics.jsonl", "policy_latest.safetensors"):
         assert (rl / name).is_file(), name
     # the same held-out episode before and after RL

@@ -80,8 +80,14 @@ class RunData:
 
 
 def _method(summary: dict, config: dict) -> str:
-    if summary.get("method"):
-        return str(summary["method"])
+    """'ppo + flow_sde', 'loop + regression head': the algorithm and how actions were drawn (PPO and LOOP runs of
+    one sampler must not read alike in a comparison)."""
+    sampler = config.get("sampler")
+    algorithm = summary.get("algorithm") or config.get("algorithm")
+    method = summary.get("method") or (sampler.get("method") if isinstance(sampler, dict) else None)
+    parts = [str(p) for p in (algorithm, method) if isinstance(p, str) and p]
+    if parts:
+        return " + ".join(parts)
     for key in ("method", "algo", "algorithm"):
         v = config.get(key)
         if isinstance(v, str):

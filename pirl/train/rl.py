@@ -571,6 +571,11 @@ class Trainer:
             f"start a new run with a lower {key} or set ppo.target_kl to end an update's epochs early (resuming this "
             f"run would repeat the same updates); its logs up to iteration {self.iteration} are in {where}")
 
+    def _method(self) -> dict[str, str]:
+        """The summary's algorithm and how actions are drawn: the flow sampler, or the head's own distribution."""
+        head = isinstance(self.policy, HeadPolicy)
+        return {"algorithm": self.cfg.algorithm, "method": f"{policy_kind(self.policy)} head" if head else self.cfg.sampler.method}
+
     def _run(self) -> int:
         cfg = self.cfg
         summary_path = self.run_dir / "summary.json"
@@ -579,7 +584,8 @@ class Trainer:
             before = self.evaluate()
             self.logger.log(0, before, env_steps=0)
             summary.update(success_before=_per_task(before), success_before_mean=before["eval/success"],
-                           eval_protocol=cfg.eval_protocol_of().describe())  # what every eval/success figure measured
+                           eval_protocol=cfg.eval_protocol_of().describe(),  # what every eval/success figure measured
+                           **self._method())  # `pirl report` on a run still going names what it runs
             write_summary(self.run_dir, summary)
             self.best_success = before["eval/success"]
             print(f"before RL: eval/success {before['eval/success']:.3f}  " + _fmt_tasks(before), flush=True)
@@ -623,8 +629,7 @@ class Trainer:
         summary.update(
             success_after=_per_task(last), success_after_mean=last.get("eval/success"),
             best_success=self.best_success, iterations=self.iteration, env_steps=self.env_steps,
-            wall_time_s=self.logger.elapsed(), env_crashes=self.env_crashes, algorithm=cfg.algorithm,
-            method=cfg.sampler.method, tasks=self.task_names,
+            wall_time_s=self.logger.elapsed(), env_crashes=self.env_crashes, **self._method(), tasks=self.task_names,
         )
         write_summary(self.run_dir, summary)
         export_policy(self.policy, self.run_dir / "policy_latest_lerobot")
