@@ -101,7 +101,7 @@ def test_vla_checkpoint_round_trip_and_bad_input(tmp_path):
         SFTConfig(dataset="x", policy="transformer")
 
 
-def test_episodes_per_task_beyond_the_dataset_is_said(demos):
+def test_episodes_per_task_and_a_horizon_beyond_the_dataset_are_said(demos):
     said = []
     cfg = SFTConfig(dataset=str(demos), steps=2, batch_size=8, hidden=16, depth=1, eval_every=-1, episodes_per_task=2)
     sft(cfg, log=said.append)  # 3 episodes of each task: 2 are there
@@ -109,6 +109,9 @@ def test_episodes_per_task_beyond_the_dataset_is_said(demos):
     sft(SFTConfig(**{**cfg.__dict__, "episodes_per_task": 5}), log=said.append)
     assert "episodes_per_task=5: the dataset has fewer for reach-v3 (3), button-press-topdown-v3 (3); SFT trains on " \
            "those it has" in said, said
+    assert not any("longer than every episode" in line for line in said)
+    sft(SFTConfig(**{**cfg.__dict__, "action_horizon": 1000}), log=said.append)
+    assert any(line.startswith("action_horizon=1000 is longer than every episode (the longest has ") for line in said)
 
 
 def test_final_checkpoint_survives_a_failing_final_evaluation(demos, tmp_path, monkeypatch):

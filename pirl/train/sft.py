@@ -287,6 +287,10 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
         if short and log:  # a few-shot figure must not claim shots a task does not have
             log(f"episodes_per_task={cfg.episodes_per_task}: the dataset has fewer for "
                 + ", ".join(f"{name} ({n})" for name, n in short.items()) + "; SFT trains on those it has")
+    longest = max(ds.episodes[e]["dataset_to_index"] - ds.episodes[e]["dataset_from_index"] for e in data.episodes)
+    if cfg.action_horizon > longest and log:  # past an episode's end a chunk repeats its last action
+        log(f"action_horizon={cfg.action_horizon} is longer than every episode (the longest has {longest} frames): "
+            "most of each training chunk is padding; a horizon of a few to a few tens of actions is usual")
     policy = build_policy(cfg, ds, data).to(cfg.device)
     # Flow-Noise and value heads are RL's: SFT trains the velocity field (or the action head) only
     params = [p for n, p in policy.named_parameters()
