@@ -78,6 +78,9 @@ def main() -> None:
                     help="collect the demos and train the SFT policy (both cached under --root), then stop")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="TrainConfig overrides, as on pirl train's command line (e.g. learned_prior=true optim.prior_lr=3e-3)")
+    ap.add_argument("--object-offsets", action="store_true",
+                    help="the state also holds object - gripper and target - object (env.object_offsets); demos and "
+                         "SFT cached under <root>-offsets")
     ap.add_argument("--root", default=None, help="default runs/bench_rl_libero (one task) or runs/bench_rl_libero/<tasks>")
     args = ap.parse_args()
     apply_overrides(TrainConfig, {}, args.set)  # a mistyped key fails now, not after the demos and SFT
@@ -92,11 +95,14 @@ def main() -> None:
     setup_threads(1)
     t_start = time.perf_counter()
     root = Path(args.root or ("runs/bench_rl_libero" if single else f"runs/bench_rl_libero/{tag}"))
+    if args.object_offsets and not args.root:
+        root = root.with_name(root.name + "-offsets")
     data = root / "data"
     report_path = root / "collect_report.json"
     if not (data / "meta" / "info.json").exists():
         report = collect(CollectConfig(suite="libero", tasks=args.tasks, episodes_per_task=args.demos, camera=None,
-                                       object_state=True, held_out_init_states=args.held_out, num_envs=1,
+                                       object_state=True, object_offsets=args.object_offsets,
+                                       held_out_init_states=args.held_out, num_envs=1,
                                        max_episode_steps=args.max_episode_steps), data)
         report_path.write_text(json.dumps({"successes": report.successes, "attempts": report.attempts,
                                            "seconds": report.seconds}))
@@ -116,7 +122,8 @@ def main() -> None:
         print(f"SFT policy: {policy} ({sft_s:.0f} s); RL not run (--stop-after-sft)", flush=True)
         return
     env = EnvConfig(suite="libero", tasks=args.tasks, chunk=4, max_episode_steps=args.max_episode_steps,
-                    object_state=True, held_out_init_states=args.held_out, vector=args.vector)
+                    object_state=True, object_offsets=args.object_offsets, held_out_init_states=args.held_out,
+                    vector=args.vector)
     cfg = TrainConfig(
         policy=str(policy), env=env, algorithm="ppo" if not grouped else args.method,
         sampler=SamplerConfig(method="flow_sde", steps=4, noise_level=args.noise_level),
@@ -161,7 +168,7 @@ def main() -> None:
     tasks_after = " ".join(f"{t} {summary['success_before'][t]:.0%} → {summary['success_after'][t]:.0%};"
                            for t in summary["success_after"])
     md = "\n".join([
-        f"Tasks {args.tasks}, state MLP flow policy (robot state + privileged object/target positions), "
+        f"Tasks {args.tasks}, state MLP flow policy (robot state + privileged object/target positions{' and their offsets' if args.object_offsets else ''}), "
         f"{args.shots} expert demos per task ({info['total_episodes']} collected), {args.sft_steps} SFT steps; {method} "
         f"(a = {args.noise_level}, K = 4, lr {args.lr}), {episodes} episodes per iteration, {args.task_sampling} "
         f"task sampling{'; ' + ' '.join(args.set) if args.set else ''}; success "

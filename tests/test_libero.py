@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from pirl.envs.base import ChunkVectorEnv, Context
+from pirl.errors import InputError
 
 if importlib.util.find_spec("libero") is None:
     pytest.skip("hf-libero is not installed (pip install 'pirl[libero]')", allow_module_level=True)
@@ -260,6 +261,28 @@ def test_object_state_is_the_moved_object_and_its_target(assets):
         np.testing.assert_allclose(s[8:14], [-0.063, 0.202, 0.898, 0.053, 0.205, 0.902], atol=3e-3)  # bowl_1, plate_1
     finally:
         env.close()
+
+
+def test_object_offsets_follow_the_gripper_and_the_object(assets):
+    """object_offsets appends object - gripper and target - object after the positions; the expert, which reads
+    the positions only, still solves the task from such observations."""
+    from pirl.envs.libero_expert import PickPlaceExpert, grasp_for_task
+
+    env = L.make_libero(suite="libero_object", tasks=(0,), chunk=1, object_state=True, object_offsets=True,
+                        assets_path=assets)
+    try:
+        assert env.state_dim == 20
+        s = env.reset([Context(0, 0)])["state"]
+        expert = PickPlaceExpert([grasp_for_task(env.task_names[0])])
+        for _ in range(12):  # the hand moves towards the object: the offset must move with it, not stay at reset's
+            np.testing.assert_allclose(s[0, 14:17], s[0, 8:11] - s[0, 0:3], atol=1e-6)
+            np.testing.assert_allclose(s[0, 17:20], s[0, 11:14] - s[0, 8:11], atol=1e-6)
+            s = env.step(expert.act(s)[:, None]).obs["state"]
+        assert np.linalg.norm(s[0, 14:17]) < np.linalg.norm(env.reset([Context(0, 0)])["state"][0, 14:17])
+    finally:
+        env.close()
+    with pytest.raises(InputError, match="object_state=true"):
+        L.LiberoConfig(object_offsets=True)
 
 
 def test_scripted_expert_demo_round_trips(tmp_path, assets):

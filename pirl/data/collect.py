@@ -28,7 +28,9 @@ STATE_NAMES = (
 )  # fmt: skip
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 LIBERO_STATE_NAMES = ["eef_x", "eef_y", "eef_z", "axis_angle_x", "axis_angle_y", "axis_angle_z", "gripper_left", "gripper_right",
-                      "object_x", "object_y", "object_z", "target_x", "target_y", "target_z"]
+                      "object_x", "object_y", "object_z", "target_x", "target_y", "target_z",
+                      "object_from_eef_x", "object_from_eef_y", "object_from_eef_z",
+                      "target_from_object_x", "target_from_object_y", "target_from_object_z"]
 LIBERO_ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 
 
@@ -73,6 +75,9 @@ class CollectConfig:
     object_state: bool = False
     """LIBERO: keep the privileged object and target positions the expert reads in observation.state (14 values
     instead of the robot's 8); a policy trained on such a dataset needs env.object_state=true."""
+    object_offsets: bool = False
+    """LIBERO, with object_state: also keep object - gripper and target - object (20 values); a policy trained on
+    such a dataset needs env.object_offsets=true as well."""
     held_out_init_states: int = 0
     """LIBERO: as env.held_out_init_states, so that demonstrations never start from the held-out init states."""
     assets_path: Optional[str] = None
@@ -90,6 +95,9 @@ class CollectConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.video_crf <= 51:
             raise ValueError(f"video_crf must lie in [0, 51] (H.264 quality), got {self.video_crf}")
+        if self.object_offsets and not self.object_state:
+            raise ValueError("object_offsets=true keeps offsets between the privileged object positions: set "
+                             "object_state=true as well")
 
 
 @dataclass
@@ -160,13 +168,14 @@ def _libero(cfg: CollectConfig) -> _Suite:
     env = make_libero(LiberoConfig(
         suite=suite, tasks=tasks, num_envs=cfg.num_envs, chunk=1, max_episode_steps=cfg.max_episode_steps or None,
         image_size=cfg.image_size if cfg.camera else 0, cameras=(cfg.camera,) if cfg.camera else ("agentview",),
-        object_state=True, held_out_init_states=cfg.held_out_init_states, assets_path=cfg.assets_path,
+        object_state=True, object_offsets=cfg.object_offsets, held_out_init_states=cfg.held_out_init_states,
+        assets_path=cfg.assets_path,
     ))  # fmt: skip
 
     def make_expert(slots: list[int]) -> Expert:
         return PickPlaceExpert([grasp_for_task(env.task_names[t]) for t in slots]).act
 
-    dims = len(LIBERO_STATE_NAMES) if cfg.object_state else STATE_DIM
+    dims = env.state_dim if cfg.object_state else STATE_DIM
     key = CAMERAS[cfg.camera][1] if cfg.camera else "image"
     vkey = f"observation.images.{key}" if cfg.camera else None
     return _Suite(env, tuple(env.task_names), make_expert, FPS, LIBERO_STATE_NAMES[:dims], LIBERO_ACTION_NAMES, dims, vkey, key)
@@ -177,7 +186,8 @@ def source_env(cfg: CollectConfig, task_names: Sequence[str]) -> dict[str, Any]:
     tasks: Any = cfg.tasks if cfg.suite == "libero" else list(task_names)
     env: dict[str, Any] = {"suite": cfg.suite, "tasks": tasks, "camera": cfg.camera, "image_size": cfg.image_size}
     if cfg.suite == "libero":
-        env.update(object_state=cfg.object_state, held_out_init_states=cfg.held_out_init_states)
+        env.update(object_state=cfg.object_state, object_offsets=cfg.object_offsets,
+                   held_out_init_states=cfg.held_out_init_states)
     if cfg.suite == "maniskill":
         env["control_mode"] = cfg.control_mode or "pd_joint_delta_pos"
     return env

@@ -28,7 +28,10 @@ task, and a policy trained by RL on the states it is then scored on would be gra
 ``object_state=True`` appends privileged simulator state to obs['state']: the positions of the
 object the task moves and of its target (read from MuJoCo, 3 + 3 values). A camera policy has no
 such input; it exists so that a state policy can see where the objects are (and for the scripted
-expert in :mod:`pirl.envs.libero_expert`).
+expert in :mod:`pirl.envs.libero_expert`). ``object_offsets=True`` appends, after those, the object's offset from
+the gripper and the target's from the object (3 + 3 values), as robosuite's own object observables do
+(``<object>_to_robot0_eef_pos``): a state MLP reads "above the basket" from one input instead of learning the
+difference of two absolute coordinates from a few demonstrations.
 
 Assets: ``hf-libero`` downloads scene/object meshes from a model hub on first use. Offline, point
 ``assets_path`` (or ``$PIRL_LIBERO_ASSETS``) at a copy of LIBERO's ``assets/`` folder.
@@ -60,6 +63,8 @@ NUM_INIT_STATES = 50
 STATE_DIM, ACTION_DIM = 8, 7
 OBJECT_STATE_DIM = 6
 """Privileged extra state with ``object_state``: position of the moved object (3), of its target (3)."""
+OFFSETS_DIM = 6
+"""With ``object_offsets`` as well: object - gripper (3), target - object (3)."""
 FPS = 20
 """Control frequency of the OSC controller (the LeRobot LIBERO datasets' metadata says 10 fps)."""
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
@@ -88,6 +93,8 @@ class LiberoConfig:
     the others only by training seeds; 0 = every seed draws from all of them."""
     object_state: bool = False
     """Append the privileged positions of the moved object and its target to obs['state'] (8 -> 14 values)."""
+    object_offsets: bool = False
+    """With object_state: also append object - gripper and target - object positions (14 -> 20 values)."""
     num_steps_wait: int = NUM_STEPS_WAIT
     """No-op steps after reset, not counted in the episode."""
     image_size: int = 0
@@ -121,6 +128,9 @@ class LiberoConfig:
             raise InputError(f"record=True needs render_size > 0, got {self.render_size}")
         if self.held_out_init_states < 0:
             raise InputError(f"held_out_init_states must be >= 0, got {self.held_out_init_states}")
+        if self.object_offsets and not self.object_state:
+            raise InputError("object_offsets=true adds offsets between the privileged object positions: it needs "
+                             "object_state=true as well")
 
     @property
     def episode_steps(self) -> int:
@@ -128,7 +138,7 @@ class LiberoConfig:
 
     @property
     def state_dim(self) -> int:
-        return STATE_DIM + (OBJECT_STATE_DIM if self.object_state else 0)
+        return STATE_DIM + (OBJECT_STATE_DIM if self.object_state else 0) + (OFFSETS_DIM if self.object_offsets else 0)
 
 
 def init_state_index(seed: int, num_states: int, held_out: int, order: str) -> int:
@@ -359,7 +369,10 @@ class LiberoSubEnv(ChunkSubEnv):
         r = self._raw
         parts = [r["robot0_eef_pos"], quat2axisangle(r["robot0_eef_quat"]), r["robot0_gripper_qpos"]]
         if self.cfg.object_state:
-            parts += [self._position(name) for name in self._objects]
+            obj, target = (self._position(name) for name in self._objects)
+            parts += [obj, target]
+            if self.cfg.object_offsets:
+                parts += [obj - r["robot0_eef_pos"], target - obj]
         state = np.concatenate(parts)
         obs = {"state": state.astype(np.float32)}
         if self.cfg.image_size:

@@ -182,9 +182,10 @@ class PickPlaceExpert:
         """Steps since the hand last moved stall_distance away from ``anchor``."""
 
     def act(self, state: np.ndarray) -> np.ndarray:
-        """Actions [N, 7] for observations ``state`` [N, 14] (robot state + privileged object positions)."""
+        """Actions [N, 7] for observations ``state`` [N, 14] (robot state + privileged object positions; the
+        offsets ``object_offsets`` appends after them, [N, 20], are not read)."""
         state = np.asarray(state, dtype=np.float64)
-        if state.shape != (len(self.grasps), STATE_DIM + 6):
+        if state.ndim != 2 or state.shape[0] != len(self.grasps) or state.shape[1] not in (STATE_DIM + 6, STATE_DIM + 12):
             raise ValueError(f"the expert needs obs['state'] with object_state=True: [N, {STATE_DIM + 6}], got {state.shape}")
         return np.stack([self._act_one(i, s) for i, s in enumerate(state)]).astype(np.float32)
 

@@ -48,6 +48,8 @@ class EnvConfig:
     """LIBERO: the last this many init states of each task are kept for evaluation seeds only (0 = shared)."""
     object_state: bool = False
     """LIBERO: append privileged object and target positions (from the simulator) to obs['state']."""
+    object_offsets: bool = False
+    """LIBERO, with object_state: also append object - gripper and target - object (6 more values)."""
     control_mode: Optional[str] = None
     """ManiSkill: the controller actions drive, e.g. 'pd_ee_delta_pos' (hand displacement + gripper); None = the
     adapter's 'pd_joint_delta_pos'. Must be the one the policy's demonstrations were recorded in."""
@@ -67,7 +69,8 @@ class EnvConfig:
             raise ValueError(f"control_mode is a ManiSkill setting; the {self.suite} suite has one controller (drop it)")
 
 
-RECORD_FIELDS = ("suite", "tasks", "camera", "image_size", "object_state", "held_out_init_states", "control_mode")
+RECORD_FIELDS = ("suite", "tasks", "camera", "image_size", "object_state", "object_offsets", "held_out_init_states",
+                 "control_mode")
 """The EnvConfig fields that say which simulator and tasks a policy was trained in (what its files record)."""
 
 
@@ -125,7 +128,7 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
             image_size=cfg.image_size if cfg.camera else 0, render_size=cfg.render_size, record=record,
             assets_path=cfg.assets_path, vector=cfg.vector,
             held_out_init_states=cfg.held_out_init_states, object_state=cfg.object_state,
-            terminate_on_success=cfg.terminate_on_success,
+            object_offsets=cfg.object_offsets, terminate_on_success=cfg.terminate_on_success,
         ))
     if cfg.suite == "maniskill":
         from pirl.envs.maniskill import ManiSkillConfig, make_maniskill
