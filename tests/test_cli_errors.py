@@ -273,6 +273,8 @@ def test_resume_extends_a_finished_run_but_changes_nothing_else(files, tmp_path,
     ("train", "eval_num_envs=0", "eval_num_envs must be >= 1"),
     ("eval", "num_envs=0", "num_envs must be >= 1"),
     ("eval", "steps=0", "steps must be >= 1"),
+    ("eval", "noise_level=0.8", "sampler=flow_sde"),
+    ("eval", "sampler=sde", "sampler"),
 ])
 def test_out_of_range_settings_are_refused_when_the_config_is_read(files, capsys, command, key, words):
     run = files / f"range-{command}-{key.split('=')[0]}"
@@ -641,3 +643,35 @@ def test_a_run_resumes_from_any_directory_and_without_its_source_policy(files, t
     assert "is gone (moved or deleted): the run's policy_latest.safetensors gives" in capsys.readouterr().out
     whole, part = (load_file(str(tmp_path / r / "policy_latest.safetensors")) for r in ("whole", "part"))
     assert whole.keys() == part.keys() and all(torch.equal(whole[k], part[k]) for k in whole)
+
+
+def test_eval_scores_the_stochastic_policy_when_asked(files, tmp_path, capsys, monkeypatch):
+    """sampler=flow_sde evaluates with Flow-SDE at the given noise level and says so in eval.json and the table;
+    sampler=flow_noise on a policy without a noise head is refused naming it; the default stays the ODE."""
+    import json
+
+    import pirl.train.evaluate as evaluate
+
+    used = []
+    real = evaluate.evaluate_policy
+
+    def spy(policy, env, contexts, sampler=None, **kw):
+        used.append(sampler)
+        return real(policy, env, contexts, sampler, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_policy", spy)
+    for name, keys in (("ode", []), ("sde", ["sampler=flow_sde", "noise_level=0.8"])):
+        assert pirl(["eval", "--run-dir", str(tmp_path / name), f"policy={files / 'policy.safetensors'}", *PM,
+                     "episodes_per_task=2", "num_envs=2", *keys]) == 0
+    assert [(s.method, s.noise_level) for s in used] == [("ode", 0.5), ("flow_sde", 0.8)]
+    assert json.loads((tmp_path / "sde" / "eval.json").read_text())["sampler"] == "flow_sde, K=4, a=0.8"
+    assert "sampler: flow_sde, K=4, a=0.8" in (tmp_path / "sde" / "eval.md").read_text()
+    assert json.loads((tmp_path / "ode" / "eval.json").read_text())["sampler"] == "ode, K=4"
+    capsys.readouterr()
+    rc = pirl(["eval", "--run-dir", str(tmp_path / "fn"), f"policy={files / 'policy.safetensors'}", *PM,
+               "sampler=flow_noise"])
+    _one_line_error(capsys, rc, "noise head", "sampler=flow_sde")
+    assert not (tmp_path / "fn").exists()
+    rc = pirl(["eval", "--run-dir", str(tmp_path / "big"), f"policy={files / 'policy.safetensors'}", *PM,
+               "sampler=flow_sde", "noise_level=1.5"])
+    _one_line_error(capsys, rc, "noise_level must be < sqrt(2)")

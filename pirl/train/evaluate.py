@@ -163,10 +163,12 @@ class EvalResult:
         rates = list(self.per_task().values())
         return float(np.mean(rates)) if rates else 0.0
 
-    def table(self, protocol: EvalProtocol) -> str:
-        """Markdown: success per task (rate and successes / episodes) and the mean over tasks."""
+    def table(self, protocol: EvalProtocol, sampler: str = "") -> str:
+        """Markdown: success per task (rate and successes / episodes) and the mean over tasks; ``sampler`` names
+        the sampler when given."""
         outcomes = self.outcomes()
-        lines = [f"evaluation protocol: {protocol.describe()}", "", "| task | success | successes |", "|---|---|---|"]
+        head = f"evaluation protocol: {protocol.describe()}" + (f"; sampler: {sampler}" if sampler else "")
+        lines = [head, "", "| task | success | successes |", "|---|---|---|"]
         for name, ok in outcomes.items():
             lines.append(f"| {name} | {np.mean(ok):.3f} | {sum(ok)}/{len(ok)} |")
         lines.append(f"| mean over {len(outcomes)} tasks | {self.task_mean():.3f} | "
@@ -262,7 +264,8 @@ def record_videos(
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Deterministic (ODE) evaluation of a policy file under an evaluation protocol."""
+    """Evaluation of a policy file under an evaluation protocol: the deterministic policy (ODE) by default, the
+    stochastic one RL trains with ``sampler=flow_sde|flow_noise``."""
 
     policy: str = ""
     """Policy file (.safetensors from `pirl sft` or `pirl train`), a LeRobot / openpi π0 directory or a hub id."""
@@ -276,7 +279,13 @@ class EvalConfig:
     num_envs: int = 10
     """Sub-environments stepped together."""
     steps: int = 4
-    """K, Euler steps of the ODE."""
+    """K, denoising steps of the sampler."""
+    sampler: Literal["ode", "flow_sde", "flow_noise"] = "ode"
+    """ode: the deterministic policy (deployment, published tables); flow_sde / flow_noise: the stochastic policy
+    that RL rollouts sample (Flow-Noise needs the policy's noise head); a regression / tokenized head samples
+    its density with either."""
+    noise_level: float = 0.5
+    """Flow-SDE's noise level a (sampler=flow_sde only)."""
     videos_per_task: int = 0
     """Episodes recorded to mp4 per task."""
     seed: int = 0
@@ -293,10 +302,23 @@ class EvalConfig:
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
         check_device(self.device)
+        self.sampler_config()  # a bad sampler or noise level fails with the config, not after loading the policy
         self.eval_protocol().env_config(self.env)  # fails early: a bad protocol, count, or simulator for it
 
     def eval_protocol(self) -> EvalProtocol:
         return EvalProtocol(self.protocol, self.episodes_per_task)
+
+    def sampler_config(self) -> SamplerConfig:
+        if self.sampler not in ("ode", "flow_sde", "flow_noise"):
+            raise ValueError(f"sampler must be 'ode', 'flow_sde' or 'flow_noise', got {self.sampler!r}")
+        if self.sampler != "flow_sde" and self.noise_level != EvalConfig.noise_level:
+            raise ValueError(f"noise_level is Flow-SDE's noise level, unused by sampler={self.sampler}: set "
+                             "sampler=flow_sde as well, or drop noise_level")
+        return SamplerConfig(method=self.sampler, steps=self.steps, noise_level=self.noise_level)
+
+    def describe_sampler(self) -> str:
+        extra = f", a={self.noise_level:g}" if self.sampler == "flow_sde" else ""
+        return f"{self.sampler}, K={self.steps}{extra}"
 
 
 def trained_suite(meta: dict) -> Optional[str]:
@@ -334,7 +356,12 @@ def eval_main(cfg: EvalConfig, args) -> int:
     check_device(cfg.device, available=True)
     policy, meta = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
     protocol = cfg.eval_protocol()
-    sampler = SamplerConfig(method="ode", steps=cfg.steps)
+    sampler = cfg.sampler_config()
+    if sampler.method == "flow_noise" and getattr(policy, "noise_head", False) is None:
+        raise InputError(f"sampler=flow_noise samples with the policy's noise head, and {path} has none (it was not "
+                         "trained with Flow-Noise): use sampler=flow_sde or sampler=ode")
+    if sampler.method != "ode":
+        print(f"sampler: {cfg.describe_sampler()} (the stochastic policy; seed={cfg.seed} fixes its draws)")
     run = RunDir.create(getattr(args, "run_dir", None), name="eval")
     with run.discard_if_unused():
         try:
@@ -345,9 +372,9 @@ def eval_main(cfg: EvalConfig, args) -> int:
                              "train it again and check its loss") from e
         out = {"policy": path, "protocol": protocol.name, "episodes_per_task": protocol.episodes,
                "success": result.task_mean(), "per_task": result.per_task(), "episodes": len(result.success),
-               "sampler": f"ode, K={cfg.steps}"}
+               "sampler": cfg.describe_sampler()}
         (run.path / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
-        table = result.table(protocol)
+        table = result.table(protocol, cfg.describe_sampler())
         (run.path / "eval.md").write_text(table)
         print(table, flush=True)
         if cfg.videos_per_task:
