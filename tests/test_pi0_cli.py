@@ -17,7 +17,7 @@ pytest.importorskip("metaworld")
 import pirl.train.rl as rl  # noqa: E402
 from pirl.cli.main import main as pirl  # noqa: E402
 from pirl.flow import SamplerConfig  # noqa: E402
-from pirl.policies.io import PolicyLoadError, load_policy  # noqa: E402
+from pirl.policies.io import PolicyLoadError, load_policy, save_policy  # noqa: E402
 from pirl.policies.options import Pi0Options  # noqa: E402
 from pirl.policies.pi0 import Pi0Policy  # noqa: E402
 from pirl.policies.pi0.checkpoint import save_lerobot, save_openpi  # noqa: E402
@@ -206,6 +206,21 @@ def test_missing_camera_and_missing_tokenizer_are_refused(tmp_path):
         policy.prepare(_obs())
     with pytest.raises(ValueError, match="does not have"):
         Pi0Options(cameras={"head_cam": "image"}).config_overrides(cfg.cameras, ())
+
+
+def test_a_horizon_longer_than_the_trained_one_is_named(tmp_path, capsys):
+    """A pirl π0 file read with a longer pi0.action_horizon loads (the weights fit any horizon), with a line saying
+    which actions were never trained; its own or a shorter horizon says nothing."""
+    torch.manual_seed(0)
+    cfg = new_config("pi0", "tiny", state_dim=39, action_dim=4, action_horizon=4, cameras=DEFAULT_CAMERAS,
+                     tokenizer="hash")
+    save_policy(Pi0Policy(cfg), tmp_path / "p.safetensors")
+    for horizon, said in ((4, False), (2, False), (8, True)):
+        capsys.readouterr()
+        policy, _ = load_policy(str(tmp_path / "p.safetensors"), pi0=Pi0Options(action_horizon=horizon))
+        assert policy.action_horizon == horizon
+        out = capsys.readouterr().out
+        assert ("actions 5..8 of each chunk are untrained" in out) == said, out
 
 
 @pytest.mark.parametrize("setting,words", [

@@ -230,7 +230,13 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
     spec = KINDS[kind]
     cfg = spec.config_from_dict(json.loads(meta["config"]))
     if kind == "pi0":
+        trained = cfg.action_horizon
         cfg = _apply_pi0_options(cfg, pi0, path)
+        if cfg.action_horizon > trained:
+            # the weights do not depend on the horizon, so they load: say that the extra actions are untrained
+            print(f"policy: pi0.action_horizon={cfg.action_horizon} is longer than the {trained} actions {path.name} "
+                  f"was trained to predict: actions {trained + 1}..{cfg.action_horizon} of each chunk are untrained "
+                  f"until fine-tuned (set pi0.action_horizon={trained} to keep its own)")
     policy = spec.build(cfg)
     heads = json.loads(meta["heads"])
     if heads["noise_head"] is not None:
