@@ -285,6 +285,22 @@ def test_object_offsets_follow_the_gripper_and_the_object(assets):
         L.LiberoConfig(object_offsets=True)
 
 
+def test_a_policy_of_other_state_keys_is_refused_naming_them(assets, tmp_path, capsys):
+    """A state policy trained with object_offsets evaluated where the env has object_state only: one line that
+    names the sizes and the LIBERO keys that set them."""
+    from pirl.cli.main import main
+    from pirl.policies import make_mlp_policy
+    from pirl.policies.io import save_policy
+
+    save_policy(make_mlp_policy(L.STATE_DIM + 12, L.ACTION_DIM, hidden=16, depth=1), tmp_path / "p.safetensors")
+    rc = main(["eval", f"policy={tmp_path / 'p.safetensors'}", "env.suite=libero", "env.tasks=libero_object:0",
+               "env.object_state=true", f"env.assets_path={assets}", "episodes_per_task=1", "num_envs=1",
+               "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "states of size 20, the env gives 14" in err and "env.object_offsets" in err, err
+
+
 def test_scripted_expert_demo_round_trips(tmp_path, assets):
     """The privileged expert solves libero_spatial task 0 from a training init state within the suite's limit;
     the dataset keeps the robot's 8-D state and the camera, and reads back."""

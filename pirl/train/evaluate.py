@@ -44,7 +44,9 @@ def check_policy_fits_env(policy: FlowPolicy, env: ChunkVectorEnv, source: str |
     if num_tasks and num_tasks < len(env.task_names):
         problems.append(f"it knows {num_tasks} task(s), the env has {len(env.task_names)}")
     if problems:
-        keys = "env.suite / env.tasks / env.chunk" + (" / env.control_mode" if hasattr(getattr(env, "cfg", None), "control_mode") else "")
+        env_cfg = getattr(env, "cfg", None)
+        keys = "env.suite / env.tasks / env.chunk" + "".join(
+            f" / env.{k}" for k in ("control_mode", "object_state", "object_offsets") if hasattr(env_cfg, k))
         raise InputError(f"policy {source} does not fit the env ({'; '.join(problems)}); set {keys} to what the policy "
                          "was trained on, or pass a policy trained on this env")
 
