@@ -336,7 +336,7 @@ def test_scripted_expert_puts_a_libero_object_in_the_basket(tmp_path, assets):
     ds = load_dataset(tmp_path / "demos")
     assert ds.info["robot_type"] == "panda" and ds.info["pirl_env"] == {  # what SFT evaluates in
         "suite": "libero", "tasks": "libero_object:1", "camera": None, "image_size": 64, "object_state": True,
-        "held_out_init_states": 20}
+        "object_offsets": False, "held_out_init_states": 20}
     state = ds.data["observation.state"]
     assert state.shape[1] == 14 and 60 < len(state) < L.MAX_STEPS["libero_object"]
     # the contain region is a box of half-width 6.1 cm around the target position
