@@ -675,3 +675,25 @@ def test_eval_scores_the_stochastic_policy_when_asked(files, tmp_path, capsys, m
     rc = pirl(["eval", "--run-dir", str(tmp_path / "big"), f"policy={files / 'policy.safetensors'}", *PM,
                "sampler=flow_sde", "noise_level=1.5"])
     _one_line_error(capsys, rc, "noise_level must be < sqrt(2)")
+
+
+@pytest.mark.parametrize("kind", ["regression", "tokenized"])
+def test_eval_of_a_head_policy_names_its_own_sampling(tmp_path, capsys, kind):
+    """A head samples its density, not a flow chain: the report says so instead of "K=4, a=0.5", and Flow-only
+    settings are refused by name."""
+    import json
+
+    from pirl.policies import make_regression_policy, make_tokenized_policy
+    make = make_regression_policy if kind == "regression" else make_tokenized_policy
+    path = save_policy(make(4, 2, action_horizon=4, hidden=16, depth=1), tmp_path / f"{kind}.safetensors")
+    for name, keys, label in (("ode", [], "greedy"), ("sde", ["sampler=flow_sde"], "sampled from its density")):
+        assert pirl(["eval", "--run-dir", str(tmp_path / name), f"policy={path}", *PM, "episodes_per_task=2",
+                     "num_envs=2", *keys]) == 0
+        assert json.loads((tmp_path / name / "eval.json").read_text())["sampler"] == f"{kind} head, {label}"
+        assert f"{kind} head, {label}" in (tmp_path / name / "eval.md").read_text()
+    for keys, named in ((["sampler=flow_noise"], "sampler=flow_noise"),
+                        (["sampler=flow_sde", "noise_level=0.8"], "noise_level=0.8")):
+        capsys.readouterr()
+        rc = pirl(["eval", "--run-dir", str(tmp_path / "bad"), f"policy={path}", *PM, *keys])
+        _one_line_error(capsys, rc, named, f"a {kind} head policy", "sampler=flow_sde")
+        assert not (tmp_path / "bad").exists()

@@ -285,7 +285,7 @@ class EvalConfig:
     sampler: Literal["ode", "flow_sde", "flow_noise"] = "ode"
     """ode: the deterministic policy (deployment, published tables); flow_sde / flow_noise: the stochastic policy
     that RL rollouts sample (Flow-Noise needs the policy's noise head); a regression / tokenized head samples
-    its density with either."""
+    its own density with flow_sde (neither K nor a applies to it) and is greedy with ode."""
     noise_level: float = 0.5
     """Flow-SDE's noise level a (sampler=flow_sde only)."""
     videos_per_task: int = 0
@@ -318,9 +318,22 @@ class EvalConfig:
                              "sampler=flow_sde as well, or drop noise_level")
         return SamplerConfig(method=self.sampler, steps=self.steps, noise_level=self.noise_level)
 
-    def describe_sampler(self) -> str:
+    def describe_sampler(self, head: Optional[str] = None) -> str:
+        """The sampler as reports name it; ``head`` (a regression / tokenized policy's kind) samples its own density,
+        which K and a do not describe."""
+        if head is not None:
+            return f"{head} head, {'greedy' if self.sampler == 'ode' else 'sampled from its density'}"
         extra = f", a={self.noise_level:g}" if self.sampler == "flow_sde" else ""
         return f"{self.sampler}, K={self.steps}{extra}"
+
+
+def head_kind(policy: object) -> Optional[str]:
+    """'regression' / 'tokenized' for a head policy (it samples its own density, not a flow chain), else None."""
+    from pirl.policies.heads import HeadPolicy
+
+    if not isinstance(policy, HeadPolicy):
+        return None
+    return type(policy).__name__.removesuffix("Policy").lower()
 
 
 def trained_suite(meta: dict) -> Optional[str]:
@@ -362,8 +375,14 @@ def eval_main(cfg: EvalConfig, args) -> int:
     if sampler.method == "flow_noise" and getattr(policy, "noise_head", False) is None:
         raise InputError(f"sampler=flow_noise samples with the policy's noise head, and {path} has none (it was not "
                          "trained with Flow-Noise): use sampler=flow_sde or sampler=ode")
+    head = head_kind(policy)
+    if head is not None and (cfg.noise_level != EvalConfig.noise_level or sampler.method == "flow_noise"):
+        setting = "sampler=flow_noise" if sampler.method == "flow_noise" else f"noise_level={cfg.noise_level:g}"
+        raise InputError(f"{setting} applies to flow policies, and {path} is a {head} head policy, which samples its "
+                         "own density: use sampler=flow_sde (sampled) or sampler=ode (greedy) without noise_level")
+    described = cfg.describe_sampler(head)
     if sampler.method != "ode":
-        print(f"sampler: {cfg.describe_sampler()} (the stochastic policy; seed={cfg.seed} fixes its draws)")
+        print(f"sampler: {described} (the stochastic policy; seed={cfg.seed} fixes its draws)")
     run = RunDir.create(getattr(args, "run_dir", None), name="eval")
     with run.discard_if_unused():
         try:
@@ -374,9 +393,9 @@ def eval_main(cfg: EvalConfig, args) -> int:
                              "train it again and check its loss") from e
         out = {"policy": path, "protocol": protocol.name, "episodes_per_task": protocol.episodes,
                "success": result.task_mean(), "per_task": result.per_task(), "episodes": len(result.success),
-               "sampler": cfg.describe_sampler()}
+               "sampler": described}
         (run.path / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
-        table = result.table(protocol, cfg.describe_sampler())
+        table = result.table(protocol, described)
         (run.path / "eval.md").write_text(table)
         print(table, flush=True)
         if cfg.videos_per_task:
