@@ -46,10 +46,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     ap.add_argument("--root", default="runs/eval_seeds", help="run folder per (policy, seed)")
     ap.add_argument("--name", required=True, help="results file name (bench/results/NAME.{json,md})")
+    from pirl.errors import InputError, MissingFileError
+
     args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     for _, path in args.policies:
         if not Path(path).exists():
-            raise SystemExit(f"bench_eval_seeds.py: error: policy file {path} does not exist")
+            raise MissingFileError(f"policy file {path} does not exist")
 
     rows: dict[str, dict] = {}
     for label, path in args.policies:
@@ -61,8 +63,7 @@ def main() -> None:
             t0 = time.perf_counter()
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
-                raise SystemExit(f"bench_eval_seeds.py: error: `{' '.join(cmd)}` failed: "
-                                 f"{(res.stderr.strip().splitlines() or ['(no output)'])[-1]}")
+                raise InputError(f"`{' '.join(cmd)}` failed: {(res.stderr.strip().splitlines() or ['(no output)'])[-1]}")
             out = json.loads((run / "eval.json").read_text())
             per_seed[seed] = out["success"]
             for task, rate in out["per_task"].items():
