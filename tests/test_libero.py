@@ -40,7 +40,7 @@ SUITES4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 def assets() -> str:
     for p in ASSET_DIRS:
         if p and os.path.isdir(os.path.join(p, "scenes")):
-            return p
+            return L.setup_libero(p)  # tests that import LIBERO themselves find its config written, run alone too
     pytest.fail(f"LIBERO assets not found in {[p for p in ASSET_DIRS if p]}: put a copy of LIBERO's assets folder "
                 "at <repo>/../shared/libero-assets or point $PIRL_LIBERO_ASSETS at one", pytrace=False)
 
@@ -368,7 +368,8 @@ def test_eval_protocol_config():
 
 def test_official_protocol_tiny_budget(assets, tmp_path, monkeypatch):
     """`pirl eval protocol=libero_official` with 2 tasks x 2 episodes: episode i of each task starts from the
-    task's fixed init state i, in order, whatever held-out split and step limit the env config asks for; 10
+    task's fixed init state i, in order (the tasks' i-th episodes side by side), whatever held-out split and step
+    limit the env config asks for; 10
     no-op settling steps run before the policy's first action and do not count; then the suite's step limit;
     a per-task table and the suite mean, labelled with the protocol."""
     import json
@@ -400,7 +401,7 @@ def test_official_protocol_tiny_budget(assets, tmp_path, monkeypatch):
     starts = [i for i, (kind, _) in enumerate(calls) if kind == "init"] + [len(calls)]
     assert len(starts) == 5, "one init state per episode"
     bench = get_benchmark("libero_spatial")()
-    for (task, i), a, b in zip([(0, 0), (0, 1), (1, 0), (1, 1)], starts, starts[1:]):
+    for (task, i), a, b in zip([(0, 0), (1, 0), (0, 1), (1, 1)], starts, starts[1:]):
         np.testing.assert_array_equal(calls[a][1], bench.get_task_init_states(task)[i])
         actions = np.array([x for _, x in calls[a + 1 : b]])
         assert len(actions) == L.NUM_STEPS_WAIT + limit, "settling steps, then the suite's limit"

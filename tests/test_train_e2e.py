@@ -436,3 +436,35 @@ def test_a_state_policy_with_a_camera_is_told_the_images_go_unread(tmp_path, cap
     assert "env.camera=corner2: this mlp policy reads the state only" in capsys.readouterr().out
     assert pirl([*cmd[:2], str(tmp_path / "run2"), *cmd[3:]]) == 0
     assert "reads the state only" not in capsys.readouterr().out
+
+
+def test_pirl_eval_with_the_trainers_seed_and_episodes_gives_the_trainers_figure(tmp_path):
+    """`pirl eval` of the trained policy with the run's seed, held-out episodes and num_envs scores each task as the
+    trainer's final evaluation did: both run torch on one thread (`threads`), so no float differs between them."""
+    policy = _point_mass_policy(tmp_path / "policy.safetensors")
+    run = tmp_path / "run"
+    env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}  # the thread count is the commands' own
+    envs = ["env.tasks=[a,b]", "env.max_episode_steps=64"]
+    res = subprocess.run(_train_cmd(run, policy, *envs, "iterations=3", "seed=3", "eval_episodes_per_task=8"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    after = json.loads((run / "summary.json").read_text())["success_after"]
+    assert 0 < sum(after.values()) < len(after), f"a figure that says something about the episodes: {after}"
+    res = subprocess.run([sys.executable, "-m", "pirl.cli.main", "eval", "--run-dir", str(tmp_path / "eval"),
+                          f"policy={run / 'policy_latest.safetensors'}", "env.suite=point_mass", *envs, "env.chunk=4",
+                          "episodes_per_task=8", "num_envs=4", "seed=3"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["per_task"] == after
+
+
+def test_pirl_eval_threads_sets_torchs_thread_count(tmp_path, monkeypatch):
+    policy = _point_mass_policy(tmp_path / "policy.safetensors")
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    keys = [f"policy={policy}", "env.suite=point_mass", "env.tasks=[a]", "env.chunk=4", "env.max_episode_steps=8",
+            "episodes_per_task=2", "num_envs=2"]
+    assert pirl(["eval", "--run-dir", str(tmp_path / "a"), *keys]) == 0
+    assert pirl(["eval", "--run-dir", str(tmp_path / "b"), *keys, "threads=2"]) == 0
+    assert pirl(["eval", "--run-dir", str(tmp_path / "c"), *keys, "threads=0"]) == 0
+    assert seen == [1, 2]

@@ -188,16 +188,23 @@ def evaluate_policy(
     seed: int = 0,
 ) -> EvalResult:
     """Runs one episode per context (batches of ``env.num_envs``; a short last batch repeats its
-    final context and discards the extra episodes)."""
+    final context and discards the extra episodes); the result lists them in the order given.
+
+    Episodes run seed-major, every task's i-th episode beside the others' (a batch of sub-envs holds one scene
+    per task rather than one task's scene in every sub-env), whatever order ``contexts`` come in: the sampling
+    noise is drawn batch by batch, so the same contexts, seed and ``env.num_envs`` give the same figure from
+    every caller (`pirl train`'s evaluations, `pirl eval`, `pirl sft`)."""
     sampler = sampler or SamplerConfig(method="ode", steps=4)
     gen = torch.Generator(device=policy.device()).manual_seed(seed)
     was_training = policy.training
     policy.eval()
+    order = sorted(range(len(contexts)), key=lambda i: (contexts[i].seed, contexts[i].task))
+    runs = [contexts[i] for i in order]
     success, length = [], []
     N = env.num_envs
     try:
-        for start in range(0, len(contexts), N):
-            batch = list(contexts[start : start + N])
+        for start in range(0, len(runs), N):
+            batch = runs[start : start + N]
             n = len(batch)
             batch += [batch[-1]] * (N - n)
             obs = env.reset(batch)
@@ -218,7 +225,9 @@ def evaluate_policy(
             length.extend(ep_len[:n].tolist())
     finally:
         policy.train(was_training)
-    return EvalResult(list(contexts), np.array(success, dtype=bool), np.array(length), list(env.task_names))
+    back = np.argsort(order)  # run order -> the order given
+    return EvalResult(list(contexts), np.array(success, dtype=bool)[back], np.array(length)[back],
+                      list(env.task_names))
 
 
 @torch.no_grad()
@@ -294,6 +303,10 @@ class EvalConfig:
     """Seed of the initial noise."""
     device: str = "cpu"
     """Torch device of the policy."""
+    threads: int = 1
+    """torch CPU threads; 1, as `pirl train`'s default, so that a policy scored here with the trainer's seed, episodes
+    and num_envs gets the trainer's figure (closed-loop episodes diverge on the last bit of a float, which the thread
+    count changes); 0 = torch's default."""
     pi0: Pi0Options = field(default_factory=Pi0Options)
     """π0 / π0.5: tokenizer, camera mapping, horizon, dtype (checkpoints of other kinds ignore it)."""
 
@@ -303,6 +316,8 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         check_device(self.device)
         self.sampler_config()  # a bad sampler or noise level fails with the config, not after loading the policy
         self.eval_protocol().env_config(self.env)  # fails early: a bad protocol, count, or simulator for it
@@ -369,6 +384,8 @@ def eval_main(cfg: EvalConfig, args) -> int:
         raise InputError("set policy=FILE (a .safetensors policy file written by `pirl sft` or `pirl train`, a LeRobot "
                          "or openpi π0 directory, or a hub id)")
     check_device(cfg.device, available=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     policy, meta = load_policy(path, cfg.device, pi0=cfg.pi0, log=print)
     protocol = cfg.eval_protocol()
     sampler = cfg.sampler_config()

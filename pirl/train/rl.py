@@ -486,10 +486,9 @@ class Trainer:
         vector = cfg.eval_vector or env_cfg.vector
         if self.eval_env is None:
             self.eval_env = make_env(replace(env_cfg, vector=vector), cfg.eval_num_envs)
-        # tasks interleaved, so each batch of sub-envs needs one scene per task, not one task's scene per sub-env
-        contexts = sorted(protocol.contexts(len(self.task_names)), key=lambda c: (c.seed, c.task))
         try:
-            result = evaluate_policy(self.policy, self.eval_env, contexts, self.eval_sampler, seed=cfg.seed)
+            result = evaluate_policy(self.policy, self.eval_env, protocol.contexts(len(self.task_names)),
+                                     self.eval_sampler, seed=cfg.seed)
         finally:
             if vector == "async":  # idle between evaluations, each subprocess still holds a simulator (LIBERO ~1.4 GB)
                 self.eval_env.close()
