@@ -343,6 +343,25 @@ def test_scripted_expert_puts_a_libero_object_in_the_basket(tmp_path, assets):
     assert np.abs(state[-1, 8:10] - state[-1, 11:13]).max() < 0.061
 
 
+def test_collect_refuses_tasks_the_expert_cannot_do_before_any_attempt(tmp_path, capsys, monkeypatch):
+    """A task whose goal is not one object on / in one target (a drawer, the stove, two objects) is refused from its
+    BDDL goal, naming the task and the goal, before a scene is built; a pick-and-place task of an untested suite
+    that the expert never solves is named as outside its coverage, not blamed on the step budget."""
+    import pirl.data.collect as C
+    from pirl.cli.main import main
+
+    assert L.task_goal("libero_spatial", 0) == [("on", "akita_black_bowl_1", "plate_1")]
+    assert L.task_goal("libero_goal", 0) == [("open", "wooden_cabinet_1_middle_region")]
+    monkeypatch.setattr(L, "make_libero", lambda *a, **k: pytest.fail("no scene for a task the expert cannot do"))
+    rc = main(["collect", "--run-dir", str(tmp_path / "d"), "suite=libero", "tasks=libero_goal:0,7,8", "camera=null"])
+    out = capsys.readouterr().err
+    err = out.strip().splitlines()[-1]  # robosuite's import warnings may come first when this test runs alone
+    assert rc == 2 and "Traceback" not in out and err.startswith("pirl collect: error:"), out
+    assert "open_the_middle_drawer_of_the_cabinet (goal: open wooden_cabinet_1_middle_region)" in err, err
+    assert "turn_on_the_stove" in err and "put_the_bowl_on_the_plate" not in err and "dataset=" in err, err
+    assert not (tmp_path / "d").exists()
+    C.check_pick_place("libero_goal", (8,))  # the bowl onto the plate: a pick and place, tried
+
 def test_eval_protocol_config():
     from pirl.envs.registry import EnvConfig
     from pirl.train.evaluate import EvalConfig, EvalProtocol

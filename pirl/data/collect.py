@@ -135,6 +135,8 @@ class _Suite:
     """Leading values of obs['state'] the dataset keeps."""
     video_key: Optional[str]
     image_key: str = "image"
+    untested: frozenset[str] = frozenset()
+    """Tasks the expert was never verified on: a task it never solves is named as such, not blamed on the budget."""
 
 
 def _metaworld(cfg: CollectConfig) -> _Suite:
@@ -157,6 +159,26 @@ def _metaworld(cfg: CollectConfig) -> _Suite:
     return _Suite(env, tuple(task_names), make_expert, FPS, STATE_NAMES, ACTION_NAMES, len(STATE_NAMES), vkey)
 
 
+def check_pick_place(suite: str, tasks: Optional[Sequence[Union[int, str]]]) -> None:
+    """Refuses, before any attempt, LIBERO tasks the scripted pick-and-place expert cannot do: its goal must be one
+    object on or in one target (a drawer to open or a stove to turn on is another skill)."""
+    from pirl.envs.libero import SUITES, resolve_tasks, suite_tasks, task_goal
+
+    if suite not in SUITES:
+        return  # make_libero names the valid suites
+    names = [n for n, _ in suite_tasks(suite)]
+    others = []
+    for i in resolve_tasks(suite, tasks):
+        goal = task_goal(suite, i)
+        if not (len(goal) == 1 and goal[0][0] in ("on", "in") and len(goal[0]) == 3):
+            others.append(f"{names[i]} (goal: {' and '.join(' '.join(g) for g in goal)})")
+    if others:
+        raise InputError(f"the scripted LIBERO expert places one object on or in one target; {len(others)} task(s) "
+                         f"ask for something else: {'; '.join(others[:3])}{' ...' if len(others) > 3 else ''}. Choose "
+                         f"pick-and-place tasks (libero_spatial, libero_object), or train from a LeRobot LIBERO "
+                         f"dataset (pirl sft dataset=...)")
+
+
 def _libero(cfg: CollectConfig) -> _Suite:
     from pirl.envs.libero import CAMERAS, FPS, STATE_DIM, LiberoConfig, make_libero
     from pirl.envs.libero_expert import PickPlaceExpert, grasp_for_task
@@ -165,6 +187,7 @@ def _libero(cfg: CollectConfig) -> _Suite:
         raise InputError(f"LIBERO camera {cfg.camera!r}: choose one of {tuple(CAMERAS)}, or camera=null for a state-only dataset")
     suite, _, names = (cfg.tasks if isinstance(cfg.tasks, str) else ":".join(cfg.tasks)).partition(":")
     tasks = tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
+    check_pick_place(suite, tasks)
     env = make_libero(LiberoConfig(
         suite=suite, tasks=tasks, num_envs=cfg.num_envs, chunk=1, max_episode_steps=cfg.max_episode_steps or None,
         image_size=cfg.image_size if cfg.camera else 0, cameras=(cfg.camera,) if cfg.camera else ("agentview",),
@@ -178,7 +201,9 @@ def _libero(cfg: CollectConfig) -> _Suite:
     dims = env.state_dim if cfg.object_state else STATE_DIM
     key = CAMERAS[cfg.camera][1] if cfg.camera else "image"
     vkey = f"observation.images.{key}" if cfg.camera else None
-    return _Suite(env, tuple(env.task_names), make_expert, FPS, LIBERO_STATE_NAMES[:dims], LIBERO_ACTION_NAMES, dims, vkey, key)
+    untested = frozenset() if suite in ("libero_spatial", "libero_object") else frozenset(env.task_names)
+    return _Suite(env, tuple(env.task_names), make_expert, FPS, LIBERO_STATE_NAMES[:dims], LIBERO_ACTION_NAMES, dims,
+                  vkey, key, untested)
 
 
 def source_env(cfg: CollectConfig, task_names: Sequence[str]) -> dict[str, Any]:
@@ -223,6 +248,11 @@ def collect(cfg: CollectConfig, root: Union[str, Path],
             for t in queue:
                 if attempts[t] >= max_attempts:
                     limit = f"max_episode_steps={cfg.max_episode_steps}" if cfg.max_episode_steps else "the task's limit"
+                    if successes[t] == 0 and task_names[t] in sim.untested:
+                        raise InputError(
+                            f"the scripted expert solved none of {attempts[t]} episodes of {task_names[t]!r}, a task "
+                            "it was never verified on (its LIBERO coverage: libero_spatial and libero_object): "
+                            "train from a LeRobot LIBERO dataset (pirl sft dataset=...) instead")
                     raise InputError(
                         f"expert for {task_names[t]!r} solved {successes[t]}/{attempts[t]} episodes within {limit}, "
                         f"too few for {per_task} successful ones; raise max_episode_steps (0 = the task's limit), "

@@ -258,6 +258,17 @@ def suite_tasks(suite: str) -> tuple[tuple[str, str], ...]:
     return tuple((t.name, t.language) for t in bench.tasks)
 
 
+def task_goal(suite: str, index: int) -> list[tuple[str, ...]]:
+    """The goal predicates of a suite's task from its BDDL file, e.g. [('on', 'akita_black_bowl_1', 'plate_1')]
+    or [('open', 'wooden_cabinet_1_middle_region')]. Needs no assets (no scene is built)."""
+    _prepare_import()
+    from libero.libero.benchmark import get_benchmark
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    problem = robosuite_parse_problem(get_benchmark(suite)().get_task_bddl_file_path(index))
+    return [tuple(str(x) for x in g) for g in problem.get("goal_state") or []]
+
+
 def resolve_tasks(suite: str, tasks: Optional[Sequence[Union[str, int]]]) -> tuple[int, ...]:
     """Suite indices of ``tasks`` (names or indices); all when None. Unknown names get close matches."""
     names = [n for n, _ in suite_tasks(suite)]
