@@ -248,3 +248,22 @@ def test_failing_task_sampling_favours_the_weakest_task():
     np.testing.assert_allclose(col.task_probs(), np.array([0.2, 1.0]) / 1.2)
     drawn = np.concatenate([[c.task for c in col.sample_contexts()[0]] for _ in range(200)])
     assert 0.78 < (drawn == 1).mean() < 0.88
+
+
+def test_evaluate_policy_gives_each_context_the_same_episode_in_any_order():
+    """The episodes run in one canonical order, so listing the contexts task-major or shuffled changes no outcome:
+    the result comes back in the order given, each context with the episode it gets from every caller."""
+    from pirl.train.evaluate import evaluate_policy
+
+    torch.manual_seed(0)
+    policy = make_mlp_policy(4, 2, action_horizon=4, hidden=16, depth=1, noise_head=False)
+    env = PointMassEnv(3, PointMassConfig(num_tasks=2, chunk=4, max_chunk_steps=16))
+    sampler = SamplerConfig(method="flow_sde", steps=4, noise_level=1.0)  # noise drawn batch by batch
+    task_major = [Context(t, EVAL_SEED_START + s) for t in (0, 1) for s in range(7)]
+    shuffled = [task_major[i] for i in np.random.default_rng(0).permutation(len(task_major))]
+    a = evaluate_policy(policy, env, task_major, sampler, seed=2)
+    b = evaluate_policy(policy, env, shuffled, sampler, seed=2)
+    assert b.contexts == shuffled
+    by_context = dict(zip(b.contexts, zip(b.success, b.episode_length)))
+    assert [by_context[c] for c in task_major] == list(zip(a.success, a.episode_length))
+    assert 0 < a.success.sum() < len(a.success) and len(set(a.episode_length)) > 1, "outcomes that could differ"
