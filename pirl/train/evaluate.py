@@ -192,8 +192,8 @@ def evaluate_policy(
 
     Episodes run seed-major, every task's i-th episode beside the others' (a batch of sub-envs holds one scene
     per task rather than one task's scene in every sub-env), whatever order ``contexts`` come in: the sampling
-    noise is drawn batch by batch, so the same contexts, seed and ``env.num_envs`` give the same figure from
-    every caller (`pirl train`'s evaluations, `pirl eval`, `pirl sft`)."""
+    noise is drawn batch by batch, so the same contexts, seed and ``env.num_envs`` (on as many torch threads) give
+    the same episodes from every caller (`pirl train`'s evaluations, `pirl eval`, `pirl sft`)."""
     sampler = sampler or SamplerConfig(method="ode", steps=4)
     gen = torch.Generator(device=policy.device()).manual_seed(seed)
     was_training = policy.training
