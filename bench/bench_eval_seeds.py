@@ -37,27 +37,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    keys = argv[argv.index("--") + 1:] if "--" in argv else []
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policies", nargs="+", required=True, type=_label_file, metavar="LABEL=FILE",
-                    help="the first is the baseline the others' differences are taken from")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
-    ap.add_argument("--root", default="runs/eval_seeds", help="run folder per (policy, seed)")
-    ap.add_argument("--name", required=True, help="results file name (bench/results/NAME.{json,md})")
-    from pirl.errors import InputError, MissingFileError
-
-    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    for _, path in args.policies:
-        if not Path(path).exists():
-            raise MissingFileError(f"policy file {path} does not exist")
+def score_over_seeds(policies: list[tuple[str, str]], seeds: list[int], root: Path, keys: list[str]) -> dict[str, dict]:
+    """`pirl eval` of every (label, file) at every seed, in subprocesses; per label: per-seed and mean success (mean
+    over tasks), per-task means over seeds, sampler and protocol."""
+    from pirl.errors import InputError
 
     rows: dict[str, dict] = {}
-    for label, path in args.policies:
+    for label, path in policies:
         per_seed, tasks = {}, {}
-        for seed in args.seeds:
-            run = Path(args.root) / f"{label}-s{seed}"
+        for seed in seeds:
+            run = root / f"{label}-s{seed}"
             cmd = [sys.executable, "-m", "pirl.cli.main", "eval", "--run-dir", str(run), f"policy={path}",
                    f"seed={seed}", *keys]
             t0 = time.perf_counter()
@@ -73,22 +62,46 @@ def main() -> None:
         rows[label] = {"file": path, "per_seed": per_seed, "mean": float(np.mean(list(per_seed.values()))),
                        "per_task": {t: float(np.mean(r)) for t, r in tasks.items()}, "sampler": out["sampler"],
                        "protocol": out["protocol"], "episodes_per_seed": out["episodes"]}
+    return rows
 
-    base = args.policies[0][0]
+
+def seeds_markdown(rows: dict[str, dict], seeds: list[int], keys: list[str]) -> str:
+    """Per-seed table with each policy's mean and its difference from the first policy's, then per-task means."""
+    base = next(iter(rows))
     task_names = list(rows[base]["per_task"])
-    md = (f"`pirl eval {' '.join(keys)}`, seeds {', '.join(map(str, args.seeds))} (ODE noise; the same held-out "
+    md = (f"`pirl eval {' '.join(keys)}`, seeds {', '.join(map(str, seeds))} (ODE noise; the same held-out "
           f"episodes for every seed), {rows[base]['episodes_per_seed']} episodes per seed; sampler "
           f"{rows[base]['sampler']}, protocol {rows[base]['protocol']}.\n\n"
-          f"| policy | {' | '.join(f'seed {s}' for s in args.seeds)} | mean | vs {base} |\n"
-          f"| --- |{' ---: |' * (len(args.seeds) + 2)}\n")
+          f"| policy | {' | '.join(f'seed {s}' for s in seeds)} | mean | vs {base} |\n"
+          f"| --- |{' ---: |' * (len(seeds) + 2)}\n")
     for label, row in rows.items():
         diff = "" if label == base else f"{100 * (row['mean'] - rows[base]['mean']):+.2f} pts"
-        cells = " | ".join(_pct(row["per_seed"][s]) for s in args.seeds)
+        cells = " | ".join(_pct(row["per_seed"][s]) for s in seeds)
         md += f"| {label} | {cells} | **{100 * row['mean']:.2f} %** | {diff} |\n"
     md += f"\nPer task, mean over seeds:\n\n| task | {' | '.join(rows)} |\n| --- |{' ---: |' * len(rows)}\n"
     for t in task_names:
         md += f"| {t} | {' | '.join(_pct(r['per_task'][t]) for r in rows.values())} |\n"
-    md += "\nFiles: " + ", ".join(f"{label} `{row['file']}`" for label, row in rows.items()) + "\n"
+    return md + "\nFiles: " + ", ".join(f"{label} `{row['file']}`" for label, row in rows.items()) + "\n"
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    keys = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policies", nargs="+", required=True, type=_label_file, metavar="LABEL=FILE",
+                    help="the first is the baseline the others' differences are taken from")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    ap.add_argument("--root", default="runs/eval_seeds", help="run folder per (policy, seed)")
+    ap.add_argument("--name", required=True, help="results file name (bench/results/NAME.{json,md})")
+    from pirl.errors import MissingFileError
+
+    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    for _, path in args.policies:
+        if not Path(path).exists():
+            raise MissingFileError(f"policy file {path} does not exist")
+
+    rows = score_over_seeds(args.policies, args.seeds, Path(args.root), keys)
+    md = seeds_markdown(rows, args.seeds, keys)
     write_results(args.name, {"keys": keys, "seeds": args.seeds, "policies": rows}, md)
 
 

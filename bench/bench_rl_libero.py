@@ -78,6 +78,9 @@ def main() -> None:
                     help="collect the demos and train the SFT policy (both cached under --root), then stop")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="TrainConfig overrides, as on pirl train's command line (e.g. learned_prior=true optim.prior_lr=3e-3)")
+    ap.add_argument("--eval-seeds", nargs="*", type=int, default=[],
+                    help="after RL, score the SFT and final policies through `pirl eval` at these ODE noise seeds "
+                         "(the trainer's evaluation settings; bench_eval_seeds.py) and report the mean lift")
     ap.add_argument("--object-offsets", action="store_true",
                     help="the state also holds object - gripper and target - object (env.object_offsets); demos and "
                          "SFT cached under <root>-offsets")
@@ -182,6 +185,20 @@ def main() -> None:
         + ", ".join(f"({s:,}, {w}, {v:.2f})" for s, w, v in curve) + ".",
         "Rollout success per iteration (stochastic sampler): " + " ".join(f"{x:.2f}" for x in rollout_success) + ".",
     ])
+    if args.eval_seeds:
+        from bench_eval_seeds import score_over_seeds, seeds_markdown
+
+        keys = ["env.suite=libero", f"env.tasks={args.tasks}", "env.chunk=4", "env.object_state=true",
+                f"env.object_offsets={str(args.object_offsets).lower()}", f"env.held_out_init_states={args.held_out}",
+                f"env.vector={'async' if args.runner == 'ray' else args.vector}",
+                f"episodes_per_task={args.held_out}", f"num_envs={args.eval_envs}"]
+        if args.max_episode_steps:
+            keys.append(f"env.max_episode_steps={args.max_episode_steps}")
+        rows = score_over_seeds([("sft", str(policy)), ("rl", str(run / "policy_latest.safetensors"))],
+                                args.eval_seeds, run / "eval_seeds", keys)
+        payload["eval_seeds"] = rows
+        md += "\n\nThe SFT and final policies over ODE noise seeds (`pirl eval`; the seed of the run repeats the " \
+              "trainer's figure):\n\n" + seeds_markdown(rows, args.eval_seeds, keys)
     print(" ".join(sys.argv), flush=True)
     write_results(name, payload, md)
 
