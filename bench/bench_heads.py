@@ -225,18 +225,26 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
     eval_env = setup.make_env(args.eval_envs, train=False) if args.eval_episodes > 0 else None
     collector = RolloutCollector(env, policy, sampler, collector_config(args, seed))
     contexts = eval_contexts(setup.num_tasks, args.eval_episodes)
+    pool = fix_context_pool(collector, args.context_pool, seed) if args.context_pool else []
 
     def evaluate() -> dict[str, float]:
         if eval_env is None:
             return {}
         ev = evaluate_policy(policy, eval_env, contexts, sampler.deterministic(), seed=seed)
         per_task = ev.per_task()
-        return {"mean": float(np.mean(list(per_task.values()))), **per_task}
+        out = {"mean": float(np.mean(list(per_task.values()))), **per_task}
+        if pool:  # the practised contexts: the stochastic policy LOOP optimises (4 draws each), and the greedy one
+            out["pool_sampled"] = evaluate_policy(policy, eval_env, pool * 4, sampler, seed=seed).success_rate
+            out["pool_greedy"] = evaluate_policy(policy, eval_env, pool, sampler.deterministic(), seed=seed).success_rate
+            print(f"  {head}: held-out greedy {out['mean']:.2f}, practised contexts sampled {out['pool_sampled']:.2f} "
+                  f"/ greedy {out['pool_greedy']:.2f}", flush=True)
+        return out
 
     before = evaluate()
     updater = PPOUpdater(policy, algo.ppo, algo.optim, seed=seed)
     rl_s, env_steps, iterations = 0.0, 0.0, 0
     curve = [(0.0, before.get("mean", float("nan")))]
+    pool_curve = [(0.0, before.get("pool_sampled"), before.get("pool_greedy"))] if pool else []
     updates: list[dict[str, float]] = []
     for it in range(args.iterations):
         start = time.perf_counter()
@@ -265,9 +273,14 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
         if last:
             break
         if eval_env is not None and (it + 1) % args.eval_every == 0:
-            curve.append((env_steps, evaluate()["mean"]))
+            point = evaluate()
+            curve.append((env_steps, point["mean"]))
+            if pool:
+                pool_curve.append((env_steps, point["pool_sampled"], point["pool_greedy"]))
     after = evaluate()
     curve.append((env_steps, after.get("mean", float("nan"))))
+    if pool:
+        pool_curve.append((env_steps, after["pool_sampled"], after["pool_greedy"]))
     for e in (env, eval_env):
         if e is not None and hasattr(e, "close"):
             e.close()
@@ -279,7 +292,31 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
             "params": sum(p.numel() for p in policy.parameters()),
             "approx_kl_first": kls[0] if kls else float("nan"), "approx_kl_max": max(kls, default=float("nan")),
             "clip_fraction_first": clips[0] if clips else float("nan"),
-            "clip_fraction_max": max(clips, default=float("nan")), "curve": curve, "updates": updates}
+            "clip_fraction_max": max(clips, default=float("nan")), "curve": curve, "updates": updates,
+            **({"pool_curve": pool_curve} if pool else {})}
+
+
+def fix_context_pool(collector: RolloutCollector, size: int, seed: int) -> list[Context]:
+    """Makes ``collector`` draw its training contexts from ``size`` fixed ones (tasks in turn, reset seeds from a
+    generator of ``seed``) and returns them: a diagnostic of whether LOOP improves the policy on the contexts it
+    practises, apart from how that carries over to held-out ones."""
+    rng = np.random.default_rng(10_000 + seed)
+    tasks = collector.tasks
+    pool = [Context(int(tasks[i % len(tasks)]), int(s)) for i, s in enumerate(rng.integers(0, 1_000_000, size))]
+    draw = np.random.default_rng(20_000 + seed)
+
+    def sample_contexts():
+        G, n = collector.cfg.group_size, collector.cfg.num_groups
+        picks = draw.choice(size, size=n, replace=n > size)
+        contexts = [pool[i] for i in picks for _ in range(G)]
+        groups = np.repeat(np.arange(collector.next_group_id, collector.next_group_id + n), G)
+        ctx_ids = np.repeat(np.arange(collector.next_context_id, collector.next_context_id + n), G)
+        collector.next_group_id += n
+        collector.next_context_id += n
+        return contexts, groups, ctx_ids
+
+    collector.sample_contexts = sample_contexts
+    return pool
 
 
 def kl_check(head: str, lrs: list[float], setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -385,6 +422,9 @@ def main() -> None:
     p.add_argument("--scale-floor", type=float, default=0.0,
                    help="regression: lower clip of the Laplace scale during RL (normalised units; 0 = the SFT policy's)")
     p.add_argument("--env-steps", type=float, default=0.0, help="stop a head's LOOP once it has used this many env steps (0 = none)")
+    p.add_argument("--context-pool", type=int, default=0,
+                   help="train on this many fixed contexts (0 = fresh ones every batch) and also score the stochastic "
+                        "and greedy policies on them: does LOOP improve what it practises?")
     p.add_argument("--sft-cache", default=None, help="metaworld: directory where SFT policies are saved and reused")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out seeds per task (0 = no evaluation)")
     p.add_argument("--eval-envs", type=int, default=16, help="sub-envs of the evaluation env")

@@ -113,7 +113,9 @@ def main() -> None:
               f"{report.successes} of {report.attempts} attempts", flush=True)
     expert_stats = json.loads(report_path.read_text()) if report_path.exists() else None
     t_sft = time.perf_counter()
-    sft_dir = root / f"sft_{args.sft_steps}_h{args.sft_hidden}_clip{args.state_clip:g}"  # cached per recipe
+    # cached per recipe and training seed (seed 0 keeps the name of the caches made before the seed was in it)
+    seed_tag = f"_s{args.seed}" if args.seed else ""
+    sft_dir = root / f"sft_{args.sft_steps}_h{args.sft_hidden}_clip{args.state_clip:g}{seed_tag}"
     policy = Path(args.policy) if args.policy else sft_dir / "final.safetensors"
     if not policy.exists():
         if args.policy:
