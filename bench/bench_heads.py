@@ -319,6 +319,40 @@ def fix_context_pool(collector: RolloutCollector, size: int, seed: int) -> list[
     return pool
 
 
+def grad_cosine(head: str, setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """How much of a LOOP policy gradient is signal: the cosine between the gradients (at ratio 1, all trainable
+    weights) of ``--grad-cosine`` independent rollout batches on the same contexts (``--context-pool``, default the
+    batch's ``--groups``), from the SFT weights. Near 0: each batch's gradient is mostly noise."""
+    import itertools
+
+    policy, _ = build(head, setup, args, seed)
+    prepare(policy, head, args)
+    policy.eval()
+    sampler = samplers(head, args)
+    env = setup.make_env(args.groups * args.group_size)
+    collector = RolloutCollector(env, policy, sampler, collector_config(args, seed))
+    fix_context_pool(collector, args.context_pool or args.groups, seed)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grads, success = [], []
+    for _ in range(args.grad_cosine):
+        rollout = collector.collect()
+        success.append(rollout.metrics["rollout/success_rate"])
+        batch = build_batch(rollout.buffers, preset("loop").advantage)
+        log_prob = policy.evaluate(batch.obs, batch.chain, with_value=False).log_prob
+        adv = batch.advantages.float()
+        loss = -((adv[:, None] if log_prob.dim() == 2 else adv) * log_prob).mean()
+        g = torch.autograd.grad(loss, params, allow_unused=True)  # the value head has no part in the loss
+        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)]))
+    if hasattr(env, "close"):
+        env.close()
+    cos = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in itertools.combinations(grads, 2)]
+    out = {"success": success, "cosine_mean": float(np.mean(cos)), "cosine_min": min(cos), "cosine_max": max(cos),
+           "grad_norms": [float(g.norm()) for g in grads]}
+    print(f"  {head}: rollout success {np.round(success, 2).tolist()}, gradient cosine between batches mean "
+          f"{out['cosine_mean']:.3f} (min {out['cosine_min']:.3f}, max {out['cosine_max']:.3f})", flush=True)
+    return out
+
+
 def kl_check(head: str, lrs: list[float], setup: Setup, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """How far the first LOOP update moves the SFT policy, per learning rate, on one shared rollout batch.
 
@@ -425,6 +459,8 @@ def main() -> None:
     p.add_argument("--context-pool", type=int, default=0,
                    help="train on this many fixed contexts (0 = fresh ones every batch) and also score the stochastic "
                         "and greedy policies on them: does LOOP improve what it practises?")
+    p.add_argument("--grad-cosine", type=int, default=0, metavar="N",
+                   help="instead of training: cosine between the LOOP gradients of N rollout batches on fixed contexts")
     p.add_argument("--sft-cache", default=None, help="metaworld: directory where SFT policies are saved and reused")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out seeds per task (0 = no evaluation)")
     p.add_argument("--eval-envs", type=int, default=16, help="sub-envs of the evaluation env")
@@ -454,6 +490,10 @@ def main() -> None:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k not in ("out", "name") and v is not None)
     path = pathlib.Path(args.out) / f"{args.name}.json"
+    if args.grad_cosine:
+        for head in args.heads:
+            print(json.dumps({head: grad_cosine(head, setup, args, args.seeds[0]), "command": command}), flush=True)
+        return
     if args.kl_check:
         checks = {head: {**kl_check(head, args.kl_check, setup, args, args.seeds[0]), "command": command}
                   for head in args.heads}
