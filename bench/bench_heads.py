@@ -227,10 +227,13 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
     contexts = eval_contexts(setup.num_tasks, args.eval_episodes)
     pool = fix_context_pool(collector, args.context_pool, seed) if args.context_pool else []
 
+    # --eval-ema: held-out figures come from an exponential moving average of the weights over iterations
+    ema = copy.deepcopy(policy).requires_grad_(False) if args.eval_ema else None
+
     def evaluate() -> dict[str, float]:
         if eval_env is None:
             return {}
-        ev = evaluate_policy(policy, eval_env, contexts, sampler.deterministic(), seed=seed)
+        ev = evaluate_policy(ema or policy, eval_env, contexts, sampler.deterministic(), seed=seed)
         per_task = ev.per_task()
         out = {"mean": float(np.mean(list(per_task.values()))), **per_task}
         if pool:  # the practised contexts: the stochastic policy LOOP optimises (4 draws each), and the greedy one
@@ -253,6 +256,10 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
         m: dict[str, float] = {}
         if rollout.buffers:
             m = updater.update(build_batch(rollout.buffers, algo.advantage))
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, p in zip(ema.parameters(), policy.parameters()):
+                        pe.lerp_(p, 1.0 - args.eval_ema)
         rl_s += time.perf_counter() - start  # evaluation below is not training time
         iterations += 1
         updates.append({"rollout_success": rollout.metrics["rollout/success_rate"],
@@ -279,6 +286,11 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
                 pool_curve.append((env_steps, point["pool_sampled"], point["pool_greedy"]))
     after = evaluate()
     curve.append((env_steps, after.get("mean", float("nan"))))
+    raw_after = None
+    if ema is not None and eval_env is not None:  # the trained weights themselves, for comparison
+        raw = evaluate_policy(policy, eval_env, contexts, sampler.deterministic(), seed=seed).per_task()
+        raw_after = float(np.mean(list(raw.values())))
+        print(f"  {head}: held-out with the EMA weights {after['mean']:.2f}, with the trained ones {raw_after:.2f}")
     if pool:
         pool_curve.append((env_steps, after["pool_sampled"], after["pool_greedy"]))
     for e in (env, eval_env):
@@ -293,7 +305,7 @@ def run(head: str, lr: float, setup: Setup, args: argparse.Namespace, seed: int)
             "approx_kl_first": kls[0] if kls else float("nan"), "approx_kl_max": max(kls, default=float("nan")),
             "clip_fraction_first": clips[0] if clips else float("nan"),
             "clip_fraction_max": max(clips, default=float("nan")), "curve": curve, "updates": updates,
-            **({"pool_curve": pool_curve} if pool else {})}
+            **({"pool_curve": pool_curve} if pool else {}), **({"after_trained_weights": raw_after} if ema else {})}
 
 
 def fix_context_pool(collector: RolloutCollector, size: int, seed: int) -> list[Context]:
@@ -459,6 +471,8 @@ def main() -> None:
     p.add_argument("--context-pool", type=int, default=0,
                    help="train on this many fixed contexts (0 = fresh ones every batch) and also score the stochastic "
                         "and greedy policies on them: does LOOP improve what it practises?")
+    p.add_argument("--eval-ema", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate an exponential moving average of the weights (per iteration, this decay; 0 = none)")
     p.add_argument("--grad-cosine", type=int, default=0, metavar="N",
                    help="instead of training: cosine between the LOOP gradients of N rollout batches on fixed contexts")
     p.add_argument("--sft-cache", default=None, help="metaworld: directory where SFT policies are saved and reused")
