@@ -317,17 +317,11 @@ def fix_context_pool(collector: RolloutCollector, size: int, seed: int) -> list[
     pool = [Context(int(tasks[i % len(tasks)]), int(s)) for i, s in enumerate(rng.integers(0, 1_000_000, size))]
     draw = np.random.default_rng(20_000 + seed)
 
-    def sample_contexts():
-        G, n = collector.cfg.group_size, collector.cfg.num_groups
+    def draw_starts(n: int) -> tuple[np.ndarray, np.ndarray]:
         picks = draw.choice(size, size=n, replace=n > size)
-        contexts = [pool[i] for i in picks for _ in range(G)]
-        groups = np.repeat(np.arange(collector.next_group_id, collector.next_group_id + n), G)
-        ctx_ids = np.repeat(np.arange(collector.next_context_id, collector.next_context_id + n), G)
-        collector.next_group_id += n
-        collector.next_context_id += n
-        return contexts, groups, ctx_ids
+        return np.array([pool[i].task for i in picks]), np.array([pool[i].seed for i in picks])
 
-    collector.sample_contexts = sample_contexts
+    collector.draw_starts = draw_starts
     return pool
 
 

@@ -152,14 +152,18 @@ class RolloutCollector:
     def sample_contexts(self) -> tuple[list[Context], np.ndarray, np.ndarray]:
         """num_groups fresh contexts, each repeated G times: (contexts [N], group ids [N], context ids [N])."""
         G, n = self.cfg.group_size, self.cfg.num_groups
-        tasks = self.rng.choice(np.asarray(self.tasks), size=n, p=self.task_probs())
-        seeds = self.rng.integers(0, EVAL_SEED_OFFSET, size=n)
+        tasks, seeds = self.draw_starts(n)
         contexts = [Context(int(t), int(s)) for t, s in zip(tasks, seeds) for _ in range(G)]
         groups = np.repeat(np.arange(self.next_group_id, self.next_group_id + n), G)
         ctx_ids = np.repeat(np.arange(self.next_context_id, self.next_context_id + n), G)
         self.next_group_id += n
         self.next_context_id += n
         return contexts, groups, ctx_ids
+
+    def draw_starts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The task and reset seed of ``n`` fresh contexts (tasks by ``task_probs``, seeds below the held-out ones)."""
+        tasks = self.rng.choice(np.asarray(self.tasks), size=n, p=self.task_probs())
+        return tasks, self.rng.integers(0, EVAL_SEED_OFFSET, size=n)
 
     def run_episodes(self, contexts: Sequence[Context], sampler: SamplerConfig,
                      buffer: Optional[RolloutBuffer] = None,
