@@ -150,7 +150,8 @@ def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     cache = None
     if args.sft_cache and setup.dataset is not None:
         key = (f"{head}_{pathlib.Path(setup.dataset).name}_h{args.horizon}c{args.chunk}_w{args.hidden}d{args.depth}"
-               f"_s{args.sft_steps}_seed{seed}")
+               f"_s{args.sft_steps}{'_mse' if head == 'regression' and args.regression_loss == 'mse' else ''}"
+               f"_seed{seed}")
         cache = pathlib.Path(args.sft_cache) / f"{key}.safetensors"
         if cache.exists():
             from pirl.policies.io import load_policy
@@ -172,14 +173,15 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
         from pirl.train.sft import SFTConfig, sft
 
         kind = "mlp" if head == "flow" else head
+        loss = {"regression_loss": args.regression_loss} if kind == "regression" else {}
         result = sft(SFTConfig(dataset=setup.dataset, policy=kind, action_horizon=args.horizon, chunk=args.chunk,
                                steps=args.sft_steps, hidden=args.hidden, depth=args.depth, eval_every=-1, seed=seed,
-                               denoise_steps=4), log=None)
+                               denoise_steps=4, **loss), log=None)
         return result.policy, result.train_seconds
     kw = dict(action_horizon=args.horizon, num_tasks=setup.num_tasks if setup.num_tasks > 1 else 0,
               hidden=args.hidden, depth=args.depth)
     if head == "regression":
-        policy = make_regression_policy(setup.state_dim, setup.action_dim, loss="l1", **kw)
+        policy = make_regression_policy(setup.state_dim, setup.action_dim, loss=args.regression_loss, **kw)
     elif head == "tokenized":
         policy = make_tokenized_policy(setup.state_dim, setup.action_dim, **kw)
     else:
@@ -446,6 +448,8 @@ def main() -> None:
     p.add_argument("--minibatch", type=int, default=128)
     p.add_argument("--lr", nargs="+", type=float, default=[1e-3], help="RL learning rate: one, or one per head")
     p.add_argument("--noise-level", type=float, default=0.5, help="flow: Flow-SDE noise level a (the demo's: 1.0)")
+    p.add_argument("--regression-loss", choices=("l1", "mse"), default="l1",
+                   help="regression: SFT loss, l1 (a Laplace policy) or mse (Gaussian)")
     p.add_argument("--widen", type=float, default=1.0, help="regression: sampling scale factor")
     p.add_argument("--correlation", type=float, default=0.0,
                    help="regression: within-chunk correlation of the exploration noise (Gaussian with the head's std)")

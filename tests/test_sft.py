@@ -46,9 +46,9 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
         assert res_step.info["episode_length"].tolist() == [4, 4]
 
 
-@pytest.mark.parametrize("kind", ["regression", "tokenized"])
-def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind):
-    cfg = SFTConfig(dataset=str(demos), policy=kind, state_clip=5.0, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
+@pytest.mark.parametrize("kind, loss", [("regression", "l1"), ("regression", "mse"), ("tokenized", "l1")])
+def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind, loss):
+    cfg = SFTConfig(dataset=str(demos), policy=kind, regression_loss=loss, state_clip=5.0, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
                     eval_num_envs=2, eval_max_episode_steps=8, hidden=64, depth=1, scale_fit_steps=50,
                     out_dir=str(tmp_path / kind))  # fmt: skip
     res = sft(cfg, log=None)
@@ -60,6 +60,14 @@ def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind):
         torch.testing.assert_close(policy.state_dict()[key], value)
     if kind == "regression":  # the scale head was fitted after SFT, not left at its initial constant
         assert policy.scale_head.weight.abs().sum() > 0
+        assert policy.cfg.family == {"l1": "laplace", "mse": "gaussian"}[loss]
+
+
+def test_regression_loss_is_checked_when_the_config_is_read():
+    with pytest.raises(ValueError, match="regression_loss must be"):
+        SFTConfig(policy="regression", regression_loss="huber")
+    with pytest.raises(ValueError, match="regression head's SFT loss"):
+        SFTConfig(policy="mlp", regression_loss="mse")
 
 
 def test_vla_prepare_encode_once_and_sft(demos):

@@ -50,8 +50,8 @@ class SFTConfig:
     policy: Literal["mlp", "vla", "regression", "tokenized", "pi0", "pi05"] = "mlp"
     """mlp: state MLP flow policy with task embedding; vla: VLA-mini (image + instruction + state);
     regression / tokenized: the same state MLP with a Laplace regression head (L1 SFT, then an NLL-fitted
-    scale) or a 256-bin softmax head instead of the flow; pi0 / pi05: π0 / π0.5 of size pi0.size (camera +
-    instruction + state), trained from scratch."""
+    scale; regression_loss=mse: Gaussian) or a 256-bin softmax head instead of the flow; pi0 / pi05: π0 / π0.5
+    of size pi0.size (camera + instruction + state), trained from scratch."""
     pi0: Pi0Options = field(default_factory=Pi0Options)
     """π0 / π0.5: size, tokenizer, dtype, what trains (policy=pi0|pi05)."""
     out_dir: Optional[str] = None
@@ -106,6 +106,8 @@ class SFTConfig:
     """Train on the first this many episodes of each task only (normaliser stats from them too); 0 = all."""
     scale_fit_steps: int = 300
     """Regression head: NLL steps of the scale head after SFT (mean and trunk frozen)."""
+    regression_loss: Literal["l1", "mse"] = "l1"
+    """Regression head: l1 (OpenVLA-OFT's; a Laplace policy) or mse (a Gaussian policy)."""
     device: str = "cpu"
     """Torch device SFT trains and evaluates on (cpu, cuda, cuda:N, mps): π0 / π0.5 at full size want a GPU."""
 
@@ -129,6 +131,11 @@ class SFTConfig:
         small = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
         if small:
             raise ValueError(f"{', '.join(small)}: {' and '.join(k.split('=')[0] for k in small)} must be >= 1")
+        if self.regression_loss not in ("l1", "mse"):
+            raise ValueError(f"regression_loss must be 'l1' or 'mse', got {self.regression_loss!r}")
+        if self.regression_loss != "l1" and self.policy != "regression":
+            raise ValueError(f"regression_loss={self.regression_loss} is the regression head's SFT loss; policy="
+                             f"{self.policy} has its own (drop regression_loss, or set policy=regression)")
         check_device(self.device)
 
 
@@ -164,7 +171,7 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
     if cfg.policy == "mlp":
         policy: Policy = make_mlp_policy(state_dim, action_dim, **mlp)
     elif cfg.policy == "regression":
-        policy = make_regression_policy(state_dim, action_dim, loss="l1", **mlp)
+        policy = make_regression_policy(state_dim, action_dim, loss=cfg.regression_loss, **mlp)
     elif cfg.policy == "tokenized":
         policy = make_tokenized_policy(state_dim, action_dim, **mlp)
     elif cfg.policy in ("pi0", "pi05"):
