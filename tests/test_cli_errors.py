@@ -420,6 +420,17 @@ def test_env_task_ids_are_mapped_onto_the_policys_by_name():
         bind_task_ids(policy, _Env(["reach-v3", "drawer-open-v3"], ["x", "y"]), "p", log=said.append)
 
 
+def test_an_instruction_policy_on_tasks_new_to_it_runs_them_with_a_notice():
+    from pirl.train.evaluate import bind_task_ids
+
+    policy, said = make_mlp_policy(39, 4, action_horizon=4, hidden=16, depth=1, noise_head=False), []
+    policy.task_names = ("reach-v3", "push-v3")  # no task ids: what it does comes from its inputs
+    bind_task_ids(policy, _Env(["push-v3", "reach-v3"], ["x", "y"]), "p", log=said.append)
+    assert said == []
+    bind_task_ids(policy, _Env(["reach-v3", "drawer-open-v3"], ["x", "y"]), "p", log=said.append)
+    assert len(said) == 1 and "drawer-open-v3 is new to it" in said[0] and "reach-v3," not in said[0].split(";")[1]
+
+
 def test_a_policy_file_keeps_its_task_names_through_rl_saves(tmp_path):
     from pirl.policies.io import load_policy
 

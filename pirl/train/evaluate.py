@@ -59,7 +59,12 @@ def bind_task_ids(policy: FlowPolicy, env: ChunkVectorEnv, source: str | Path,
     does one whose task names follow another naming scheme throughout, unless ``same_suite`` (the policy was
     trained in this env's suite, so its names are this env's: none matching means other tasks)."""
     if not getattr(getattr(policy, "cfg", None), "num_tasks", 0):
-        return  # no task ids: a single-task policy, or one that reads the instruction
+        # no task ids: a single-task policy, or one that reads the instruction (new tasks are its to try)
+        new = [t for t in env.task_names if t not in (getattr(policy, "task_names", None) or env.task_names)]
+        if new and log:
+            log(f"the policy was trained on {list(policy.task_names)}; {', '.join(new)} "
+                f"{'is' if len(new) == 1 else 'are'} new to it (it reads the instruction, so it runs them as it would)")
+        return
     env_names, env_texts = list(env.task_names), list(getattr(env, "instructions", ()))
     for own, wanted in ((policy.task_names, env_names), (policy.task_instructions, env_texts)):
         if own and wanted and all(t in own for t in wanted):
