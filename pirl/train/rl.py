@@ -371,7 +371,8 @@ class Trainer:
             if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
                 self.policy.set_scale_floor(cfg.head.scale_floor)  # before any rollout: the ratio sees it too
             self.sampler, self.algo = head_settings(cfg, policy_kind(self.policy), self.algo)
-            print(f"{policy_kind(self.policy)} head: lr {self.algo.optim.lr:g} "
+            family = getattr(self.policy.cfg, "family", None)  # the regression head's Laplace (L1) or Gaussian (MSE)
+            print(f"{policy_kind(self.policy)} head{f' ({family})' if family else ''}: lr {self.algo.optim.lr:g} "
                   f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
                   f"flow policies'), {cfg.head.ratio_level}-level ratios, widen {self.sampler.widen:g}"
                   + (f", within-chunk correlation {self.sampler.correlation:g}" if self.sampler.correlation else ""))
