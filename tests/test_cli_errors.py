@@ -66,6 +66,12 @@ def test_bad_policy_files_name_the_file(files, capsys, command, name, words):
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_dataset_passed_as_the_policy_is_named_a_dataset(files, capsys, command):
+    rc = pirl([command, "--run-dir", str(files / f"run-ds-{command}"), f"policy={files / 'dataset'}", *PM])
+    _one_line_error(capsys, rc, "is a dataset, not a policy", f"pirl sft dataset={files / 'dataset'}")
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
 def test_a_policy_that_does_not_fit_the_env(files, capsys, command):
     run = files / f"run-fit-{command}"
     rc = pirl([command, "--run-dir", str(run), f"policy={files / 'metaworld.safetensors'}", *PM])

@@ -152,6 +152,9 @@ def detect_format(path: Path) -> str:
     for name in ("policy_best.safetensors", "policy_latest.safetensors", "final.safetensors"):
         if (path / name).is_file():
             raise PolicyLoadError(f"{path} is a run directory: pass a policy file in it, e.g. policy={path / name}")
+    if (path / "meta" / "info.json").is_file():
+        raise PolicyLoadError(f"{path} is a dataset, not a policy: train one on it with `pirl sft dataset={path}`, "
+                              "then pass policy=RUN/final.safetensors")
     raise PolicyLoadError(f"{path} is not a checkpoint directory: a LeRobot π0 / π0.5 directory holds {LEROBOT_FILES}; "
                           "an openpi one model.safetensors and assets/<asset_id>/norm_stats.json")
 
