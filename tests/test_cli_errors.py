@@ -437,6 +437,19 @@ def test_an_instruction_policy_on_tasks_new_to_it_runs_them_with_a_notice():
     assert len(said) == 1 and "drawer-open-v3 is new to it" in said[0] and "reach-v3," not in said[0].split(";")[1]
 
 
+def test_train_refuses_an_unknown_metaworld_task_before_building_any_env(tmp_path, capsys, monkeypatch):
+    # with runner.kind=ray the env comes up on Ray's workers ~10 s after start: the names are checked first
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was built before the policy's tasks were checked")
+
+    monkeypatch.setattr("pirl.train.rl.make_env", no_env)
+    monkeypatch.setattr("pirl.distributed.runner.RayRunner", no_env)
+    path = save_policy(_two_task_policy(), tmp_path / "p.safetensors", extra={"env": {"suite": "metaworld"}})
+    rc = pirl(["train", "--run-dir", str(tmp_path / "run"), f"policy={path}", "env.suite=metaworld",
+               "env.tasks=[reach-v3,drawer-open-v3]", "runner.kind=ray", "runner.env_workers=2"])
+    _one_line_error(capsys, rc, "drawer-open-v3 is not among them")
+
+
 def test_a_policy_file_keeps_its_task_names_through_rl_saves(tmp_path):
     from pirl.policies.io import load_policy
 

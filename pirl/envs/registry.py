@@ -99,6 +99,17 @@ def require_simulator(suite: str) -> None:
         require(package, extra=extra, purpose=f"the {suite} simulator")
 
 
+def known_tasks(cfg: EnvConfig) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(task names, instructions) of ``cfg``'s env without starting a simulator, where the suite can say so
+    (MetaWorld); None otherwise. Unknown task names raise the env's own error."""
+    if cfg.suite != "metaworld":
+        return None
+    from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
+
+    names = resolve_tasks(cfg.tasks)
+    return names, tuple(INSTRUCTIONS[t] for t in names)
+
+
 def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVectorEnv:
     """A vector of ``num_envs`` chunked environments of the configured suite."""
     require_simulator(cfg.suite)

@@ -24,7 +24,7 @@ import torch
 
 from pirl.algorithms import AdvantageConfig, AlgorithmConfig, OptimizerConfig, PPOConfig, PPOUpdater, build_batch
 from pirl.config import to_dict
-from pirl.envs.registry import EnvConfig, env_record, make_env
+from pirl.envs.registry import EnvConfig, env_record, known_tasks, make_env
 from pirl.errors import (InputError, MissingFileError, NonFiniteError, OutOfMemory, TrainingDiverged, UserError,
                          check_device, require)
 from pirl.flow import SamplerConfig
@@ -274,6 +274,14 @@ class TrainConfig:
         return AlgorithmConfig(AdvantageConfig(estimator, gamma=self.gamma, lam=self.lam), ppo, self.optim)
 
 
+@dataclass(frozen=True)
+class _TaskList:
+    """An env's task names and instructions, known before the env is built (see known_tasks)."""
+
+    task_names: tuple[str, ...]
+    instructions: tuple[str, ...]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -384,6 +392,10 @@ class Trainer:
             num_groups=cfg.num_groups, group_size=cfg.group_size, group_filter=cfg.group_filter,
             max_tries=cfg.max_tries, seed=cfg.seed, task_sampling=cfg.task_sampling,
         )
+        same_suite = trained_suite(self.policy_meta) == cfg.env.suite
+        tasks = known_tasks(cfg.env)
+        if tasks is not None:  # refuse tasks the policy does not know now, not after Ray and the simulators start
+            bind_task_ids(self.policy, _TaskList(*tasks), cfg.policy, log=None, same_suite=same_suite)
         self.ray = None
         if cfg.runner.kind == "ray":
             require("ray", extra="ray", purpose="runner.kind=ray")
@@ -399,7 +411,7 @@ class Trainer:
         self.eval_env = None
         try:
             check_policy_fits_env(self.policy, self.env, cfg.policy)
-            bind_task_ids(self.policy, self.env, cfg.policy, same_suite=trained_suite(self.policy_meta) == cfg.env.suite)
+            bind_task_ids(self.policy, self.env, cfg.policy, same_suite=same_suite)
         except InputError:
             self.close()  # env subprocesses and Ray actors are already up
             raise
