@@ -195,9 +195,12 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
 
 
 def prepare(policy: Any, head: str, args: argparse.Namespace) -> Any:
-    """RL-time settings of an SFT policy: the regression head's scale floor, and whether its scale head trains."""
+    """RL-time settings of an SFT policy: the regression head's scale floor and ceiling, and whether its scale head
+    trains."""
     if head == "regression" and args.scale_floor:
         policy.set_scale_floor(args.scale_floor)
+    if head == "regression" and args.scale_ceiling:
+        policy.set_scale_ceiling(args.scale_ceiling)
     if head == "regression" and args.freeze_scale:
         policy.scale_head.requires_grad_(False)
     return policy
@@ -465,6 +468,8 @@ def main() -> None:
                    help="regression: keep the NLL-fitted scale head fixed during RL (RIPT-VLA's fix_scale_head)")
     p.add_argument("--scale-floor", type=float, default=0.0,
                    help="regression: lower clip of the Laplace scale during RL (normalised units; 0 = the SFT policy's)")
+    p.add_argument("--scale-ceiling", type=float, default=0.0,
+                   help="regression: upper clip of the scale during RL (normalised units; 0 = the SFT policy's)")
     p.add_argument("--env-steps", type=float, default=0.0, help="stop a head's LOOP once it has used this many env steps (0 = none)")
     p.add_argument("--context-pool", type=int, default=0,
                    help="train on this many fixed contexts (0 = fresh ones every batch) and also score the stochastic "

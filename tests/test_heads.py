@@ -369,6 +369,29 @@ def test_scale_floor_bounds_sampling_and_log_probs():
         p.set_scale_floor(0.0)
 
 
+def test_scale_ceiling_bounds_sampling_and_log_probs():
+    """After set_scale_ceiling(c) every sampled and scored scale is <= c (an NLL-fitted scale head extrapolates off
+    the demonstrations), act / evaluate agree, and a ceiling below the floor is refused."""
+    p = _reg()
+    with torch.no_grad():
+        p.scale_head.bias.fill_(math.log(1.5))  # far above the ceiling
+    obs = _obs(B=64)
+    p.set_scale_floor(0.1)
+    p.set_scale_ceiling(0.3)
+    assert p.cfg.scale_max == 0.3 and p.cfg.scale_min == 0.1 <= p.cfg.scale_init <= 0.3
+    with torch.no_grad():
+        mean, log_scale = p.params(p.encode(obs))
+    assert float(log_scale.max()) <= math.log(0.3) + 1e-6
+    out = p.act(obs, HeadSamplerConfig(), generator=torch.Generator().manual_seed(0))
+    x = p.normalize_actions(out.actions)
+    torch.testing.assert_close(out.log_prob, Laplace(mean, log_scale.exp()).log_prob(x).sum(dim=(1, 2)),
+                               rtol=1e-5, atol=1e-4)
+    assert float((x - mean).abs().mean()) < 0.35  # drawn at the capped scale (mean |noise| = b <= 0.3), not 1.5
+    torch.testing.assert_close(p.evaluate(obs, out.chain).log_prob, out.log_prob)
+    with pytest.raises(ValueError, match="scale ceiling"):
+        p.set_scale_ceiling(0.05)
+
+
 @pytest.mark.parametrize("kind", ["regression", "tokenized"])
 def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
     """`pirl train` on a head policy: the sampler's log-prob level and PPO's ratio level follow head.ratio_level
