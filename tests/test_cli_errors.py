@@ -450,6 +450,27 @@ def test_train_refuses_an_unknown_metaworld_task_before_building_any_env(tmp_pat
     _one_line_error(capsys, rc, "drawer-open-v3 is not among them")
 
 
+def test_train_refuses_an_unknown_libero_task_before_building_any_env(tmp_path, capsys, monkeypatch):
+    # LIBERO's task table needs no scene: a task the policy was not trained on is refused before any env, and
+    # env.tasks alone keeps the recorded simulator (not MetaWorld, the default suite)
+    pytest.importorskip("libero")
+    from pirl.envs.libero import suite_tasks
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was built before the policy's tasks were checked")
+
+    monkeypatch.setattr("pirl.train.rl.make_env", no_env)
+    monkeypatch.setattr("pirl.distributed.runner.RayRunner", no_env)
+    names = [n for n, _ in suite_tasks("libero_object")]
+    policy = _two_task_policy()
+    policy.task_names, policy.task_instructions = tuple(names[:2]), None
+    path = save_policy(policy, tmp_path / "p.safetensors", extra={"env": {"suite": "libero", "tasks": "libero_object:0,1"}})
+    rc = pirl(["train", "--run-dir", str(tmp_path / "run"), f"policy={path}", "env.tasks=libero_object:0,5"])
+    notice, err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "record: suite=libero, the tasks from env.tasks" in notice
+    assert err.startswith("pirl train: error:") and f"{names[5]} is not among them" in err
+
+
 def test_a_policy_file_keeps_its_task_names_through_rl_saves(tmp_path):
     from pirl.policies.io import load_policy
 

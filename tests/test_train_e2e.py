@@ -106,7 +106,8 @@ def test_a_policy_file_records_the_env_it_was_trained_in(few_shot_policy, tmp_pa
     # `pirl eval --checkpoint FILE` is policy=FILE, record included
     assert pirl(["eval", "--checkpoint", str(few_shot_policy), "--print-config"]) == 0
     assert "tasks: [reach-v3, push-v3]" in capsys.readouterr().out
-    assert env_for(f"policy={few_shot_policy}", "env.tasks=[reach-v3]") is None  # the user chose another env
+    # other tasks keep the recorded simulator (and what the policy reads), not the default suite
+    assert env_for(f"policy={few_shot_policy}", "env.tasks=[reach-v3]") == {"suite": "metaworld"}
     assert env_for(f"policy={few_shot_policy}", "env.suite=point_mass") is None
     # a setting that does not choose the simulator (an assets folder, the chunk) applies on top of the record
     assert env_for(f"policy={few_shot_policy}", "env.chunk=4")["tasks"] == ["reach-v3", "push-v3"]

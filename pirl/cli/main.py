@@ -190,10 +190,12 @@ def _split_report_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def env_of_policy_file(args) -> Optional[dict[str, Any]]:
     """The env a pirl policy file records (the simulator and task order it was trained in), when the command line
-    names that file and chooses neither env.suite nor env.tasks; None otherwise (the policy's own loading reports a
-    bad file). Other env.* given (a chunk, an assets folder) apply on top of the record."""
+    names that file and does not choose env.suite; without its tasks when the command line gives env.tasks (a LIBERO
+    policy's `env.tasks=libero_object:0,5` stays LIBERO, with the state the policy reads); None otherwise (the
+    policy's own loading reports a bad file). Other env.* given (a chunk, an assets folder) apply on top."""
     overrides = list(getattr(args, "overrides", ()) or ())
-    if any(o.split("=", 1)[0] in ("env", "env.suite", "env.tasks") for o in overrides):
+    keys = {o.split("=", 1)[0] for o in overrides}
+    if keys & {"env", "env.suite"}:
         return None
     policy = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("policy=")), None)
     if not policy or not policy.endswith(".safetensors") or not Path(policy).is_file():
@@ -213,7 +215,10 @@ def env_of_policy_file(args) -> Optional[dict[str, Any]]:
         return None
     if not isinstance(record, dict):
         return None
-    return env_from_record(record, images=meta.get("pirl_kind") in IMAGE_KINDS)
+    env = env_from_record(record, images=meta.get("pirl_kind") in IMAGE_KINDS)
+    if "env.tasks" in keys:
+        env.pop("tasks", None)
+    return env
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -280,7 +285,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if recorded:
             source = {"env": recorded}
             print(f"pirl {name}: env from the policy file's record: "
-                  + ", ".join(f"{k}={v}" for k, v in recorded.items()) + " (set env.suite / env.tasks or --config to choose another)",
+                  + ", ".join(f"{k}={v}" for k, v in recorded.items())
+                  + (", the tasks from env.tasks" if "tasks" not in recorded else "")
+                  + " (set env.suite / env.tasks or --config to choose another)",
                   file=sys.stderr)  # stderr: --print-config's stdout stays YAML
     try:
         cls = resolve(cmd.config)

@@ -99,15 +99,30 @@ def require_simulator(suite: str) -> None:
         require(package, extra=extra, purpose=f"the {suite} simulator")
 
 
+def _libero_spec(cfg: EnvConfig) -> tuple[str, Optional[tuple[Union[int, str], ...]]]:
+    """LIBERO's env.tasks, a suite ("libero_spatial") or "suite:task_a,task_b" (names or indices): (suite, tasks)."""
+    suite, _, names = (cfg.tasks if isinstance(cfg.tasks, str) else ":".join(cfg.tasks)).partition(":")
+    return suite, tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
+
+
 def known_tasks(cfg: EnvConfig) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(task names, instructions) of ``cfg``'s env without starting a simulator, where the suite can say so
-    (MetaWorld); None otherwise. Unknown task names raise the env's own error."""
-    if cfg.suite != "metaworld":
-        return None
-    from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
+    (MetaWorld; LIBERO from its task table, ~2 s of imports); None otherwise. Unknown task names raise the env's
+    own error, a simulator that is not installed the usual missing-extra one."""
+    if cfg.suite == "metaworld":
+        from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
 
-    names = resolve_tasks(cfg.tasks)
-    return names, tuple(INSTRUCTIONS[t] for t in names)
+        names = resolve_tasks(cfg.tasks)
+        return names, tuple(INSTRUCTIONS[t] for t in names)
+    if cfg.suite == "libero":
+        require_simulator(cfg.suite)
+        from pirl.envs.libero import resolve_tasks as libero_tasks, suite_tasks
+
+        suite, tasks = _libero_spec(cfg)
+        table = suite_tasks(suite)
+        idx = libero_tasks(suite, tasks)
+        return tuple(table[i][0] for i in idx), tuple(table[i][1] for i in idx)
+    return None
 
 
 def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVectorEnv:
@@ -131,9 +146,7 @@ def make_env(cfg: EnvConfig, num_envs: int, *, record: bool = False) -> ChunkVec
     if cfg.suite == "libero":
         from pirl.envs.libero import LiberoConfig, make_libero
 
-        # tasks: a suite ("libero_spatial") or "suite:task_a,task_b" (names or indices)
-        suite, _, names = (cfg.tasks if isinstance(cfg.tasks, str) else ":".join(cfg.tasks)).partition(":")
-        tasks = tuple(int(t) if t.isdigit() else t for t in names.split(",")) if names else None
+        suite, tasks = _libero_spec(cfg)
         return make_libero(LiberoConfig(
             suite=suite, tasks=tasks, num_envs=num_envs, chunk=cfg.chunk, max_episode_steps=cfg.max_episode_steps or None,
             image_size=cfg.image_size if cfg.camera else 0, render_size=cfg.render_size, record=record,
