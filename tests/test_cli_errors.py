@@ -450,6 +450,22 @@ def test_train_refuses_an_unknown_metaworld_task_before_building_any_env(tmp_pat
     _one_line_error(capsys, rc, "drawer-open-v3 is not among them")
 
 
+def test_train_refuses_an_unknown_maniskill_task_before_building_any_env(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mani_skill")
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was built before the policy's tasks were checked")
+
+    monkeypatch.setattr("pirl.train.rl.make_env", no_env)
+    monkeypatch.setattr("pirl.distributed.runner.RayRunner", no_env)
+    policy = _two_task_policy()
+    policy.task_names, policy.task_instructions = ("PickCube-v1", "PushCube-v1"), None
+    path = save_policy(policy, tmp_path / "p.safetensors", extra={"env": {"suite": "maniskill"}})
+    rc = pirl(["train", "--run-dir", str(tmp_path / "run"), f"policy={path}", "env.suite=maniskill",
+               "env.tasks=[PushCube-v1,StackCube-v1]"])
+    _one_line_error(capsys, rc, "StackCube-v1 is not among them")
+
+
 def test_train_refuses_an_unknown_libero_task_before_building_any_env(tmp_path, capsys, monkeypatch):
     # LIBERO's task table needs no scene: a task the policy was not trained on is refused before any env, and
     # env.tasks alone keeps the recorded simulator (not MetaWorld, the default suite)
