@@ -437,27 +437,27 @@ def test_an_instruction_policy_on_tasks_new_to_it_runs_them_with_a_notice():
     assert len(said) == 1 and "drawer-open-v3 is new to it" in said[0] and "reach-v3," not in said[0].split(";")[1]
 
 
-def test_train_refuses_an_unknown_metaworld_task_before_building_any_env(tmp_path, capsys, monkeypatch):
-    # with runner.kind=ray the env comes up on Ray's workers ~10 s after start: the names are checked first
+@pytest.fixture
+def no_env_built(monkeypatch):
+    """Fails a test that builds an env or starts Ray actors (what a refusal at start must come before)."""
     def no_env(*args, **kwargs):
         raise AssertionError("an env was built before the policy's tasks were checked")
 
     monkeypatch.setattr("pirl.train.rl.make_env", no_env)
     monkeypatch.setattr("pirl.distributed.runner.RayRunner", no_env)
+
+
+def test_train_refuses_an_unknown_metaworld_task_before_building_any_env(tmp_path, capsys, no_env_built):
+    # with runner.kind=ray the env comes up on Ray's workers ~10 s after start: the names are checked first
     path = save_policy(_two_task_policy(), tmp_path / "p.safetensors", extra={"env": {"suite": "metaworld"}})
     rc = pirl(["train", "--run-dir", str(tmp_path / "run"), f"policy={path}", "env.suite=metaworld",
                "env.tasks=[reach-v3,drawer-open-v3]", "runner.kind=ray", "runner.env_workers=2"])
     _one_line_error(capsys, rc, "drawer-open-v3 is not among them")
 
 
-def test_train_refuses_an_unknown_maniskill_task_before_building_any_env(tmp_path, capsys, monkeypatch):
+def test_train_refuses_an_unknown_maniskill_task_before_building_any_env(tmp_path, capsys, no_env_built):
     pytest.importorskip("mani_skill")
 
-    def no_env(*args, **kwargs):
-        raise AssertionError("an env was built before the policy's tasks were checked")
-
-    monkeypatch.setattr("pirl.train.rl.make_env", no_env)
-    monkeypatch.setattr("pirl.distributed.runner.RayRunner", no_env)
     policy = _two_task_policy()
     policy.task_names, policy.task_instructions = ("PickCube-v1", "PushCube-v1"), None
     path = save_policy(policy, tmp_path / "p.safetensors", extra={"env": {"suite": "maniskill"}})
@@ -466,17 +466,12 @@ def test_train_refuses_an_unknown_maniskill_task_before_building_any_env(tmp_pat
     _one_line_error(capsys, rc, "StackCube-v1 is not among them")
 
 
-def test_train_refuses_an_unknown_libero_task_before_building_any_env(tmp_path, capsys, monkeypatch):
+def test_train_refuses_an_unknown_libero_task_before_building_any_env(tmp_path, capsys, no_env_built):
     # LIBERO's task table needs no scene: a task the policy was not trained on is refused before any env, and
     # env.tasks alone keeps the recorded simulator (not MetaWorld, the default suite)
     pytest.importorskip("libero")
     from pirl.envs.libero import suite_tasks
 
-    def no_env(*args, **kwargs):
-        raise AssertionError("an env was built before the policy's tasks were checked")
-
-    monkeypatch.setattr("pirl.train.rl.make_env", no_env)
-    monkeypatch.setattr("pirl.distributed.runner.RayRunner", no_env)
     names = [n for n, _ in suite_tasks("libero_object")]
     policy = _two_task_policy()
     policy.task_names, policy.task_instructions = tuple(names[:2]), None
