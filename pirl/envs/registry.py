@@ -107,8 +107,8 @@ def _libero_spec(cfg: EnvConfig) -> tuple[str, Optional[tuple[Union[int, str], .
 
 def known_tasks(cfg: EnvConfig) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(task names, instructions) of ``cfg``'s env without starting a simulator, where the suite can say so
-    (MetaWorld; LIBERO from its task table, ~2 s of imports; ManiSkill); None otherwise (the point mass). Unknown task names raise the env's
-    own error, a simulator that is not installed the usual missing-extra one."""
+    (MetaWorld; LIBERO from its task table, ~2 s of imports; ManiSkill); None otherwise (the point mass). Unknown
+    task names raise the env's own error, a simulator that is not installed the usual missing-extra one."""
     if cfg.suite == "metaworld":
         from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
 
