@@ -455,15 +455,19 @@ def test_train_refuses_an_unknown_metaworld_task_before_building_any_env(tmp_pat
     _one_line_error(capsys, rc, "drawer-open-v3 is not among them")
 
 
-def test_train_refuses_an_unknown_maniskill_task_before_building_any_env(tmp_path, capsys, no_env_built):
+@pytest.mark.parametrize("tasks, message", [
+    ("[PushCube-v1,StackCube-v1]", "StackCube-v1 is not among them"),  # registered, but not the policy's
+    ("[PickCube-v1,PushCub-v1]", "unknown ManiSkill task 'PushCub-v1'; did you mean ['PushCube-v1'"),  # misspelt
+])
+def test_train_refuses_an_unknown_maniskill_task_before_building_any_env(tmp_path, capsys, no_env_built, tasks, message):
     pytest.importorskip("mani_skill")
 
     policy = _two_task_policy()
     policy.task_names, policy.task_instructions = ("PickCube-v1", "PushCube-v1"), None
     path = save_policy(policy, tmp_path / "p.safetensors", extra={"env": {"suite": "maniskill"}})
     rc = pirl(["train", "--run-dir", str(tmp_path / "run"), f"policy={path}", "env.suite=maniskill",
-               "env.tasks=[PushCube-v1,StackCube-v1]"])
-    _one_line_error(capsys, rc, "StackCube-v1 is not among them")
+               f"env.tasks={tasks}"])
+    _one_line_error(capsys, rc, message)
 
 
 def test_train_refuses_an_unknown_libero_task_before_building_any_env(tmp_path, capsys, no_env_built):

@@ -107,8 +107,9 @@ def _libero_spec(cfg: EnvConfig) -> tuple[str, Optional[tuple[Union[int, str], .
 
 def known_tasks(cfg: EnvConfig) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(task names, instructions) of ``cfg``'s env without starting a simulator, where the suite can say so
-    (MetaWorld; LIBERO from its task table, ~2 s of imports; ManiSkill); None otherwise (the point mass). Unknown
-    task names raise the env's own error, a simulator that is not installed the usual missing-extra one."""
+    (MetaWorld; LIBERO from its task table, ~2 s of imports; ManiSkill from its registry, ~4 s); None otherwise
+    (the point mass). Unknown task names raise the env's own error, a simulator that is not installed the usual
+    missing-extra one."""
     if cfg.suite == "metaworld":
         from pirl.envs.metaworld_tasks import INSTRUCTIONS, resolve_tasks
 
@@ -122,11 +123,13 @@ def known_tasks(cfg: EnvConfig) -> Optional[tuple[tuple[str, ...], tuple[str, ..
         table = suite_tasks(suite)
         idx = libero_tasks(suite, tasks)
         return tuple(table[i][0] for i in idx), tuple(table[i][1] for i in idx)
-    if cfg.suite == "maniskill":  # task ids are the env's names; unknown ids are the env's to refuse
+    if cfg.suite == "maniskill":  # task ids are the env's registered names
         require_simulator(cfg.suite)
-        from pirl.envs.maniskill import INSTRUCTIONS as MANISKILL_INSTRUCTIONS
+        from pirl.envs.maniskill import INSTRUCTIONS as MANISKILL_INSTRUCTIONS, _registered
 
         names = (cfg.tasks,) if isinstance(cfg.tasks, str) else tuple(cfg.tasks)
+        for name in names:
+            _registered(name)  # an unknown id: one line with the nearest registered ones
         return names, tuple(MANISKILL_INSTRUCTIONS.get(t, t) for t in names)
     return None
 
