@@ -149,8 +149,9 @@ def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     (its recorded SFT seconds are reported again)."""
     cache = None
     if args.sft_cache and setup.dataset is not None:
+        loss_tag = f"_{args.regression_loss}" if head == "regression" and args.regression_loss != "l1" else ""
         key = (f"{head}_{pathlib.Path(setup.dataset).name}_h{args.horizon}c{args.chunk}_w{args.hidden}d{args.depth}"
-               f"_s{args.sft_steps}{'_mse' if head == 'regression' and args.regression_loss == 'mse' else ''}"
+               f"_s{args.sft_steps}{loss_tag}"
                f"_seed{seed}")
         cache = pathlib.Path(args.sft_cache) / f"{key}.safetensors"
         if cache.exists():
@@ -189,7 +190,7 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     tasks = setup.tasks if setup.num_tasks > 1 else None
     start = time.perf_counter()
     sft_fit(policy, setup.states, setup.actions, tasks=tasks, steps=args.sft_steps, lr=2e-3, seed=seed)
-    if head == "regression":
+    if head == "regression" and not policy.scale_pinned:
         fit_scale_head(policy, setup.states, setup.actions, tasks=tasks, steps=300, seed=seed)
     return policy, time.perf_counter() - start
 
@@ -451,8 +452,9 @@ def main() -> None:
     p.add_argument("--minibatch", type=int, default=128)
     p.add_argument("--lr", nargs="+", type=float, default=[1e-3], help="RL learning rate: one, or one per head")
     p.add_argument("--noise-level", type=float, default=0.5, help="flow: Flow-SDE noise level a (the demo's: 1.0)")
-    p.add_argument("--regression-loss", choices=("l1", "mse"), default="l1",
-                   help="regression: SFT loss, l1 (a Laplace policy) or mse (Gaussian)")
+    p.add_argument("--regression-loss", choices=("l1", "mse", "flow"), default="l1",
+                   help="regression: SFT loss, l1 (a Laplace policy), mse (Gaussian) or flow (a Gaussian of pinned std "
+                        "whose mean is a flow denoiser's one-step estimate)")
     p.add_argument("--widen", type=float, default=1.0, help="regression: sampling scale factor")
     p.add_argument("--correlation", type=float, default=0.0,
                    help="regression: within-chunk correlation of the exploration noise (Gaussian with the head's std)")

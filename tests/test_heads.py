@@ -392,33 +392,43 @@ def test_scale_ceiling_bounds_sampling_and_log_probs():
         p.set_scale_ceiling(0.05)
 
 
-@pytest.mark.parametrize("kind", ["regression", "tokenized"])
+@pytest.mark.parametrize("kind", ["regression", "tokenized", "regression_flow"])
 def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
     """`pirl train` on a head policy: the sampler's log-prob level and PPO's ratio level follow head.ratio_level
-    (element by default), widening / lr / target KL come from the head block, and an iteration runs on them."""
+    (the kind's default: element; chunk for the flow-trained regression head), widening / lr / target KL come from
+    the head block, and an iteration runs on them."""
     from pirl.envs.registry import EnvConfig
     from pirl.policies.io import save_policy
     from pirl.policies.options import HeadOptions
     from pirl.train import rl
 
     torch.manual_seed(0)
-    make = make_regression_policy if kind == "regression" else make_tokenized_policy
+    make = {"regression": make_regression_policy, "tokenized": make_tokenized_policy,
+            "regression_flow": lambda *a, **kw: make_regression_policy(*a, loss="flow", **kw)}[kind]
     path = save_policy(make(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "p.safetensors")
+    level = HeadOptions.DEFAULT_RATIO_LEVEL[kind]
+    assert level == ("chunk" if kind == "regression_flow" else "element")
     base = dict(policy=str(path), env=EnvConfig(suite="point_mass", tasks=("a",), chunk=2, max_episode_steps=16),
                 algorithm="loop", group_size=2, num_groups=4, iterations=1, eval_episodes_per_task=2,
                 eval_num_envs=2, videos_per_task=0, logger="none")
     t = rl.Trainer(rl.TrainConfig(**base), tmp_path / "run")
     try:
-        assert isinstance(t.sampler, HeadSamplerConfig) and t.sampler.log_prob_level == "element"
-        assert t.sampler.logp_steps == 2 and t.sampler.widen == HeadOptions.DEFAULT_WIDEN[kind]
-        assert t.algo.ppo.ratio_level == "element" and t.updater.cfg.ratio_level == "element"
+        assert isinstance(t.sampler, HeadSamplerConfig) and t.sampler.log_prob_level == level
+        assert t.sampler.logp_steps == 2 and t.sampler.widen == HeadOptions.DEFAULT_WIDEN.get(kind, 1.0)
+        assert t.algo.ppo.ratio_level == level and t.updater.cfg.ratio_level == level
         assert t.updater.optimizer.param_groups[0]["lr"] == HeadOptions.DEFAULT_LR[kind]
         assert t.eval_sampler.greedy
         if kind == "regression":  # the head block's scale floor reached the policy before the first rollout
             assert t.policy.cfg.scale_min == HeadOptions().scale_floor
+        if kind == "regression_flow":  # its pinned std is above the floor: it stays pinned
+            from pirl.policies.regression import FLOW_STD
+
+            assert t.policy.cfg.scale_min == t.policy.cfg.scale_max == FLOW_STD
+            assert not t.policy.cfg.denoiser_inputs  # saved before folding (mid-SFT): RL folds it
         m = t.step()
         assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
-        assert t._method() == {"algorithm": "loop", "method": f"{kind} head"}  # what the summary and report name
+        method = f"{kind.split('_')[0]} head"
+        assert t._method() == {"algorithm": "loop", "method": method}  # what the summary and report name
     finally:
         t.close()
     head = HeadOptions(ratio_level="chunk", widen=0.7, lr=3e-6, target_kl=0.05, scale_floor=None)
@@ -457,3 +467,64 @@ def test_train_gives_the_regression_head_its_chunk_correlation(tmp_path):
     tok = save_policy(make_tokenized_policy(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "t.safetensors")
     with pytest.raises(InputError, match="head.correlation"):
         rl.Trainer(rl.TrainConfig(policy=str(tok), **base), tmp_path / "run2")
+
+
+# -- the flow-trained regression head (loss=flow) ------------------------------------------------
+def test_flow_head_mean_is_the_denoisers_output_at_zero_noise_and_time_one(tmp_path):
+    from pirl.policies.mlp import sincos_embedding
+    from pirl.policies.regression import FLOW_STD
+
+    p = make_regression_policy(S, D, action_horizon=H, hidden=32, depth=2, loss="flow")
+    obs = _obs(B=8)
+    ctx = p.encode(obs)
+    with torch.no_grad():
+        mean, log_scale = p.params(ctx)
+        x = torch.cat([ctx, sincos_embedding(torch.ones(8), p.cfg.time_dim), torch.zeros(8, H * D)], dim=-1)
+        by_hand = p.mean_head(p.trunk(x)).view(8, H, D)
+    torch.testing.assert_close(mean, by_hand)
+    torch.testing.assert_close(log_scale.exp(), torch.full_like(log_scale, FLOW_STD))
+    # the SFT loss is flow matching with target a - eps, drawn as the flow policies draw it
+    actions = torch.randn(8, H, D)
+    loss = p.sft_loss(obs, actions, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    a = p.normalize_actions(actions)
+    eps, u = torch.randn(a.shape, generator=g), torch.rand(8, generator=g)
+    t = u.pow(1 / 1.5) * 0.999 + 0.001
+    x_t = t.view(-1, 1, 1) * eps + (1 - t.view(-1, 1, 1)) * a
+    h = torch.cat([ctx, sincos_embedding(t, p.cfg.time_dim), x_t.reshape(8, -1)], dim=-1)
+    torch.testing.assert_close(loss, (p.mean_head(p.trunk(h)).view(8, H, D) - (a - eps)).square().mean())
+    # after SFT the constant inputs fold into the first bias: the plain regression network, the same mean, saved
+    # and loaded as such; SFT on the folded head is refused
+    p.fold_denoiser()
+    assert not p.cfg.denoiser_inputs and p.trunk[0].in_features == 32
+    with torch.no_grad():
+        torch.testing.assert_close(p.params(p.encode(obs))[0], mean, rtol=1e-5, atol=1e-5)
+    from pirl.policies.io import load_policy, save_policy
+
+    q, _ = load_policy(save_policy(p, tmp_path / "flow_head.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(q.params(q.encode(obs))[0], p.params(p.encode(obs))[0])
+    assert q.cfg.loss == "flow" and q.scale_pinned
+    with pytest.raises(ValueError, match="folded"):
+        q.sft_loss(obs, actions)
+
+
+def test_flow_head_learns_the_conditional_mean_and_keeps_its_pinned_scale():
+    """SFT by flow matching makes the x = 0, t = 1 output the demonstrations' mean action; a scale floor below the
+    pinned std leaves it, one above pins the scale there."""
+    from pirl.policies.regression import FLOW_STD
+
+    torch.manual_seed(0)
+    p = make_regression_policy(S, D, action_horizon=H, hidden=64, depth=2, loss="flow")
+    states = torch.randn(512, S)
+    target = torch.stack([states[:, 0], -states[:, 1]], dim=-1).unsqueeze(1).expand(512, H, D)  # a = f(s)
+    chunks = target + 0.05 * torch.randn(512, H, D)
+    sft_fit(p, states, chunks, steps=600, lr=2e-3, seed=0)
+    with torch.no_grad():
+        mean = p.unnormalize_actions(p.params(p.encode({"state": states}))[0])
+    err = (mean - target).abs().mean() / target.abs().mean()
+    assert err < 0.15, f"relative error of the one-step mean {err:.3f}"
+    p.set_scale_floor(0.135)
+    assert p.scale_pinned and p.cfg.scale_min == FLOW_STD
+    p.set_scale_floor(0.4)
+    assert p.scale_pinned and p.cfg.scale_min == p.cfg.scale_max == 0.4

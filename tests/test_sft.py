@@ -9,6 +9,7 @@ import pirl.envs  # noqa: F401  (sets MUJOCO_GL before metaworld imports mujoco)
 pytest.importorskip("metaworld")
 
 from pirl.data.collect import CollectConfig, collect  # noqa: E402
+from pirl.data.reader import ChunkDataset, load_dataset  # noqa: E402
 from pirl.envs.base import Context  # noqa: E402
 from pirl.envs.metaworld import make_metaworld  # noqa: E402
 from pirl.flow import SamplerConfig  # noqa: E402
@@ -46,7 +47,8 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
         assert res_step.info["episode_length"].tolist() == [4, 4]
 
 
-@pytest.mark.parametrize("kind, loss", [("regression", "l1"), ("regression", "mse"), ("tokenized", "l1")])
+@pytest.mark.parametrize("kind, loss", [("regression", "l1"), ("regression", "mse"), ("regression", "flow"),
+                                        ("tokenized", "l1")])
 def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind, loss):
     cfg = SFTConfig(dataset=str(demos), policy=kind, regression_loss=loss, state_clip=5.0, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
                     eval_num_envs=2, eval_max_episode_steps=8, hidden=64, depth=1, scale_fit_steps=50,
@@ -58,9 +60,17 @@ def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind, loss):
     assert type(policy) is type(res.policy) and policy.state_norm.clip == 5.0
     for key, value in res.policy.state_dict().items():
         torch.testing.assert_close(policy.state_dict()[key], value)
-    if kind == "regression":  # the scale head was fitted after SFT, not left at its initial constant
+    if kind == "regression" and loss != "flow":  # the scale head was fitted after SFT, not left at its initial constant
         assert policy.scale_head.weight.abs().sum() > 0
         assert policy.cfg.family == {"l1": "laplace", "mse": "gaussian"}[loss]
+    if loss == "flow":  # a Gaussian of pinned std: every state's scale is FLOW_STD, and the file says so
+        from pirl.policies.regression import FLOW_STD
+
+        assert policy.cfg.loss == "flow" and policy.cfg.family == "gaussian" and policy.scale_pinned
+        assert not policy.cfg.denoiser_inputs and policy.trunk[0].in_features == cfg.hidden  # folded after SFT
+        obs, _, _ = ChunkDataset(load_dataset(demos, load_videos=False), 4).batch(np.arange(16))
+        _, log_scale = policy.params(policy.encode(policy.prepare(obs)))
+        torch.testing.assert_close(log_scale.exp(), torch.full_like(log_scale, FLOW_STD))
 
 
 def test_regression_loss_is_checked_when_the_config_is_read():

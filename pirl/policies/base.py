@@ -385,13 +385,7 @@ class FlowPolicy(Policy):
         if actions.shape[1:] != self.action_shape:
             raise ValueError(f"actions of shape {tuple(actions.shape)}; the policy predicts chunks {self.action_shape}")
         a = self.normalize_actions(actions)
-        B = a.shape[0]
-        eps = torch.randn(a.shape, generator=generator, device=a.device)
-        u = torch.rand(B, generator=generator, device=a.device)
-        # Beta(1.5, 1) by inverse CDF: F(t) = t^1.5
-        t = u.pow(1.0 / 1.5) * 0.999 + 0.001
-        tb = t.view(-1, 1, 1)
-        x_t = tb * eps + (1 - tb) * a
+        eps, t, x_t = flow_matching_sample(a, generator)
         v, _ = self.velocity(self.encode(obs), x_t, t)
         err = (v.float() - (eps - a)).square()
         if mask is None:
@@ -404,6 +398,16 @@ class FlowPolicy(Policy):
     ) -> Tensor:
         """The flow-matching loss (:meth:`flow_matching_loss`)."""
         return self.flow_matching_loss(obs, actions, generator=generator, mask=mask)
+
+
+def flow_matching_sample(a: Tensor, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(eps, t [B], x_t) for normalised chunks ``a`` [B, H, D]: eps ~ N(0, I), t ~ Beta(1.5, 1) * 0.999 + 0.001,
+    x_t = t eps + (1 - t) a (MATH.md)."""
+    eps = torch.randn(a.shape, generator=generator, device=a.device)
+    u = torch.rand(a.shape[0], generator=generator, device=a.device)
+    t = u.pow(1.0 / 1.5) * 0.999 + 0.001  # Beta(1.5, 1) by inverse CDF: F(t) = t^1.5
+    tb = t.view(-1, *([1] * (a.dim() - 1)))
+    return eps, t, tb * eps + (1 - tb) * a
 
 
 def _masked_mean(x: Tensor, mask: Optional[Tensor], stochastic: Optional[Tensor] = None) -> Tensor:

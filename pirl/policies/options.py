@@ -82,11 +82,12 @@ class HeadOptions:
     +6 tokenized, over 2 seeds), not by the +20 issue 17 asks for; widening, the nominal density and a larger lr did no better.
     """
 
-    ratio_level: Literal["chunk", "element"] = "element"
+    ratio_level: Optional[Literal["chunk", "element"]] = None
     """element: one PPO ratio per executed action element ([B, H x D] log-probs), each clipped on its own, the
     objective averaged (token-level PPO, as RIPT-VLA trains QueST); chunk: one ratio for the chunk's summed
-    log-prob (16 terms for 4 executed 4-D actions). Measured: no difference in lift between the two for the
-    regression head (with the scale floor); target_kl and the clip fraction are per element with element."""
+    log-prob (16 terms for 4 executed 4-D actions); target_kl and the clip fraction are per element with element.
+    None = the kind's measured default: element (no difference in lift between the two for the NLL-scaled
+    regression head), chunk for the flow-trained regression head (regression_loss=flow: +18 vs +8 on one seed)."""
     widen: Optional[float] = None
     """Sampling widening: the regression head's scale x widen, the tokenized head's softmax temperature. None = the
     kind's default (regression 1.0, tokenized 0.5)."""
@@ -99,7 +100,8 @@ class HeadOptions:
     without it). None = the checkpoint's own clip."""
     lr: Optional[float] = None
     """The policy's learning rate for a head (it replaces optim.lr, the flow policies' lr). None = the kind's measured
-    default: regression 3e-5, tokenized 1e-5 (first-update approx-KL ~0.01-0.05 per element; 1e-4 did no better)."""
+    default: regression 3e-5, tokenized 1e-5 (first-update approx-KL ~0.01-0.05 per element; 1e-4 did no better),
+    the flow-trained regression head 2e-5 (the flow policy's)."""
     target_kl: Optional[float] = None
     """ppo.target_kl for a head (per element with ratio_level=element); None = ppo.target_kl."""
     correlation: float = 0.0
@@ -113,7 +115,7 @@ class HeadOptions:
     """widen when it is None, per policy kind (measured: bench/results/heads_metaworld.md)."""
 
     def __post_init__(self) -> None:
-        if self.ratio_level not in ("chunk", "element"):
+        if self.ratio_level not in (None, "chunk", "element"):
             raise ValueError(f"head.ratio_level must be 'chunk' or 'element', got {self.ratio_level!r}")
         if self.ratio_density not in ("behaviour", "nominal"):
             raise ValueError(f"head.ratio_density must be 'behaviour' or 'nominal', got {self.ratio_density!r}")
@@ -124,8 +126,14 @@ class HeadOptions:
         if not 0.0 <= self.correlation < 1.0:
             raise ValueError(f"head.correlation must be in [0, 1), got {self.correlation!r}")
 
-    DEFAULT_LR: ClassVar[dict[str, float]] = {"regression": 3e-5, "tokenized": 1e-5}
-    """lr when it is None, per policy kind."""
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"regression": 3e-5, "tokenized": 1e-5, "regression_flow": 2e-5}
+    """lr when it is None, per head kind (regression_flow: a regression head trained with regression_loss=flow)."""
+    DEFAULT_RATIO_LEVEL: ClassVar[dict[str, str]] = {"regression": "element", "tokenized": "element",
+                                                     "regression_flow": "chunk"}
+    """ratio_level when it is None, per head kind."""
+
+    def ratio_level_for(self, kind: str) -> str:
+        return self.ratio_level or self.DEFAULT_RATIO_LEVEL.get(kind, "element")
 
     def widen_for(self, kind: str) -> float:
         return self.widen if self.widen is not None else self.DEFAULT_WIDEN.get(kind, 1.0)

@@ -33,6 +33,7 @@ from pirl.policies.base import FlowPolicy
 from pirl.policies.io import IMAGE_KINDS, export_policy, load_policy, policy_kind, save_policy
 from pirl.policies.heads import HeadPolicy, HeadSamplerConfig
 from pirl.policies.options import HeadOptions, Pi0Options
+from pirl.policies.regression import RegressionPolicy
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
 from pirl.train.evaluate import (EvalProtocol, ProtocolName, bind_task_ids, check_policy_fits_env, evaluate_policy,
                                  record_videos, trained_suite)
@@ -319,17 +320,19 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
 
 
 def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[HeadSamplerConfig, AlgorithmConfig]:
-    """The rollout sampler and algorithm of a regression / tokenized head from ``cfg.head``: the sampler's log-prob
-    level and PPO's ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
+    """The rollout sampler and algorithm of a regression / tokenized head (``kind``: the policy kind, or
+    ``regression_flow`` for a flow-trained regression head) from ``cfg.head``: the sampler's log-prob level and PPO's
+    ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
     target KL is the head's where it sets one."""
     h = cfg.head
-    if h.correlation and kind != "regression":
+    if h.correlation and not kind.startswith("regression"):
         raise InputError(f"head.correlation={h.correlation:g} is for the regression head; a {kind} policy draws "
                          "independent elements (set head.correlation=0)")
+    level = h.ratio_level_for(kind)
     sampler = HeadSamplerConfig(widen=h.widen_for(kind), ratio_density=h.ratio_density,
-                                logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=h.ratio_level,
+                                logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=level,
                                 correlation=h.correlation)
-    ppo = replace(algo.ppo, ratio_level=h.ratio_level, target_kl=h.target_kl if h.target_kl is not None
+    ppo = replace(algo.ppo, ratio_level=level, target_kl=h.target_kl if h.target_kl is not None
                   else algo.ppo.target_kl)
     return sampler, replace(algo, ppo=ppo, optim=replace(algo.optim, lr=h.lr_for(kind, algo.optim.lr)))
 
@@ -363,6 +366,8 @@ class Trainer:
             source = str(own)
         policy, self.policy_meta = load_policy(source, device=cfg.device, pi0=cfg.pi0,
                                                log=None if resume else print)
+        if isinstance(policy, RegressionPolicy):
+            policy.fold_denoiser()  # a flow-trained head saved mid-SFT: RL trains the plain regression network
         self.policy = prepare_policy(policy, cfg, self.algo)
         if policy_kind(self.policy) == "pi0" and not resume:
             from pirl.policies.pi0.memory import check_fits
@@ -378,11 +383,15 @@ class Trainer:
         if isinstance(self.policy, HeadPolicy):
             if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
                 self.policy.set_scale_floor(cfg.head.scale_floor)  # before any rollout: the ratio sees it too
-            self.sampler, self.algo = head_settings(cfg, policy_kind(self.policy), self.algo)
+            flow_trained = getattr(self.policy.cfg, "loss", None) == "flow"
+            kind = "regression_flow" if flow_trained else policy_kind(self.policy)
+            self.sampler, self.algo = head_settings(cfg, kind, self.algo)
             family = getattr(self.policy.cfg, "family", None)  # the regression head's Laplace (L1) or Gaussian (MSE)
+            if flow_trained:
+                family += f", flow-trained mean, std {self.policy.cfg.scale_min:.3g}"
             print(f"{policy_kind(self.policy)} head{f' ({family})' if family else ''}: lr {self.algo.optim.lr:g} "
                   f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
-                  f"flow policies'), {cfg.head.ratio_level}-level ratios, widen {self.sampler.widen:g}"
+                  f"flow policies'), {self.sampler.log_prob_level}-level ratios, widen {self.sampler.widen:g}"
                   + (f", within-chunk correlation {self.sampler.correlation:g}" if self.sampler.correlation else ""))
             self.eval_sampler = self.sampler.deterministic()
         else:
