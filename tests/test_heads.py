@@ -367,6 +367,8 @@ def test_scale_floor_bounds_sampling_and_log_probs():
     torch.testing.assert_close(p.evaluate(obs, out.chain).log_prob, out.log_prob)
     with pytest.raises(ValueError, match="scale floor"):
         p.set_scale_floor(0.0)
+    p.set_scale_floor(0.1)  # a fitted (not pinned) scale takes a lower floor too: head.scale_floor is what it says
+    assert p.cfg.scale_min == 0.1
 
 
 def test_scale_ceiling_bounds_sampling_and_log_probs():

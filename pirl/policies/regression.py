@@ -29,8 +29,8 @@ x_t = t eps + (1 - t) a and the time t, and SFT regresses its output on a - eps 
 E[a | s]; it is a Gaussian of fixed std :data:`FLOW_STD` (the scale is pinned, not fitted). Same distribution
 as ``loss="mse"`` with a pinned scale, different weights, whose updates carry across states (a gradient at one
 state moves the action at the task's other states ~20x as far). Under LOOP on MetaWorld reach + push, heads with
-flow-trained networks lifted +9 on average over 7 runs (+2 / +8 / +17 / +2 from this SFT), the regression-trained
-network +1 over 8, with the same distribution, ratio level and lr (bench/results/heads_metaworld.md).
+flow-trained networks lifted +9 on average over 7 runs (+2 / +8 / +17 / +2 from this SFT), regression-trained
+networks +1 over 8 runs of the same distribution (bench/results/heads_metaworld.md).
 """
 
 from __future__ import annotations
@@ -104,12 +104,14 @@ class RegressionPolicy(HeadPolicy):
         nn.init.constant_(self.scale_head.bias, math.log(cfg.scale_init))
 
     def set_scale_floor(self, floor: float) -> None:
-        """Raises the scale's lower clip (``cfg.scale_min``, normalised units) to ``floor``, for sampling and log-probs
-        alike. Call it before a rollout, never between a rollout and its update (the ratio-1 check would fail)."""
+        """Sets the scale's lower clip (``cfg.scale_min``, normalised units) to ``floor``, for sampling and log-probs
+        alike (a pinned scale at or above ``floor`` is left as it is). Call it before a rollout, never between a
+        rollout and its update (the ratio-1 check would fail)."""
         if not (isinstance(floor, (int, float)) and 0 < floor):
             raise ValueError(f"scale floor must be a number > 0, got {floor!r}")
-        c = self.cfg
-        floor = max(float(floor), c.scale_min)  # a pinned scale (loss=flow) above the floor stays pinned
+        c, floor = self.cfg, float(floor)
+        if self.scale_pinned and floor <= c.scale_min:
+            return  # a pinned scale (loss=flow) at or above the floor stays as it is
         self.cfg = replace(c, scale_min=floor, scale_init=max(c.scale_init, floor), scale_max=max(c.scale_max, floor))
 
     def set_scale_ceiling(self, ceiling: float) -> None:

@@ -109,8 +109,8 @@ class SFTConfig:
     regression_loss: Literal["l1", "mse", "flow"] = "l1"
     """Regression head: l1 (OpenVLA-OFT's; a Laplace policy), mse (a Gaussian policy) or flow (a Gaussian of fixed
     std whose mean network is trained as a flow's denoiser and read at x = 0, t = 1; no scale fit). Under LOOP
-    on MetaWorld flow-trained networks lifted +9 on average, regression-trained ones +1 at the same distribution
-    and settings (pirl.policies.regression)."""
+    on MetaWorld flow-trained networks lifted +9 on average, regression-trained ones +1 with the same distribution
+    (pirl.policies.regression)."""
     device: str = "cpu"
     """Torch device SFT trains and evaluates on (cpu, cuda, cuda:N, mps): π0 / π0.5 at full size want a GPU."""
 
