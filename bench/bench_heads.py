@@ -190,8 +190,10 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     tasks = setup.tasks if setup.num_tasks > 1 else None
     start = time.perf_counter()
     sft_fit(policy, setup.states, setup.actions, tasks=tasks, steps=args.sft_steps, lr=2e-3, seed=seed)
-    if head == "regression" and not policy.scale_pinned:
-        fit_scale_head(policy, setup.states, setup.actions, tasks=tasks, steps=300, seed=seed)
+    if head == "regression":
+        policy.fold_denoiser()  # as `pirl sft` saves a flow-trained head (a no-op for the others)
+        if not policy.scale_pinned:
+            fit_scale_head(policy, setup.states, setup.actions, tasks=tasks, steps=300, seed=seed)
     return policy, time.perf_counter() - start
 
 
