@@ -427,6 +427,7 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
 
             assert t.policy.cfg.scale_min == t.policy.cfg.scale_max == FLOW_STD
             assert not t.policy.cfg.denoiser_inputs  # saved before folding (mid-SFT): RL folds it
+        assert t.sampler.correlation == HeadOptions.DEFAULT_CORRELATION.get(kind, 0.0)  # 0.9 for regression_flow
         m = t.step()
         assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
         method = f"{kind.split('_')[0]} head"

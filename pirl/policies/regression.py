@@ -29,8 +29,9 @@ x_t = t eps + (1 - t) a and the time t, and SFT regresses its output on a - eps 
 E[a | s]; it is a Gaussian of fixed std :data:`FLOW_STD` (the scale is pinned, not fitted). Same distribution
 as ``loss="mse"`` with a pinned scale, different weights, whose updates carry across states (a gradient at one
 state moves the action at the task's other states ~20x as far). Under LOOP on MetaWorld reach + push, heads with
-flow-trained networks lifted +9 on average over 7 runs (+2 / +8 / +17 / +2 from this SFT), regression-trained
-networks +1 over 8 runs of the same distribution (bench/results/heads_metaworld.md).
+flow-trained networks lifted +9 on average over 7 runs (+2 / +8 / +17 / +2 from this SFT; +18 / +8 / +18 / +13 with
+chunk-correlated noise, `pirl train`'s default for this head), regression-trained networks +1 over 8 runs of the
+same distribution (bench/results/heads_metaworld.md).
 """
 
 from __future__ import annotations

@@ -325,13 +325,14 @@ def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[H
     ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
     target KL is the head's where it sets one."""
     h = cfg.head
-    if h.correlation and not kind.startswith("regression"):
-        raise InputError(f"head.correlation={h.correlation:g} is for the regression head; a {kind} policy draws "
+    correlation = h.correlation_for(kind)
+    if correlation and not kind.startswith("regression"):
+        raise InputError(f"head.correlation={correlation:g} is for the regression head; a {kind} policy draws "
                          "independent elements (set head.correlation=0)")
     level = h.ratio_level_for(kind)
     sampler = HeadSamplerConfig(widen=h.widen_for(kind), ratio_density=h.ratio_density,
                                 logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=level,
-                                correlation=h.correlation)
+                                correlation=correlation)
     ppo = replace(algo.ppo, ratio_level=level, target_kl=h.target_kl if h.target_kl is not None
                   else algo.ppo.target_kl)
     return sampler, replace(algo, ppo=ppo, optim=replace(algo.optim, lr=h.lr_for(kind, algo.optim.lr)))
