@@ -78,8 +78,10 @@ class HeadOptions:
     """RL settings of the regression and tokenized heads (`pirl train`; flow policies ignore them).
 
     Defaults: the best settings measured under LOOP on MetaWorld reach + push in the demo's few-shot setting
-    (bench/results/heads_metaworld.md): they lift the heads by a few points in 300k env steps (+3.5 regression,
-    +6 tokenized, over 2 seeds), not by the +20 issue 17 asks for; widening, the nominal density and a larger lr did no better.
+    (bench/results/heads_metaworld.md), per head kind. They lift the regression (L1) and tokenized heads by a few
+    points (+3.5 / +6 in 300k env steps over 2 seeds; widening, the nominal density and a larger lr did no better)
+    and the flow-trained regression head (`pirl sft regression_loss=flow`) +14 on average in 430k (4 seeds), not
+    by the +20 issue 17 asks for.
     """
 
     ratio_level: Optional[Literal["chunk", "element"]] = None
