@@ -131,7 +131,7 @@ def samplers(head: str, args: argparse.Namespace) -> Any:
                                  log_prob_level=level, correlation=args.correlation)
     if head == "tokenized":
         return HeadSamplerConfig(widen=args.temperature, ratio_density=args.ratio_density, logp_steps=logp_steps,
-                                 log_prob_level=level)
+                                 log_prob_level=level, correlation=args.correlation)
     return SamplerConfig(method="flow_sde", sde_steps="one", steps=4, noise_level=args.noise_level, logp_steps=logp_steps)
 
 
@@ -150,6 +150,7 @@ def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     cache = None
     if args.sft_cache and setup.dataset is not None:
         loss_tag = f"_{args.regression_loss}" if head == "regression" and args.regression_loss != "l1" else ""
+        loss_tag = f"_{args.tokenized_loss}" if head == "tokenized" and args.tokenized_loss != "ce" else loss_tag
         key = (f"{head}_{pathlib.Path(setup.dataset).name}_h{args.horizon}c{args.chunk}_w{args.hidden}d{args.depth}"
                f"_s{args.sft_steps}{loss_tag}"
                f"_seed{seed}")
@@ -174,7 +175,8 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
         from pirl.train.sft import SFTConfig, sft
 
         kind = "mlp" if head == "flow" else head
-        loss = {"regression_loss": args.regression_loss} if kind == "regression" else {}
+        loss = ({"regression_loss": args.regression_loss} if kind == "regression" else
+                {"tokenized_loss": args.tokenized_loss} if kind == "tokenized" else {})
         result = sft(SFTConfig(dataset=setup.dataset, policy=kind, action_horizon=args.horizon, chunk=args.chunk,
                                steps=args.sft_steps, hidden=args.hidden, depth=args.depth, eval_every=-1, seed=seed,
                                denoise_steps=4, **loss), log=None)
@@ -184,14 +186,15 @@ def _build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
     if head == "regression":
         policy = make_regression_policy(setup.state_dim, setup.action_dim, loss=args.regression_loss, **kw)
     elif head == "tokenized":
-        policy = make_tokenized_policy(setup.state_dim, setup.action_dim, **kw)
+        policy = make_tokenized_policy(setup.state_dim, setup.action_dim, loss=args.tokenized_loss, **kw)
     else:
         policy = make_mlp_policy(setup.state_dim, setup.action_dim, noise_head=False, **kw)
     tasks = setup.tasks if setup.num_tasks > 1 else None
     start = time.perf_counter()
     sft_fit(policy, setup.states, setup.actions, tasks=tasks, steps=args.sft_steps, lr=2e-3, seed=seed)
+    if head != "flow":
+        policy.fold_denoiser()  # as `pirl sft` saves a denoiser-trained head (a no-op for the others)
     if head == "regression":
-        policy.fold_denoiser()  # as `pirl sft` saves a flow-trained head (a no-op for the others)
         if not policy.scale_pinned:
             fit_scale_head(policy, setup.states, setup.actions, tasks=tasks, steps=300, seed=seed)
     return policy, time.perf_counter() - start
@@ -457,9 +460,13 @@ def main() -> None:
     p.add_argument("--regression-loss", choices=("l1", "mse", "flow"), default="l1",
                    help="regression: SFT loss, l1 (a Laplace policy), mse (Gaussian) or flow (a Gaussian of pinned std "
                         "whose mean is a flow denoiser's one-step estimate)")
+    p.add_argument("--tokenized-loss", choices=("ce", "flow"), default="ce",
+                   help="tokenized: SFT loss, ce (cross-entropy of the tokens) or flow (a flow denoiser's, the softmax "
+                        "then its one-step mean's Gaussian of pinned std over the bins)")
     p.add_argument("--widen", type=float, default=1.0, help="regression: sampling scale factor")
     p.add_argument("--correlation", type=float, default=0.0,
-                   help="regression: within-chunk correlation of the exploration noise (Gaussian with the head's std)")
+                   help="heads: within-chunk correlation of the exploration noise (regression: a Gaussian with the "
+                        "head's std; tokenized: each action's tokens drawn given the chunk's earlier ones)")
     p.add_argument("--temperature", type=float, default=0.5, help="tokenized: sampling softmax temperature")
     p.add_argument("--ratio-density", choices=("behaviour", "nominal"), default="behaviour")
     p.add_argument("--ratio-level", choices=("chunk", "element"), default="chunk",

@@ -165,11 +165,9 @@ def test_correlated_samples_have_the_stated_correlation_and_std():
     torch.testing.assert_close(greedy.chain.actions, mean)
 
 
-def test_correlation_is_validated_and_refused_by_the_tokenized_head():
+def test_correlation_is_validated_and_recorded():
     with pytest.raises(ValueError, match="correlation"):
         HeadSamplerConfig(correlation=1.0)
-    with pytest.raises(ValueError, match="regression head"):
-        _tok().act(_obs(), HeadSamplerConfig(correlation=0.5))
     a = _reg().act(_obs(), HeadSamplerConfig()).chain
     b = _reg().act(_obs(), HeadSamplerConfig(correlation=0.5)).chain
     with pytest.raises(ValueError, match="correlation"):
@@ -190,10 +188,6 @@ CONFIGS = [
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "nominal", "logp_steps", "element", "correlated"])
 def test_ratio_one_through_act_and_evaluate(make, cfg):
     p, obs = make(), _obs(B=32)
-    if cfg.correlation and isinstance(p.cfg, TokenizedPolicyConfig):
-        with pytest.raises(ValueError, match="regression head"):
-            p.act(obs, cfg)
-        return
     parts = [p.act({"state": obs["state"][i : i + 8]}, cfg, generator=torch.Generator().manual_seed(i)) for i in range(0, 32, 8)]
     record = ActionSample.cat([o.chain for o in parts])
     old = torch.cat([o.log_prob for o in parts])
@@ -446,11 +440,10 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
         t.close()
 
 
-def test_train_gives_the_regression_head_its_chunk_correlation(tmp_path):
-    """head.correlation reaches the regression head's rollout sampler (and one iteration runs with it); a
-    tokenized policy is refused with the setting's name."""
+@pytest.mark.parametrize("kind", ["regression", "tokenized"])
+def test_train_gives_a_head_its_chunk_correlation(tmp_path, kind):
+    """head.correlation reaches the head's rollout sampler, and one iteration runs with it (ratio check passed)."""
     from pirl.envs.registry import EnvConfig
-    from pirl.errors import InputError
     from pirl.policies.io import save_policy
     from pirl.policies.options import HeadOptions
     from pirl.train import rl
@@ -459,20 +452,33 @@ def test_train_gives_the_regression_head_its_chunk_correlation(tmp_path):
     base = dict(env=EnvConfig(suite="point_mass", tasks=("a",), chunk=2, max_episode_steps=16), algorithm="loop",
                 group_size=2, num_groups=4, iterations=1, eval_episodes_per_task=2, eval_num_envs=2,
                 videos_per_task=0, logger="none", head=HeadOptions(correlation=0.5))
-    reg = save_policy(make_regression_policy(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "r.safetensors")
-    t = rl.Trainer(rl.TrainConfig(policy=str(reg), **base), tmp_path / "run")
+    make = make_regression_policy if kind == "regression" else make_tokenized_policy
+    path = save_policy(make(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "p.safetensors")
+    t = rl.Trainer(rl.TrainConfig(policy=str(path), **base), tmp_path / "run")
     try:
         assert t.sampler.correlation == 0.5 and t.eval_sampler.greedy
         m = t.step()
-        assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
+        assert "policy/skipped_iteration" not in m and m["policy/ratio_check"] < 1e-4
+        assert t.eval_sampler.correlation == 0.5  # greedy evaluation ignores it (the draw takes the mode)
     finally:
         t.close()
-    tok = save_policy(make_tokenized_policy(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "t.safetensors")
-    with pytest.raises(InputError, match="head.correlation"):
-        rl.Trainer(rl.TrainConfig(policy=str(tok), **base), tmp_path / "run2")
 
 
 # -- the flow-trained regression head (loss=flow) ------------------------------------------------
+def _flow_loss_by_hand(p, ctx, actions, out, *, seed):
+    """The flow-matching loss with target a - eps, eps and t ~ Beta(1.5, 1) drawn as the flow policies draw them."""
+    from pirl.policies.mlp import sincos_embedding
+
+    g = torch.Generator().manual_seed(seed)
+    a = p.normalize_actions(actions)
+    B = a.shape[0]
+    eps, u = torch.randn(a.shape, generator=g), torch.rand(B, generator=g)
+    t = u.pow(1 / 1.5) * 0.999 + 0.001
+    x_t = t.view(-1, 1, 1) * eps + (1 - t.view(-1, 1, 1)) * a
+    h = torch.cat([ctx, sincos_embedding(t, p.cfg.time_dim), x_t.reshape(B, -1)], dim=-1)
+    return (out(p.trunk(h)).view(a.shape) - (a - eps)).square().mean()
+
+
 def test_flow_head_mean_is_the_denoisers_output_at_zero_noise_and_time_one(tmp_path):
     from pirl.policies.mlp import sincos_embedding
     from pirl.policies.regression import FLOW_STD
@@ -489,13 +495,7 @@ def test_flow_head_mean_is_the_denoisers_output_at_zero_noise_and_time_one(tmp_p
     # the SFT loss is flow matching with target a - eps, drawn as the flow policies draw it
     actions = torch.randn(8, H, D)
     loss = p.sft_loss(obs, actions, generator=torch.Generator().manual_seed(3))
-    g = torch.Generator().manual_seed(3)
-    a = p.normalize_actions(actions)
-    eps, u = torch.randn(a.shape, generator=g), torch.rand(8, generator=g)
-    t = u.pow(1 / 1.5) * 0.999 + 0.001
-    x_t = t.view(-1, 1, 1) * eps + (1 - t.view(-1, 1, 1)) * a
-    h = torch.cat([ctx, sincos_embedding(t, p.cfg.time_dim), x_t.reshape(8, -1)], dim=-1)
-    torch.testing.assert_close(loss, (p.mean_head(p.trunk(h)).view(8, H, D) - (a - eps)).square().mean())
+    torch.testing.assert_close(loss, _flow_loss_by_hand(p, ctx, actions, p.mean_head, seed=3))
     # after SFT the constant inputs fold into the first bias: the plain regression network, the same mean, saved
     # and loaded as such; SFT on the folded head is refused
     p.fold_denoiser()
@@ -531,3 +531,83 @@ def test_flow_head_learns_the_conditional_mean_and_keeps_its_pinned_scale():
     assert p.scale_pinned and p.cfg.scale_min == FLOW_STD
     p.set_scale_floor(0.4)
     assert p.scale_pinned and p.cfg.scale_min == p.cfg.scale_max == 0.4
+
+
+# -- the flow-trained tokenized head (loss=flow) -----------------------------------------------------
+def test_flow_tokenized_head_folds_into_the_discretised_gaussian_of_the_denoisers_mean(tmp_path):
+    """SFT trains the trunk and an auxiliary output layer as a flow denoiser (the regression head's loss=flow); the
+    fold leaves the plain tokenized network whose softmax is N(mu, FLOW_STD^2) over the bins, mu the denoiser's
+    output at x = 0, t = 1; it saves and loads as such, and SFT on it is refused."""
+    from pirl.policies.io import load_policy, save_policy
+    from pirl.policies.mlp import sincos_embedding
+    from pirl.policies.regression import FLOW_STD
+
+    torch.manual_seed(0)
+    p = make_tokenized_policy(S, D, action_horizon=H, hidden=32, depth=2, bins=128, loss="flow")
+    assert p.cfg.denoiser_inputs and p.trunk[0].in_features == 32 + p.cfg.time_dim + H * D
+    with torch.no_grad():  # a mean within the bins' range, as SFT leaves it
+        p.flow_head.weight.mul_(0.3)
+    obs, actions = _obs(B=8), torch.randn(8, H, D)
+    ctx = p.encode(obs)
+    loss = p.sft_loss(obs, actions, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, _flow_loss_by_hand(p, ctx, actions, p.flow_head, seed=3))
+    with torch.no_grad():
+        x0 = torch.cat([ctx, sincos_embedding(torch.ones(8), p.cfg.time_dim), torch.zeros(8, H * D)], dim=-1)
+        mu = p.flow_head(p.trunk(x0)).view(8, H, D)
+        unfolded = p.params(ctx)  # what SFT's own evaluations sample from
+    p.fold_denoiser()
+    assert not p.cfg.denoiser_inputs and p.flow_head is None and p.trunk[0].in_features == 32
+    centres = p.detokenize(torch.arange(128).view(-1, 1).expand(-1, D)).T  # [D, bins]
+    with torch.no_grad():
+        probs = p.params(p.encode(obs)).softmax(-1)
+    by_hand = torch.softmax(-(centres - mu.unsqueeze(-1)) ** 2 / (2 * FLOW_STD**2), dim=-1)
+    torch.testing.assert_close(probs, by_hand, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(unfolded.softmax(-1), probs, atol=1e-5, rtol=1e-4)
+    mean = (probs * centres).sum(-1)
+    std = ((probs * (centres - mean.unsqueeze(-1)) ** 2).sum(-1)).sqrt()
+    torch.testing.assert_close(mean, mu, atol=1e-3, rtol=0)
+    torch.testing.assert_close(std, torch.full_like(std, FLOW_STD), atol=1e-3, rtol=0)
+    q, _ = load_policy(save_policy(p, tmp_path / "tok.safetensors"))
+    assert q.flow_head is None and q.cfg.loss == "flow"
+    with torch.no_grad():
+        torch.testing.assert_close(q.params(q.encode(obs)), p.params(p.encode(obs)))
+    with pytest.raises(ValueError, match="folded"):
+        q.sft_loss(obs, actions)
+    with pytest.raises(ValueError, match="loss must be 'ce' or 'flow'"):
+        make_tokenized_policy(S, D, loss="denoise")
+
+
+def test_tokenized_chunk_correlation_draws_the_equicorrelated_gaussian_of_a_gaussian_softmax():
+    """With correlation c, a flow-trained tokenized head (its softmax a discretised Gaussian) draws each action's
+    tokens given the chunk's earlier ones: per element the std stays FLOW_STD, actions of a chunk correlate by c, and
+    the log-probs are the regression head's equicorrelated Gaussian density plus log(bin width), to the bins'
+    resolution; re-scoring the record reproduces them exactly, and the first action's logits are the plain ones."""
+    from pirl.policies.regression import FLOW_STD, RegressionPolicy
+
+    torch.manual_seed(0)
+    h = 8
+    p = make_tokenized_policy(3, D, action_horizon=h, hidden=16, depth=1, loss="flow")
+    with torch.no_grad():
+        p.flow_head.weight.mul_(0.3)
+    p.fold_denoiser()
+    B = 4000
+    obs = {"state": torch.randn(1, 3).expand(B, 3)}
+    out = p.act(obs, HeadSamplerConfig(correlation=0.9), generator=torch.Generator().manual_seed(1))
+    x = out.chain.actions
+    assert out.chain.correlation == 0.9
+    torch.testing.assert_close(x.std(0), torch.full((h, D), FLOW_STD), atol=0.015, rtol=0)
+    xc = x - x.mean(0)
+    corr = (xc[:, 0] * xc[:, 5]).mean(0) / (xc[:, 0].std(0) * xc[:, 5].std(0))
+    torch.testing.assert_close(corr, torch.full((D,), 0.9), atol=0.02, rtol=0)
+    ev = p.evaluate(obs, out.chain)
+    torch.testing.assert_close(ev.log_prob, out.log_prob, atol=0, rtol=0)
+    params = p.params(p.encode({"state": obs["state"][:200]}))
+    centres = p._centres()
+    mean = (params.softmax(-1) * centres).sum(-1)
+    gauss = RegressionPolicy._correlated_log_density(x[:200], mean, torch.full_like(mean, math.log(FLOW_STD)), 0.9)
+    lp = p.element_log_prob(params, out.chain.index(slice(0, 200)))
+    assert float((lp - gauss - torch.log(p.bin_width)).abs().mean()) < 0.08
+    torch.testing.assert_close(p._conditional_logits(params, out.chain.tokens[:200], 0.9)[:, 0], params[:, 0])
+    indep = p.act(obs, HeadSamplerConfig(), generator=torch.Generator().manual_seed(1)).chain.actions
+    xi = indep - indep.mean(0)
+    assert float(((xi[:, 0] * xi[:, 5]).mean(0) / (xi[:, 0].std(0) * xi[:, 5].std(0))).abs().max()) < 0.06

@@ -48,9 +48,10 @@ def test_mlp_sft_reduces_loss_and_runs_in_env(demos, tmp_path):
 
 
 @pytest.mark.parametrize("kind, loss", [("regression", "l1"), ("regression", "mse"), ("regression", "flow"),
-                                        ("tokenized", "l1")])
+                                        ("tokenized", "ce"), ("tokenized", "flow")])
 def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind, loss):
-    cfg = SFTConfig(dataset=str(demos), policy=kind, regression_loss=loss, state_clip=5.0, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
+    losses = {"regression_loss": loss} if kind == "regression" else {"tokenized_loss": loss}
+    cfg = SFTConfig(dataset=str(demos), policy=kind, **losses, state_clip=5.0, steps=150, batch_size=64, log_every=50, eval_episodes_per_task=1,
                     eval_num_envs=2, eval_max_episode_steps=8, hidden=64, depth=1, scale_fit_steps=50,
                     out_dir=str(tmp_path / kind))  # fmt: skip
     res = sft(cfg, log=None)
@@ -63,7 +64,7 @@ def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind, loss):
     if kind == "regression" and loss != "flow":  # the scale head was fitted after SFT, not left at its initial constant
         assert policy.scale_head.weight.abs().sum() > 0
         assert policy.cfg.family == {"l1": "laplace", "mse": "gaussian"}[loss]
-    if loss == "flow":  # a Gaussian of pinned std: every state's scale is FLOW_STD, and the file says so
+    if kind == "regression" and loss == "flow":  # a Gaussian of pinned std: every state's scale is FLOW_STD, and the file says so
         from pirl.policies.regression import FLOW_STD
 
         assert policy.cfg.loss == "flow" and policy.cfg.family == "gaussian" and policy.scale_pinned
@@ -71,6 +72,9 @@ def test_head_policies_train_with_the_same_trainer(demos, tmp_path, kind, loss):
         obs, _, _ = ChunkDataset(load_dataset(demos, load_videos=False), 4).batch(np.arange(16))
         _, log_scale = policy.params(policy.encode(policy.prepare(obs)))
         torch.testing.assert_close(log_scale.exp(), torch.full_like(log_scale, FLOW_STD))
+    if kind == "tokenized" and loss == "flow":  # saved folded: the plain tokenized network
+        assert policy.cfg.loss == "flow" and not policy.cfg.denoiser_inputs and policy.flow_head is None
+        assert policy.trunk[0].in_features == cfg.hidden
 
 
 def test_regression_loss_is_checked_when_the_config_is_read():
@@ -78,6 +82,10 @@ def test_regression_loss_is_checked_when_the_config_is_read():
         SFTConfig(policy="regression", regression_loss="huber")
     with pytest.raises(ValueError, match="regression head's SFT loss"):
         SFTConfig(policy="mlp", regression_loss="mse")
+    with pytest.raises(ValueError, match="tokenized_loss must be"):
+        SFTConfig(policy="tokenized", tokenized_loss="denoise")
+    with pytest.raises(ValueError, match="tokenized head's SFT loss"):
+        SFTConfig(policy="regression", tokenized_loss="flow")
 
 
 def test_vla_prepare_encode_once_and_sft(demos):

@@ -20,6 +20,7 @@ Two choices are recorded in every sample, so ``evaluate`` reproduces ``act`` exa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -27,9 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from pirl.flow import SamplerConfig
-from pirl.policies.base import ActOutput, EvalOutput, Normalizer, Obs, Policy
+from pirl.policies.base import ActOutput, EvalOutput, Normalizer, Obs, Policy, flow_matching_sample
 
 RatioDensity = Literal["behaviour", "nominal"]
+
+FLOW_STD = 1.0 / math.sqrt(12.0)
+"""The pinned std (normalised units) of a head whose network SFT trained as a flow denoiser (regression loss=flow,
+tokenized loss=flow): Flow-SDE's last-transition std at a = 1, K = 4, the exploration its measurement used."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,11 @@ class HeadSamplerConfig:
     log_prob_level: Literal["chunk", "element"] = "chunk"
     """chunk: one log-prob per chunk [B] (sum over counted elements); element: [B, M] for PPO's element ratio."""
     correlation: float = 0.0
-    """Regression head only: correlation c in [0, 1) of the exploration noise between the actions of one chunk
-    (each action dimension gets a shared draw of variance c plus an own draw of variance 1 - c), so that a
-    chunk explores as one coherent offset rather than as independent jitter. 0 = independent elements."""
+    """Correlation c in [0, 1) of the exploration noise between the actions of one chunk, so that a chunk explores
+    as one coherent offset rather than as independent jitter. Regression head: each action dimension gets a shared
+    draw of variance c plus an own draw of variance 1 - c. Tokenized head: each action's tokens are drawn given the
+    chunk's earlier ones, from logits shifted and sharpened as that Gaussian's conditionals are (see
+    :mod:`pirl.policies.tokenized`). 0 = independent elements."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.widen, (int, float)) and self.widen > 0):
@@ -144,9 +151,15 @@ class HeadPolicyConfig:
     state_clip: Optional[float] = None
     """Normalised state values are clipped to +-state_clip; None (checkpoints from before it existed) leaves them
     unbounded. RL rollouts leave the demonstrations' range (see SFTConfig.state_clip)."""
+    time_dim: int = 32
+    """Denoiser-trained heads: size of the time embedding the trunk reads during SFT."""
+    denoiser_inputs: bool = False
+    """The trunk's first layer also reads the time and a noisy chunk: a head whose network SFT trains as a denoiser
+    (regression and tokenized loss=flow). After SFT they are folded into its bias
+    (:meth:`HeadPolicy.fold_denoiser`), leaving the plain head's network."""
 
     def __post_init__(self) -> None:
-        for name in ("state_dim", "action_dim", "action_horizon", "hidden", "depth"):
+        for name in ("state_dim", "action_dim", "action_horizon", "hidden", "depth", "time_dim"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -174,6 +187,8 @@ class HeadPolicy(Policy):
         for _ in range(cfg.depth):
             layers += [nn.Linear(h, h), nn.SiLU()]
         self.trunk = nn.Sequential(*layers)
+        if cfg.denoiser_inputs:
+            self.trunk[0] = nn.Linear(h + cfg.time_dim + cfg.action_horizon * cfg.action_dim, h)
         self.feature_dim = h
 
     # -- to implement -----------------------------------------------------------------------
@@ -213,7 +228,53 @@ class HeadPolicy(Policy):
 
     def params(self, ctx: Tensor) -> Any:
         """Distribution parameters for encoded observations."""
-        return self.head(self.trunk(ctx))
+        return self.head(self.features(ctx))
+
+    def features(self, ctx: Tensor) -> Tensor:
+        """Trunk features [B, F] of encoded observations (with denoiser inputs: the denoiser's at x = 0, t = 1)."""
+        if not self.cfg.denoiser_inputs:
+            return self.trunk(ctx)
+        B = ctx.shape[0]
+        zeros = torch.zeros(B, self.action_horizon * self.action_dim, device=ctx.device, dtype=ctx.dtype)
+        return self.denoiser_features(ctx, zeros, torch.ones(B, device=ctx.device))
+
+    def denoiser_features(self, ctx: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """Trunk features [B, F] of encoded observations, a noisy chunk x [B, H, D] and the time t [B] (SFT of a
+        denoiser-trained head)."""
+        from pirl.policies.mlp import sincos_embedding
+
+        if not self.cfg.denoiser_inputs:
+            raise ValueError(f"this {type(self).__name__}'s denoiser inputs were folded away after its SFT (or it "
+                             "never had them); SFT a new denoiser-trained head")
+        return self.trunk(torch.cat([ctx, sincos_embedding(t, self.cfg.time_dim), x.reshape(x.shape[0], -1)], dim=-1))
+
+    def flow_matching_loss(self, obs: Obs, actions: Tensor, out: nn.Linear, *,
+                           generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None) -> Tensor:
+        """Flow-matching loss of the denoiser whose output layer is ``out``: its output at (x_t, t) regresses on
+        a - eps (MATH.md), for demonstration chunks [B, H, D]."""
+        a = self.normalize_actions(actions)
+        eps, t, x_t = flow_matching_sample(a, generator)
+        pred = out(self.denoiser_features(self.encode(obs), x_t, t)).view(a.shape).float()
+        return masked_mean((pred - (a - eps)).square(), mask)
+
+    @torch.no_grad()
+    def fold_denoiser(self) -> None:
+        """Folds the constant inputs t = 1, x = 0 into the first layer's bias: the same distribution (to float32
+        round-off) from the plain head's network. RL then moves that bias as one parameter per unit; left unfolded,
+        Adam moves each of its time-embedding weights as far. Measured under LOOP (flow-trained regression head):
+        +2 / +8 folded against -7 / +0 unfolded from the same SFT policies (bench/results/heads_metaworld.md).
+        A no-op for a head without denoiser inputs."""
+        if not self.cfg.denoiser_inputs:
+            return
+        from pirl.policies.mlp import sincos_embedding
+
+        h, first = self.cfg.hidden, self.trunk[0]
+        emb = sincos_embedding(torch.ones(1, device=first.weight.device), self.cfg.time_dim)[0]
+        folded = nn.Linear(h, h).to(first.weight.device)
+        folded.weight.copy_(first.weight[:, :h])
+        folded.bias.copy_(first.bias + first.weight[:, h : h + emb.numel()] @ emb)
+        self.trunk[0] = folded
+        self.cfg = replace(self.cfg, denoiser_inputs=False)
 
     def logp_mask(self, logp_steps: Optional[int], device: torch.device) -> Optional[Tensor]:
         """[H, D] mask of the chunk elements whose log-probs count (the executed actions)."""
@@ -258,6 +319,20 @@ class HeadPolicy(Policy):
     def _check_actions(self, actions: Tensor) -> None:
         if actions.shape[1:] != self.action_shape:
             raise ValueError(f"actions of shape {tuple(actions.shape)}; the policy predicts chunks {self.action_shape}")
+
+
+def conditional_log_var(c: float, horizon: int, device: torch.device) -> Tensor:
+    """[H] log-variance of a standardised element given the chunk's earlier ones, when the H elements are
+    equicorrelated with correlation c: (1 - c)(1 + k c) / (1 - c + k c) for the k-th."""
+    k = torch.arange(horizon, device=device, dtype=torch.float32)
+    return math.log1p(-c) + torch.log1p(k * c) - torch.log1p(-c + k * c)
+
+
+def conditional_mean(e: Tensor, c: float) -> Tensor:
+    """[B, H, D] mean of each standardised element e [B, H, D] given the chunk's earlier ones (equicorrelation c
+    along H): c S / (1 - c + k c), S the sum of the k earlier ones."""
+    k = torch.arange(e.shape[1], device=e.device, dtype=torch.float32).view(1, -1, 1)
+    return c * (torch.cumsum(e, dim=1) - e) / (1.0 - c + k * c)
 
 
 def masked_mean(err: Tensor, mask: Optional[Tensor]) -> Tensor:

@@ -129,13 +129,15 @@ class HeadOptions:
         if self.correlation is not None and not 0.0 <= self.correlation < 1.0:
             raise ValueError(f"head.correlation must be in [0, 1), got {self.correlation!r}")
 
-    DEFAULT_LR: ClassVar[dict[str, float]] = {"regression": 3e-5, "tokenized": 1e-5, "regression_flow": 2e-5}
-    """lr when it is None, per head kind (regression_flow: a regression head trained with regression_loss=flow)."""
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"regression": 3e-5, "tokenized": 1e-5, "regression_flow": 2e-5,
+                                              "tokenized_flow": 2e-5}
+    """lr when it is None, per head kind (regression_flow / tokenized_flow: a head whose network SFT trained as a
+    flow denoiser, regression_loss=flow / tokenized_loss=flow)."""
     DEFAULT_RATIO_LEVEL: ClassVar[dict[str, str]] = {"regression": "element", "tokenized": "element",
-                                                     "regression_flow": "chunk"}
+                                                     "regression_flow": "chunk", "tokenized_flow": "chunk"}
     """ratio_level when it is None, per head kind."""
 
-    DEFAULT_CORRELATION: ClassVar[dict[str, float]] = {"regression_flow": 0.9}
+    DEFAULT_CORRELATION: ClassVar[dict[str, float]] = {"regression_flow": 0.9, "tokenized_flow": 0.9}
     """correlation when it is None, per head kind (0 for the others)."""
 
     def correlation_for(self, kind: str) -> float:

@@ -43,16 +43,12 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from pirl.policies.base import Obs, flow_matching_sample
-from pirl.policies.heads import ActionSample, HeadPolicy, HeadPolicyConfig, HeadSamplerConfig, masked_mean
+from pirl.policies.base import Obs
+from pirl.policies.heads import (FLOW_STD, ActionSample, HeadPolicy, HeadPolicyConfig, HeadSamplerConfig,
+                                 conditional_log_var, conditional_mean, masked_mean)
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG2 = math.log(2.0)
-
-FLOW_STD = 1.0 / math.sqrt(12.0)
-"""The pinned std (normalised units) of a ``loss="flow"`` head: Flow-SDE's last-transition std at a = 1, K = 4,
-the exploration its measurement used."""
-
 
 @dataclass(frozen=True)
 class RegressionPolicyConfig(HeadPolicyConfig):
@@ -67,11 +63,6 @@ class RegressionPolicyConfig(HeadPolicyConfig):
     """Lower clip of the scale (normalised units)."""
     scale_max: float = 2.0
     """Upper clip of the scale (normalised units)."""
-    time_dim: int = 32
-    """loss=flow: size of the denoiser's time embedding."""
-    denoiser_inputs: bool = False
-    """loss=flow: the trunk's first layer still reads the time and the noisy chunk (during SFT). After SFT they are
-    folded into its bias (:meth:`RegressionPolicy.fold_denoiser`), leaving the plain regression head's network."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,10 +85,8 @@ class RegressionPolicy(HeadPolicy):
         super().__init__(cfg)
         self.cfg: RegressionPolicyConfig = cfg
         n = cfg.action_horizon * cfg.action_dim
-        if cfg.denoiser_inputs:  # the denoiser's first layer also reads the time and the noisy chunk
-            if cfg.loss != "flow":
-                raise ValueError(f"denoiser_inputs is for loss='flow', not {cfg.loss!r}")
-            self.trunk[0] = nn.Linear(cfg.hidden + cfg.time_dim + n, cfg.hidden)
+        if cfg.denoiser_inputs and cfg.loss != "flow":
+            raise ValueError(f"denoiser_inputs is for loss='flow', not {cfg.loss!r}")
         self.mean_head = nn.Linear(cfg.hidden, n)
         self.scale_head = nn.Linear(cfg.hidden, n)
         # Starts state-independent and low: exploration grows only as far as the NLL fit asks.
@@ -129,40 +118,6 @@ class RegressionPolicy(HeadPolicy):
         """Whether the scale is one fixed value (its lower and upper clips equal)."""
         return self.cfg.scale_min == self.cfg.scale_max
 
-    def features(self, ctx: Tensor) -> Tensor:
-        """Trunk features [B, F] of encoded observations (with denoiser inputs: the denoiser's at x = 0, t = 1)."""
-        if not self.cfg.denoiser_inputs:
-            return self.trunk(ctx)
-        B = ctx.shape[0]
-        zeros = torch.zeros(B, self.action_horizon * self.action_dim, device=ctx.device, dtype=ctx.dtype)
-        return self._denoiser_features(ctx, zeros, torch.ones(B, device=ctx.device))
-
-    def _denoiser_features(self, ctx: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        from pirl.policies.mlp import sincos_embedding
-
-        return self.trunk(torch.cat([ctx, sincos_embedding(t, self.cfg.time_dim), x.reshape(x.shape[0], -1)], dim=-1))
-
-    @torch.no_grad()
-    def fold_denoiser(self) -> None:
-        """Folds the constant inputs t = 1, x = 0 into the first layer's bias: the same mean (to float32 round-off)
-        from the plain regression head's network. RL then moves that bias as one parameter per unit; left unfolded,
-        Adam moves each of its 32 time-embedding weights as far. Measured under LOOP: +2 / +8 folded against -7 / +0
-        unfolded from the same SFT policies (bench/results/heads_metaworld.md)."""
-        if not self.cfg.denoiser_inputs:
-            return
-        from pirl.policies.mlp import sincos_embedding
-
-        h, first = self.cfg.hidden, self.trunk[0]
-        emb = sincos_embedding(torch.ones(1, device=first.weight.device), self.cfg.time_dim)[0]
-        folded = nn.Linear(h, h).to(first.weight.device)
-        folded.weight.copy_(first.weight[:, :h])
-        folded.bias.copy_(first.bias + first.weight[:, h : h + emb.numel()] @ emb)
-        self.trunk[0] = folded
-        self.cfg = replace(self.cfg, denoiser_inputs=False)
-
-    def params(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.features(ctx))
-
     def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_scale), each [B, H, D] in normalised units."""
         B = features.shape[0]
@@ -189,7 +144,7 @@ class RegressionPolicy(HeadPolicy):
     def element_entropy(self, params: tuple[Tensor, Tensor], sample: ActionSample) -> Tensor:
         log_scale = params[1] + math.log(sample.density_widen)
         if sample.correlation:
-            log_var = self._conditional_log_var(sample.correlation, self.action_horizon, log_scale.device)
+            log_var = conditional_log_var(sample.correlation, self.action_horizon, log_scale.device)
             return 0.5 + _LOG_SQRT_2PI + self._log_std(log_scale) + 0.5 * log_var.view(1, -1, 1)
         if self.cfg.family == "laplace":
             return 1.0 + _LOG2 + log_scale
@@ -200,20 +155,11 @@ class RegressionPolicy(HeadPolicy):
         return log_scale + 0.5 * _LOG2 if self.cfg.family == "laplace" else log_scale
 
     @staticmethod
-    def _conditional_log_var(c: float, horizon: int, device: torch.device) -> Tensor:
-        """[H] log-variance of a standardised element given the chunk's earlier ones (equicorrelation c)."""
-        k = torch.arange(horizon, device=device, dtype=torch.float32)
-        return math.log1p(-c) + torch.log1p(k * c) - torch.log1p(-c + k * c)
-
-    @classmethod
-    def _correlated_log_density(cls, x: Tensor, mean: Tensor, log_std: Tensor, c: float) -> Tensor:
+    def _correlated_log_density(x: Tensor, mean: Tensor, log_std: Tensor, c: float) -> Tensor:
         """[B, H, D] log p(x_t | x_<t) of a chunk whose elements are equicorrelated (c) along H, per dimension."""
         e = (x.float() - mean) * torch.exp(-log_std)
-        H = e.shape[1]
-        k = torch.arange(H, device=e.device, dtype=torch.float32).view(1, H, 1)
-        earlier = torch.cumsum(e, dim=1) - e
-        cond_mean = c * earlier / (1.0 - c + k * c)
-        log_var = cls._conditional_log_var(c, H, e.device).view(1, H, 1)
+        cond_mean = conditional_mean(e, c)
+        log_var = conditional_log_var(c, e.shape[1], e.device).view(1, -1, 1)
         return -log_std - _LOG_SQRT_2PI - 0.5 * log_var - 0.5 * (e - cond_mean).square() * torch.exp(-log_var)
 
     def draw(self, params: tuple[Tensor, Tensor], cfg: HeadSamplerConfig,
@@ -245,13 +191,7 @@ class RegressionPolicy(HeadPolicy):
         flow-matching loss of the denoiser, whose target is a - eps."""
         self._check_actions(actions)
         if self.cfg.loss == "flow":
-            if not self.cfg.denoiser_inputs:
-                raise ValueError("this flow-trained head's denoiser inputs were folded away after its SFT; SFT a new "
-                                 "one (pirl sft policy=regression regression_loss=flow)")
-            a = self.normalize_actions(actions)
-            eps, t, x_t = flow_matching_sample(a, generator)
-            out = self.mean_head(self._denoiser_features(self.encode(obs), x_t, t)).view(a.shape).float()
-            return masked_mean((out - (a - eps)).square(), mask)
+            return self.flow_matching_loss(obs, actions, self.mean_head, generator=generator, mask=mask)
         mean, _ = self.params(self.encode(obs))
         diff = mean - self.normalize_actions(actions)
         return masked_mean(diff.abs() if self.cfg.loss == "l1" else diff.square(), mask)

@@ -31,7 +31,7 @@ from pirl.flow import SamplerConfig
 from pirl.hub import is_hub_id
 from pirl.policies.base import FlowPolicy
 from pirl.policies.io import IMAGE_KINDS, export_policy, load_policy, policy_kind, save_policy
-from pirl.policies.heads import HeadPolicy, HeadSamplerConfig
+from pirl.policies.heads import FLOW_STD, HeadPolicy, HeadSamplerConfig
 from pirl.policies.options import HeadOptions, Pi0Options
 from pirl.policies.regression import RegressionPolicy
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
@@ -321,14 +321,11 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
 
 def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[HeadSamplerConfig, AlgorithmConfig]:
     """The rollout sampler and algorithm of a regression / tokenized head (``kind``: the policy kind, or
-    ``regression_flow`` for a flow-trained regression head) from ``cfg.head``: the sampler's log-prob level and PPO's
+    ``regression_flow`` / ``tokenized_flow`` for a head whose network SFT trained as a flow denoiser) from ``cfg.head``: the sampler's log-prob level and PPO's
     ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
     target KL is the head's where it sets one."""
     h = cfg.head
     correlation = h.correlation_for(kind)
-    if correlation and not kind.startswith("regression"):
-        raise InputError(f"head.correlation={correlation:g} is for the regression head; a {kind} policy draws "
-                         "independent elements (set head.correlation=0)")
     level = h.ratio_level_for(kind)
     sampler = HeadSamplerConfig(widen=h.widen_for(kind), ratio_density=h.ratio_density,
                                 logp_steps=cfg.sampler.logp_steps or cfg.env.chunk, log_prob_level=level,
@@ -367,8 +364,8 @@ class Trainer:
             source = str(own)
         policy, self.policy_meta = load_policy(source, device=cfg.device, pi0=cfg.pi0,
                                                log=None if resume else print)
-        if isinstance(policy, RegressionPolicy):
-            policy.fold_denoiser()  # a flow-trained head saved mid-SFT: RL trains the plain regression network
+        if isinstance(policy, HeadPolicy):
+            policy.fold_denoiser()  # a denoiser-trained head saved mid-SFT: RL trains the plain head's network
         self.policy = prepare_policy(policy, cfg, self.algo)
         if policy_kind(self.policy) == "pi0" and not resume:
             from pirl.policies.pi0.memory import check_fits
@@ -385,11 +382,12 @@ class Trainer:
             if cfg.head.scale_floor is not None and hasattr(self.policy, "set_scale_floor"):
                 self.policy.set_scale_floor(cfg.head.scale_floor)  # before any rollout: the ratio sees it too
             flow_trained = getattr(self.policy.cfg, "loss", None) == "flow"
-            kind = "regression_flow" if flow_trained else policy_kind(self.policy)
+            kind = f"{policy_kind(self.policy)}_flow" if flow_trained else policy_kind(self.policy)
             self.sampler, self.algo = head_settings(cfg, kind, self.algo)
             family = getattr(self.policy.cfg, "family", None)  # the regression head's Laplace (L1) or Gaussian (MSE)
-            if flow_trained:
-                family += f", flow-trained mean, std {self.policy.cfg.scale_min:.3g}"
+            if flow_trained:  # a Gaussian of std FLOW_STD around a flow-trained mean (over the bins if tokenized)
+                family = (f"{family or 'discretised gaussian'}, flow-trained mean, std "
+                          f"{getattr(self.policy.cfg, 'scale_min', FLOW_STD):.3g}")
             print(f"{policy_kind(self.policy)} head{f' ({family})' if family else ''}: lr {self.algo.optim.lr:g} "
                   f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
                   f"flow policies'), {self.sampler.log_prob_level}-level ratios, widen {self.sampler.widen:g}"

@@ -24,6 +24,7 @@ from pirl.envs.registry import EnvConfig, env_from_record, env_record, make_env
 from pirl.errors import InputError, check_device
 from pirl.flow import SamplerConfig
 from pirl.policies.base import Policy
+from pirl.policies.heads import HeadPolicy
 from pirl.policies.mlp import make_mlp_policy
 from pirl.policies.regression import RegressionPolicy, fit_scale_head, make_regression_policy
 from pirl.policies.tokenized import make_tokenized_policy
@@ -111,6 +112,10 @@ class SFTConfig:
     std whose mean network is trained as a flow's denoiser and read at x = 0, t = 1; no scale fit). Under LOOP
     on MetaWorld flow-trained networks lifted +9 on average, regression-trained ones +1 with the same distribution
     (pirl.policies.regression)."""
+    tokenized_loss: Literal["ce", "flow"] = "ce"
+    """Tokenized head: ce (cross-entropy of the demonstrations' tokens) or flow (the network trains as a flow
+    denoiser, as regression_loss=flow; the softmax is then its one-step mean's Gaussian of std 0.289 discretised
+    over the bins)."""
     device: str = "cpu"
     """Torch device SFT trains and evaluates on (cpu, cuda, cuda:N, mps): π0 / π0.5 at full size want a GPU."""
 
@@ -139,6 +144,11 @@ class SFTConfig:
         if self.regression_loss != "l1" and self.policy != "regression":
             raise ValueError(f"regression_loss={self.regression_loss} is the regression head's SFT loss; policy="
                              f"{self.policy} has its own (drop regression_loss, or set policy=regression)")
+        if self.tokenized_loss not in ("ce", "flow"):
+            raise ValueError(f"tokenized_loss must be 'ce' or 'flow', got {self.tokenized_loss!r}")
+        if self.tokenized_loss != "ce" and self.policy != "tokenized":
+            raise ValueError(f"tokenized_loss={self.tokenized_loss} is the tokenized head's SFT loss; policy="
+                             f"{self.policy} has its own (drop tokenized_loss, or set policy=tokenized)")
         check_device(self.device)
 
 
@@ -176,7 +186,7 @@ def build_policy(cfg: SFTConfig, ds: LeRobotDataset, data: Optional[ChunkDataset
     elif cfg.policy == "regression":
         policy = make_regression_policy(state_dim, action_dim, loss=cfg.regression_loss, **mlp)
     elif cfg.policy == "tokenized":
-        policy = make_tokenized_policy(state_dim, action_dim, **mlp)
+        policy = make_tokenized_policy(state_dim, action_dim, loss=cfg.tokenized_loss, **mlp)
     elif cfg.policy in ("pi0", "pi05"):
         return _new_pi0(cfg, ds, data, state_dim, action_dim)
     else:
@@ -361,8 +371,8 @@ def sft(cfg: SFTConfig, *, log: Optional[Callable[[str], None]] = print) -> SFTR
                 running, count = 0.0, 0
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step != cfg.steps:
                 evaluate(step)
-        if isinstance(policy, RegressionPolicy):
-            policy.fold_denoiser()  # a flow-trained head keeps the plain regression network (a no-op otherwise)
+        if isinstance(policy, HeadPolicy):
+            policy.fold_denoiser()  # a denoiser-trained head keeps the plain head's network (a no-op otherwise)
         if isinstance(policy, RegressionPolicy) and not policy.scale_pinned:
             t0 = time.perf_counter()
             fit_regression_scale(policy, data, cfg)
