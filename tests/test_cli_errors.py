@@ -3,6 +3,7 @@ no traceback (``--debug`` / ``PIRL_DEBUG=1`` print it); real bugs keep their tra
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,13 @@ def files(tmp_path_factory):
     data = policy.read_bytes()
     (d / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     save_file({"w": torch.zeros(3)}, str(d / "other.safetensors"))
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(policy), "pt") as f:  # a setting this pirl does not have, as a newer pirl would write it
+        meta = f.metadata()
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "a_newer_setting": 1})
+    save_file(load_file(str(policy)), str(d / "newer.safetensors"), metadata=meta)
     save_policy(make_mlp_policy(39, 4, action_horizon=4, hidden=16, depth=1, noise_head=False),
                 d / "metaworld.safetensors")  # sizes of a MetaWorld policy: does not fit point mass
     rng = np.random.default_rng(0)
@@ -56,6 +64,7 @@ def _one_line_error(capsys, rc: int, *names: str) -> str:
     ("random.safetensors", ["not a readable safetensors file"]),
     ("truncated.safetensors", ["not a readable safetensors file", "truncated"]),
     ("other.safetensors", ["not a pirl policy"]),
+    ("newer.safetensors", ["settings this pirl does not know", "a_newer_setting", "another pirl version"]),
 ])
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_bad_policy_files_name_the_file(files, capsys, command, name, words):

@@ -231,7 +231,11 @@ def _load_pirl(path: Path, pi0: Pi0Options) -> tuple[Policy, dict[str, Any]]:
     if kind not in KINDS:
         raise PolicyLoadError(f"{path} holds a policy of kind {kind!r}, unknown to this pirl (known: {sorted(KINDS)})")
     spec = KINDS[kind]
-    cfg = spec.config_from_dict(json.loads(meta["config"]))
+    try:
+        cfg = spec.config_from_dict(json.loads(meta["config"]))
+    except TypeError as e:  # settings this pirl does not have: the file comes from another version of it
+        raise PolicyLoadError(f"policy file {path} holds {kind} settings this pirl does not know ({e}): it was written "
+                              "by another pirl version; load it with that version, or run `pirl sft` again") from None
     if kind == "pi0":
         trained = cfg.action_horizon
         cfg = _apply_pi0_options(cfg, pi0, path)
