@@ -611,3 +611,25 @@ def test_tokenized_chunk_correlation_draws_the_equicorrelated_gaussian_of_a_gaus
     indep = p.act(obs, HeadSamplerConfig(), generator=torch.Generator().manual_seed(1)).chain.actions
     xi = indep - indep.mean(0)
     assert float(((xi[:, 0] * xi[:, 5]).mean(0) / (xi[:, 0].std(0) * xi[:, 5].std(0))).abs().max()) < 0.06
+
+
+def test_tokenized_chunk_correlation_has_the_correlated_gaussians_gradient():
+    """For Gaussian-shaped logits the gradient of a correlated record's log-prob with respect to the means is the
+    regression head's equicorrelated density's: the move of each conditional is differentiated too (detached, a
+    shift common to the chunk would count ~1 / (1 - c) times over in the later actions)."""
+    from pirl.policies.regression import FLOW_STD, RegressionPolicy
+
+    torch.manual_seed(0)
+    h = 8
+    p = make_tokenized_policy(3, D, action_horizon=h, hidden=16, depth=1)
+    centres = p._centres()
+    mu = (0.3 * torch.randn(5, h, D)).requires_grad_()
+    logits = -(centres - mu.unsqueeze(-1)) ** 2 / (2 * FLOW_STD**2)
+    with torch.no_grad():
+        sample = p.draw(logits, HeadSamplerConfig(correlation=0.9), torch.Generator().manual_seed(0))
+    g_tok, = torch.autograd.grad(p.element_log_prob(logits, sample).sum(), mu)
+    mu_reg = mu.detach().clone().requires_grad_()
+    log_std = torch.full_like(mu_reg, math.log(FLOW_STD))
+    g_reg, = torch.autograd.grad(RegressionPolicy._correlated_log_density(sample.actions, mu_reg, log_std, 0.9).sum(),
+                                 mu_reg)
+    torch.testing.assert_close(g_tok, g_reg, atol=1e-3, rtol=1e-3)

@@ -155,19 +155,20 @@ class TokenizedPolicy(HeadPolicy):
         logits moved along the bins by c S / (1 - c + k c) standard deviations and divided by the conditional
         variance (1 - c)(1 + k c) / (1 - c + k c), S the sum of the k earlier tokens' standardised offsets from
         their softmax's mean. For Gaussian-shaped logits this is the equicorrelated Gaussian's conditional, as the
-        regression head draws it. The move interpolates linearly between bins: a whole-bin rounding would make the
-        log-probs jump with float round-off (batched rollout vs minibatch re-scoring)."""
+        regression head draws it, and the gradient through the move makes its log-prob's gradient that density's
+        (a shift common to the chunk moves later actions' conditionals by (1 - c) / (1 - c + k c) of it). The move
+        interpolates linearly between bins: a whole-bin rounding would make the log-probs jump with float
+        round-off (batched rollout vs minibatch re-scoring)."""
         K = self.cfg.bins
-        with torch.no_grad():  # the move is a function of the record; its gradient is not part of the ratio's
-            p = logits.softmax(-1)
-            centres = self._centres()
-            mean = (p * centres).sum(-1)
-            std = ((p * centres.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
-            e = (self.detokenize(tokens) - mean) / std
-            shift = conditional_mean(e, c) * std / self.bin_width  # in bins
-            whole = torch.floor(shift)
-            frac = (shift - whole).unsqueeze(-1)
-            src = torch.arange(K, device=logits.device) - whole.long().unsqueeze(-1)
+        p = logits.softmax(-1)
+        centres = self._centres()
+        mean = (p * centres).sum(-1)
+        std = ((p * centres.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
+        e = (self.detokenize(tokens) - mean) / std
+        shift = conditional_mean(e, c) * std / self.bin_width  # in bins; differentiable, as the log-prob's gradient
+        whole = torch.floor(shift.detach())  # needs the move's dependence on the earlier elements' distributions
+        frac = (shift - whole).unsqueeze(-1)
+        src = torch.arange(K, device=logits.device) - whole.long().unsqueeze(-1)
         moved = ((1 - frac) * logits.gather(-1, src.clamp(0, K - 1))
                  + frac * logits.gather(-1, (src - 1).clamp(0, K - 1)))
         log_var = conditional_log_var(c, logits.shape[1], logits.device).view(1, -1, 1, 1)
