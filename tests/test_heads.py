@@ -388,10 +388,10 @@ def test_scale_ceiling_bounds_sampling_and_log_probs():
         p.set_scale_ceiling(0.05)
 
 
-@pytest.mark.parametrize("kind", ["regression", "tokenized", "regression_flow"])
+@pytest.mark.parametrize("kind", ["regression", "tokenized", "regression_flow", "tokenized_flow"])
 def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
     """`pirl train` on a head policy: the sampler's log-prob level and PPO's ratio level follow head.ratio_level
-    (the kind's default: element; chunk for the flow-trained regression head), widening / lr / target KL come from
+    (the kind's default: element; chunk for the flow-trained heads), widening / lr / target KL come from
     the head block, and an iteration runs on them."""
     from pirl.envs.registry import EnvConfig
     from pirl.policies.io import save_policy
@@ -400,10 +400,11 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
 
     torch.manual_seed(0)
     make = {"regression": make_regression_policy, "tokenized": make_tokenized_policy,
-            "regression_flow": lambda *a, **kw: make_regression_policy(*a, loss="flow", **kw)}[kind]
+            "regression_flow": lambda *a, **kw: make_regression_policy(*a, loss="flow", **kw),
+            "tokenized_flow": lambda *a, **kw: make_tokenized_policy(*a, loss="flow", **kw)}[kind]
     path = save_policy(make(S, D, action_horizon=H, hidden=16, depth=1), tmp_path / "p.safetensors")
     level = HeadOptions.DEFAULT_RATIO_LEVEL[kind]
-    assert level == ("chunk" if kind == "regression_flow" else "element")
+    assert level == ("chunk" if kind.endswith("_flow") else "element")
     base = dict(policy=str(path), env=EnvConfig(suite="point_mass", tasks=("a",), chunk=2, max_episode_steps=16),
                 algorithm="loop", group_size=2, num_groups=4, iterations=1, eval_episodes_per_task=2,
                 eval_num_envs=2, videos_per_task=0, logger="none")
@@ -421,9 +422,11 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
 
             assert t.policy.cfg.scale_min == t.policy.cfg.scale_max == FLOW_STD
             assert not t.policy.cfg.denoiser_inputs  # saved before folding (mid-SFT): RL folds it
+        if kind == "tokenized_flow":  # folded on load too: the logits layer holds the Gaussian, no auxiliary layer
+            assert not t.policy.cfg.denoiser_inputs and t.policy.flow_head is None
         assert t.sampler.correlation == HeadOptions.DEFAULT_CORRELATION.get(kind, 0.0)  # 0.9 for regression_flow
         m = t.step()
-        assert "policy/skipped_iteration" in m or m["policy/ratio_check"] < 1e-4
+        assert "policy/skipped_iteration" not in m and m["policy/ratio_check"] < 1e-4
         method = f"{kind.split('_')[0]} head"
         assert t._method() == {"algorithm": "loop", "method": method}  # what the summary and report name
     finally:

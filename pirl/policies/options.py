@@ -92,7 +92,7 @@ class HeadOptions:
     regression head), chunk for the flow-trained regression head (regression_loss=flow: +18 vs +8 on one seed)."""
     widen: Optional[float] = None
     """Sampling widening: the regression head's scale x widen, the tokenized head's softmax temperature. None = the
-    kind's default (regression 1.0, tokenized 0.5)."""
+    kind's default (regression 1.0, tokenized 0.5, flow-trained tokenized 1.0)."""
     ratio_density: Literal["behaviour", "nominal"] = "behaviour"
     """Which density the log-probs use: the widened one the actions were drawn from, or the unwidened (RIPT-VLA)."""
     scale_floor: Optional[float] = 0.135
@@ -114,8 +114,9 @@ class HeadOptions:
     over seeds 0-3, against +2 / +8 / +17 / +2 independent). For the NLL-scaled head, 0.9 gave twice the
     informative LOOP groups, +6.5 points over 2 seeds vs +3.5 at 0, within the evaluation's noise."""
 
-    DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5}
-    """widen when it is None, per policy kind (measured: bench/results/heads_metaworld.md)."""
+    DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5, "tokenized_flow": 1.0}
+    """widen when it is None, per head kind (measured: bench/results/heads_metaworld.md; the flow-trained tokenized
+    head at temperature 1 draws its Gaussian of std 0.289)."""
 
     def __post_init__(self) -> None:
         if self.ratio_level not in (None, "chunk", "element"):

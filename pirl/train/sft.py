@@ -51,7 +51,8 @@ class SFTConfig:
     policy: Literal["mlp", "vla", "regression", "tokenized", "pi0", "pi05"] = "mlp"
     """mlp: state MLP flow policy with task embedding; vla: VLA-mini (image + instruction + state);
     regression / tokenized: the same state MLP with a Laplace regression head (L1 SFT, then an NLL-fitted
-    scale; regression_loss=mse: Gaussian) or a 256-bin softmax head instead of the flow; pi0 / pi05: π0 / π0.5
+    scale; regression_loss=mse: Gaussian) or a 256-bin softmax head instead of the flow (regression_loss=flow /
+    tokenized_loss=flow: their network trains as a flow's denoiser); pi0 / pi05: π0 / π0.5
     of size pi0.size (camera + instruction + state), trained from scratch."""
     pi0: Pi0Options = field(default_factory=Pi0Options)
     """π0 / π0.5: size, tokenizer, dtype, what trains (policy=pi0|pi05)."""
