@@ -34,6 +34,9 @@ HEADS = {
     # 256 bins; a softmax temperature of 0.5 keeps SFT's broad token histograms from drowning the rollouts
     "tokenized": (lambda: make_tokenized_policy(4, 2, action_horizon=HORIZON, hidden=64, depth=2),
                   HeadSamplerConfig(widen=0.5)),
+    # the flow-trained network with its discretised Gaussian, chunk-correlated draws as `pirl train` gives it
+    "tokenized_flow": (lambda: make_tokenized_policy(4, 2, action_horizon=HORIZON, hidden=64, depth=2, loss="flow"),
+                       HeadSamplerConfig(correlation=0.9)),
 }
 
 
@@ -42,8 +45,7 @@ def pretrained(head: str, seed: int = 0):
     states, chunks = map(torch.from_numpy, demo_dataset(seed=seed))
     policy = HEADS[head][0]()
     sft_fit(policy, states, chunks, steps=400, lr=2e-3, seed=seed)
-    if head == "regression_flow":
-        policy.fold_denoiser()  # as `pirl sft` saves it
+    policy.fold_denoiser()  # as `pirl sft` saves a flow-trained head (a no-op for the others)
     if head in ("regression_l1", "regression_mse"):
         fit_scale_head(policy, states, chunks, steps=300, seed=seed)
     return policy

@@ -24,10 +24,10 @@ regression head's distribution to the bins' resolution, and it keeps that networ
 updates carry across states; cross-entropy leaves one whose do not (bench/results/heads_metaworld.md).
 
 ``HeadSamplerConfig.correlation = c > 0`` draws a chunk's actions one after another, each
-action's tokens from logits moved along the bins and sharpened as the equicorrelated Gaussian's
-conditionals are (:meth:`TokenizedPolicy._conditional_logits`): an autoregressive token
-distribution whose exact log-prob is the sum of the conditionals' log-softmax. For a
-Gaussian-shaped softmax it is the regression head's correlated Gaussian.
+action's tokens from its softmax reweighted by a Gaussian kernel around where the chunk's earlier
+tokens point (:meth:`TokenizedPolicy._conditional_logits`): an autoregressive token distribution
+whose exact log-prob is the sum of the conditionals' log-softmax. For a Gaussian-shaped softmax
+it is the regression head's correlated Gaussian.
 """
 
 from __future__ import annotations
@@ -152,27 +152,23 @@ class TokenizedPolicy(HeadPolicy):
 
     def _conditional_logits(self, logits: Tensor, tokens: Tensor, c: float) -> Tensor:
         """[B, H, D, bins] logits of each token of a chunk-correlated draw given the chunk's earlier tokens: the
-        logits moved along the bins by c S / (1 - c + k c) standard deviations and divided by the conditional
-        variance (1 - c)(1 + k c) / (1 - c + k c), S the sum of the k earlier tokens' standardised offsets from
-        their softmax's mean. For Gaussian-shaped logits this is the equicorrelated Gaussian's conditional, as the
-        regression head draws it, and the gradient through the move makes its log-prob's gradient that density's
-        (a shift common to the chunk moves later actions' conditionals by (1 - c) / (1 - c + k c) of it). The move
-        interpolates linearly between bins: a whole-bin rounding would make the log-probs jump with float
-        round-off (batched rollout vs minibatch re-scoring)."""
-        K = self.cfg.bins
+        element's own logits plus a Gaussian kernel over the bins (a product of experts), whose centre and width
+        make the product of N(mu, s^2) with it the equicorrelated Gaussian's conditional N(mu + m s, v s^2):
+        m = c S / (1 - c + k c), v = (1 - c)(1 + k c) / (1 - c + k c), S the sum of the k earlier tokens'
+        standardised offsets from their softmax's mean mu (std s). For Gaussian-shaped logits the draw is the
+        regression head's correlated Gaussian, and so is the log-prob's gradient (the kernel is differentiated
+        too). Other shapes are reweighted, never sharpened: the logits enter with weight 1."""
         p = logits.softmax(-1)
         centres = self._centres()
         mean = (p * centres).sum(-1)
-        std = ((p * centres.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt()
-        e = (self.detokenize(tokens) - mean) / std
-        shift = conditional_mean(e, c) * std / self.bin_width  # in bins; differentiable, as the log-prob's gradient
-        whole = torch.floor(shift.detach())  # needs the move's dependence on the earlier elements' distributions
-        frac = (shift - whole).unsqueeze(-1)
-        src = torch.arange(K, device=logits.device) - whole.long().unsqueeze(-1)
-        moved = ((1 - frac) * logits.gather(-1, src.clamp(0, K - 1))
-                 + frac * logits.gather(-1, (src - 1).clamp(0, K - 1)))
-        log_var = conditional_log_var(c, logits.shape[1], logits.device).view(1, -1, 1, 1)
-        return moved * torch.exp(-log_var)
+        var = ((p * centres.square()).sum(-1) - mean.square()).clamp(min=1e-12)
+        e = (self.detokenize(tokens) - mean) / var.sqrt()
+        m = conditional_mean(e, c).unsqueeze(-1)
+        v = torch.exp(conditional_log_var(c, logits.shape[1], logits.device)).view(1, -1, 1, 1)
+        offset = (centres - mean.unsqueeze(-1)) / var.sqrt().unsqueeze(-1)  # [B, H, D, bins] in element stds
+        # -((1 - v) x - m)^2 / (2 v (1 - v)) in standardised units; the first action (v = 1, m = 0) gets none
+        kernel = -((1 - v) * offset - m).square() / (2 * v * (1 - v).clamp(min=1e-6))
+        return logits + kernel
 
     def draw(self, params: Tensor, cfg: HeadSamplerConfig, generator: Optional[torch.Generator]) -> ActionSample:
         correlation = 0.0 if cfg.greedy else cfg.correlation
