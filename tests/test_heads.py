@@ -618,8 +618,8 @@ def test_tokenized_chunk_correlation_draws_the_equicorrelated_gaussian_of_a_gaus
 
 def test_tokenized_chunk_correlation_has_the_correlated_gaussians_gradient():
     """For Gaussian-shaped logits the gradient of a correlated record's log-prob with respect to the means is the
-    regression head's equicorrelated density's: the move of each conditional is differentiated too (detached, a
-    shift common to the chunk would count ~1 / (1 - c) times over in the later actions)."""
+    regression head's equicorrelated density's: each conditional's kernel is differentiated too (detached, a shift
+    common to the chunk would count ~1 / (1 - c) times over in the later actions)."""
     from pirl.policies.regression import FLOW_STD, RegressionPolicy
 
     torch.manual_seed(0)

@@ -55,7 +55,7 @@ class HeadSamplerConfig:
     """Correlation c in [0, 1) of the exploration noise between the actions of one chunk, so that a chunk explores
     as one coherent offset rather than as independent jitter. Regression head: each action dimension gets a shared
     draw of variance c plus an own draw of variance 1 - c. Tokenized head: each action's tokens are drawn given the
-    chunk's earlier ones, from logits shifted and sharpened as that Gaussian's conditionals are (see
+    chunk's earlier ones, from its softmax times that Gaussian's conditional kernel (see
     :mod:`pirl.policies.tokenized`). 0 = independent elements."""
 
     def __post_init__(self) -> None:
