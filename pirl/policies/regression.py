@@ -50,6 +50,7 @@ from pirl.policies.heads import (FLOW_STD, ActionSample, HeadPolicy, HeadPolicyC
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG2 = math.log(2.0)
 
+
 @dataclass(frozen=True)
 class RegressionPolicyConfig(HeadPolicyConfig):
     """A state-MLP regression head and its scale head."""

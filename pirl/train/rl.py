@@ -33,7 +33,6 @@ from pirl.policies.base import FlowPolicy
 from pirl.policies.io import IMAGE_KINDS, export_policy, load_policy, policy_kind, save_policy
 from pirl.policies.heads import FLOW_STD, HeadPolicy, HeadSamplerConfig
 from pirl.policies.options import HeadOptions, Pi0Options
-from pirl.policies.regression import RegressionPolicy
 from pirl.train.checkpoint import CheckpointManager, load_checkpoint
 from pirl.train.evaluate import (EvalProtocol, ProtocolName, bind_task_ids, check_policy_fits_env, evaluate_policy,
                                  record_videos, trained_suite)
