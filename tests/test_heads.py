@@ -610,7 +610,7 @@ def test_tokenized_chunk_correlation_draws_the_equicorrelated_gaussian_of_a_gaus
     gauss = RegressionPolicy._correlated_log_density(x[:200], mean, torch.full_like(mean, math.log(FLOW_STD)), 0.9)
     lp = p.element_log_prob(params, out.chain.index(slice(0, 200)))
     assert float((lp - gauss - torch.log(p.bin_width)).abs().mean()) < 0.08
-    torch.testing.assert_close(p._conditional_logits(params, out.chain.tokens[:200], 0.9)[:, 0], params[:, 0])
+    torch.testing.assert_close(p._conditional_logits(params, out.chain.tokens[:200], 0.9, 1.0)[:, 0], params[:, 0])
     indep = p.act(obs, HeadSamplerConfig(), generator=torch.Generator().manual_seed(1)).chain.actions
     xi = indep - indep.mean(0)
     assert float(((xi[:, 0] * xi[:, 5]).mean(0) / (xi[:, 0].std(0) * xi[:, 5].std(0))).abs().max()) < 0.06
@@ -636,3 +636,4 @@ def test_tokenized_chunk_correlation_has_the_correlated_gaussians_gradient():
     g_reg, = torch.autograd.grad(RegressionPolicy._correlated_log_density(sample.actions, mu_reg, log_std, 0.9).sum(),
                                  mu_reg)
     torch.testing.assert_close(g_tok, g_reg, atol=1e-3, rtol=1e-3)
+

@@ -32,6 +32,7 @@ it is the regression head's correlated Gaussian.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -131,7 +132,7 @@ class TokenizedPolicy(HeadPolicy):
             raise ValueError("a tokenized policy re-scores records with token indices; this record has none")
         logits = params / sample.density_widen
         if sample.correlation:
-            logits = self._conditional_logits(logits, sample.tokens, sample.correlation)
+            logits = self._conditional_logits(logits, sample.tokens, sample.correlation, sample.density_widen)
         lp = F.log_softmax(logits, dim=-1).gather(-1, sample.tokens.unsqueeze(-1)).squeeze(-1)
         if self.cfg.within_bin:
             lp = lp - torch.log(self.bin_width)
@@ -140,7 +141,7 @@ class TokenizedPolicy(HeadPolicy):
     def element_entropy(self, params: Tensor, sample: ActionSample) -> Tensor:
         logits = params / sample.density_widen
         if sample.correlation:
-            logits = self._conditional_logits(logits, sample.tokens, sample.correlation)
+            logits = self._conditional_logits(logits, sample.tokens, sample.correlation, sample.density_widen)
         logp = F.log_softmax(logits, dim=-1)
         ent = -(logp.exp() * logp).sum(-1)
         return ent + torch.log(self.bin_width) if self.cfg.within_bin else ent
@@ -150,23 +151,23 @@ class TokenizedPolicy(HeadPolicy):
         K = self.cfg.bins
         return self.detokenize(torch.arange(K, device=self.bin_low.device).view(-1, 1).expand(-1, self.action_dim)).T
 
-    def _conditional_logits(self, logits: Tensor, tokens: Tensor, c: float) -> Tensor:
+    def _conditional_logits(self, logits: Tensor, tokens: Tensor, c: float, temperature: float) -> Tensor:
         """[B, H, D, bins] logits of each token of a chunk-correlated draw given the chunk's earlier tokens: the
         element's own logits plus a Gaussian kernel over the bins (a product of experts), whose centre and width
         make the product of N(mu, s^2) with it the equicorrelated Gaussian's conditional N(mu + m s, v s^2):
         m = c S / (1 - c + k c), v = (1 - c)(1 + k c) / (1 - c + k c), S the sum of the k earlier tokens'
-        standardised offsets from their softmax's mean mu (std s). For Gaussian-shaped logits the draw is the
-        regression head's correlated Gaussian, and so is the log-prob's gradient (the kernel is differentiated
-        too). Other shapes are reweighted, never sharpened: the logits enter with weight 1."""
-        p = logits.softmax(-1)
+        offsets from their softmax's mean mu in units of s. s is fixed, FLOW_STD x sqrt(temperature): the
+        flow-trained head's std (exact there, the regression head's correlated Gaussian and its gradient); the
+        softmax's own std would make the kernel's sensitivity grow as 1 / std^2 once RL sharpens a softmax (a
+        first-update approx-KL of 3e5 measured). Other shapes are reweighted, never sharpened: the logits enter
+        with weight 1."""
+        s = FLOW_STD * math.sqrt(temperature)
         centres = self._centres()
-        mean = (p * centres).sum(-1)
-        var = ((p * centres.square()).sum(-1) - mean.square()).clamp(min=1e-12)
-        e = (self.detokenize(tokens) - mean) / var.sqrt()
-        m = conditional_mean(e, c).unsqueeze(-1)
+        mean = (logits.softmax(-1) * centres).sum(-1)
+        m = conditional_mean((self.detokenize(tokens) - mean) / s, c).unsqueeze(-1)
         v = torch.exp(conditional_log_var(c, logits.shape[1], logits.device)).view(1, -1, 1, 1)
-        offset = (centres - mean.unsqueeze(-1)) / var.sqrt().unsqueeze(-1)  # [B, H, D, bins] in element stds
-        # -((1 - v) x - m)^2 / (2 v (1 - v)) in standardised units; the first action (v = 1, m = 0) gets none
+        offset = (centres - mean.unsqueeze(-1)) / s  # [B, H, D, bins]
+        # -((1 - v) x - m)^2 / (2 v (1 - v)) in units of s; the first action (v = 1, m = 0) gets none
         kernel = -((1 - v) * offset - m).square() / (2 * v * (1 - v).clamp(min=1e-6))
         return logits + kernel
 
@@ -181,7 +182,7 @@ class TokenizedPolicy(HeadPolicy):
             if correlation:  # one action at a time, each given the chunk's earlier ones
                 tokens = torch.zeros(params.shape[:-1], dtype=torch.long, device=params.device)
                 for t in range(self.action_horizon):
-                    cond = self._conditional_logits(logits, tokens, correlation)[:, t]
+                    cond = self._conditional_logits(logits, tokens, correlation, cfg.widen)[:, t]
                     tokens[:, t] = (cond + gumbel[:, t]).argmax(-1)
             else:
                 tokens = (logits + gumbel).argmax(-1)
