@@ -80,8 +80,8 @@ class HeadOptions:
     Defaults: the best settings measured under LOOP on MetaWorld reach + push in the demo's few-shot setting
     (bench/results/heads_metaworld.md), per head kind. They lift the regression (L1) and tokenized heads by a few
     points (+3.5 / +6 in 300k env steps over 2 seeds; widening, the nominal density and a larger lr did no better)
-    and the flow-trained regression head (`pirl sft regression_loss=flow`) +14 on average in 430k (4 seeds), not
-    by the +20 issue 17 asks for.
+    and the flow-trained regression head (`pirl sft regression_loss=flow`) +14 on average in 430k (4 seeds), the
+    flow-trained tokenized head (`pirl sft tokenized_loss=flow`) TOKFLOW, not by the +20 issue 17 asks for.
     """
 
     ratio_level: Optional[Literal["chunk", "element"]] = None
@@ -89,7 +89,8 @@ class HeadOptions:
     objective averaged (token-level PPO, as RIPT-VLA trains QueST); chunk: one ratio for the chunk's summed
     log-prob (16 terms for 4 executed 4-D actions); target_kl and the clip fraction are per element with element.
     None = the kind's measured default: element (no difference in lift between the two for the NLL-scaled
-    regression head), chunk for the flow-trained regression head (regression_loss=flow: +18 vs +8 on one seed)."""
+    regression head), chunk for the flow-trained heads (regression_loss=flow: +18 vs +8 on one seed; the
+    tokenized one as its regression twin)."""
     widen: Optional[float] = None
     """Sampling widening: the regression head's scale x widen, the tokenized head's softmax temperature. None = the
     kind's default (regression 1.0, tokenized 0.5, flow-trained tokenized 1.0)."""
@@ -103,16 +104,17 @@ class HeadOptions:
     lr: Optional[float] = None
     """The policy's learning rate for a head (it replaces optim.lr, the flow policies' lr). None = the kind's measured
     default: regression 3e-5, tokenized 1e-5 (first-update approx-KL ~0.01-0.05 per element; 1e-4 did no better),
-    the flow-trained regression head 2e-5 (the flow policy's)."""
+    the flow-trained heads 2e-5 (the flow policy's; 1e-5 gave the regression one +13 against +14 over 4 seeds)."""
     target_kl: Optional[float] = None
     """ppo.target_kl for a head (per element with ratio_level=element); None = ppo.target_kl."""
     correlation: Optional[float] = None
-    """Regression head: correlation in [0, 1) of the exploration noise between the actions of a chunk (a Gaussian
-    with the head's per-element std, each action dimension's offset shared along the chunk to this degree; exact
-    log-probs, see pirl.policies.regression). 0 = independent elements, the head's own Laplace / Gaussian. None = the
-    kind's default: 0, and 0.9 for the flow-trained regression head (under LOOP on MetaWorld +18 / +8 / +18 / +13
-    over seeds 0-3, against +2 / +8 / +17 / +2 independent). For the NLL-scaled head, 0.9 gave twice the
-    informative LOOP groups, +6.5 points over 2 seeds vs +3.5 at 0, within the evaluation's noise."""
+    """Correlation in [0, 1) of the exploration noise between the actions of a chunk, each action dimension's offset
+    shared along the chunk to this degree (regression: a Gaussian with the head's per-element std; tokenized: each
+    action's tokens drawn given the chunk's earlier ones; exact log-probs, see pirl.policies.regression / tokenized).
+    0 = independent elements. None = the kind's default: 0, and 0.9 for the flow-trained heads (regression under
+    LOOP on MetaWorld +18 / +8 / +18 / +13 over seeds 0-3, against +2 / +8 / +17 / +2 independent; tokenized +2 / +8
+    both ways on two seeds). For the NLL-scaled head, 0.9 gave twice the informative LOOP groups, +6.5 points over 2
+    seeds vs +3.5 at 0, within the evaluation's noise."""
 
     DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5, "tokenized_flow": 1.0}
     """widen when it is None, per head kind (measured: bench/results/heads_metaworld.md; the flow-trained tokenized
