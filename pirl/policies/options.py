@@ -81,7 +81,7 @@ class HeadOptions:
     (bench/results/heads_metaworld.md), per head kind. They lift the regression (L1) and tokenized heads by a few
     points (+3.5 / +6 in 300k env steps over 2 seeds; widening, the nominal density and a larger lr did no better)
     and the flow-trained regression head (`pirl sft regression_loss=flow`) +14 on average in 430k (4 seeds), the
-    flow-trained tokenized head (`pirl sft tokenized_loss=flow`) TOKFLOW, not by the +20 issue 17 asks for.
+    flow-trained tokenized head (`pirl sft tokenized_loss=flow`) +6 on average (4 seeds), not by the +20 issue 17 asks for.
     """
 
     ratio_level: Optional[Literal["chunk", "element"]] = None
