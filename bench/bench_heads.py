@@ -209,6 +209,8 @@ def prepare(policy: Any, head: str, args: argparse.Namespace) -> Any:
         policy.set_scale_ceiling(args.scale_ceiling)
     if head == "regression" and args.freeze_scale:
         policy.scale_head.requires_grad_(False)
+    if head != "flow" and args.freeze_output:
+        policy.output_layer.requires_grad_(False)  # as head.freeze_output does in `pirl train`
     return policy
 
 
@@ -475,6 +477,8 @@ def main() -> None:
     p.add_argument("--target-kl", type=float, default=None,
                    help="stop an update's remaining minibatches once a minibatch's approx-KL exceeds this "
                         "(per element with --ratio-level element)")
+    p.add_argument("--freeze-output", action="store_true",
+                   help="heads: keep the output layer (tokenized logits / regression mean) fixed during RL")
     p.add_argument("--freeze-scale", action="store_true",
                    help="regression: keep the NLL-fitted scale head fixed during RL (RIPT-VLA's fix_scale_head)")
     p.add_argument("--scale-floor", type=float, default=0.0,

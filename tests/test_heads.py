@@ -424,16 +424,25 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
             assert not t.policy.cfg.denoiser_inputs  # saved before folding (mid-SFT): RL folds it
         if kind == "tokenized_flow":  # folded on load too: the logits layer holds the Gaussian, no auxiliary layer
             assert not t.policy.cfg.denoiser_inputs and t.policy.flow_head is None
+        frozen = kind == "tokenized_flow"  # its logits layer stays fixed by default (head.freeze_output)
+        optimised = {id(q) for g in t.updater.optimizer.param_groups for q in g["params"]}
+        assert all((id(q) in optimised) != frozen for q in t.policy.output_layer.parameters())
+        out_before = [q.detach().clone() for q in t.policy.output_layer.parameters()]
         assert t.sampler.correlation == HeadOptions.DEFAULT_CORRELATION.get(kind, 0.0)  # 0.9 for regression_flow
         m = t.step()
         assert "policy/skipped_iteration" not in m and m["policy/ratio_check"] < 1e-4
+        if frozen:
+            assert all(torch.equal(a, q) for a, q in zip(out_before, t.policy.output_layer.parameters()))
         method = f"{kind.split('_')[0]} head"
         assert t._method() == {"algorithm": "loop", "method": method}  # what the summary and report name
     finally:
         t.close()
-    head = HeadOptions(ratio_level="chunk", widen=0.7, lr=3e-6, target_kl=0.05, scale_floor=None)
+    head = HeadOptions(ratio_level="chunk", widen=0.7, lr=3e-6, target_kl=0.05, scale_floor=None,
+                       freeze_output=not kind == "tokenized_flow")
     t = rl.Trainer(rl.TrainConfig(**base, head=head), tmp_path / "run2")
     try:
+        optimised = {id(q) for g in t.updater.optimizer.param_groups for q in g["params"]}
+        assert all((id(q) in optimised) == (kind == "tokenized_flow") for q in t.policy.output_layer.parameters())
         assert t.sampler.log_prob_level == "chunk" and t.algo.ppo.ratio_level == "chunk" and t.sampler.widen == 0.7
         assert t.algo.optim.lr == 3e-6 and t.algo.ppo.target_kl == 0.05
         assert t.updater.optimizer.param_groups[0]["lr"] == 3e-6

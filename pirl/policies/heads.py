@@ -209,6 +209,11 @@ class HeadPolicy(Policy):
         correlated elements, of each element given the chunk's earlier ones, so that they sum to the joint's."""
         raise NotImplementedError
 
+    @property
+    def output_layer(self) -> nn.Module:
+        """The layer that maps trunk features to the distribution's parameters (what head.freeze_output fixes)."""
+        raise NotImplementedError
+
     # -- provided ---------------------------------------------------------------------------
     def encode(self, obs: Obs) -> Tensor:
         if "state" not in obs:

@@ -116,6 +116,13 @@ class HeadOptions:
     both ways on two seeds). For the NLL-scaled head, 0.9 gave twice the informative LOOP groups, +6.5 points over 2
     seeds vs +3.5 at 0, within the evaluation's noise."""
 
+    freeze_output: Optional[bool] = None
+    """Keep the head's output layer fixed during RL (tokenized: the logits layer; regression: the mean layer), so
+    that RL moves the action through the network's features only. None = the kind's default: True for the
+    flow-trained tokenized head, whose logits layer holds its Gaussian (RL's bin-local updates of it took the
+    softmax off that shape: +3 / +8 trained against +10 / +17 frozen on the same SFT policies, see
+    bench/results/heads_metaworld.md); False otherwise."""
+
     DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5, "tokenized_flow": 1.0}
     """widen when it is None, per head kind (measured: bench/results/heads_metaworld.md; the flow-trained tokenized
     head at temperature 1 draws its Gaussian of std 0.289)."""
@@ -142,6 +149,11 @@ class HeadOptions:
 
     DEFAULT_CORRELATION: ClassVar[dict[str, float]] = {"regression_flow": 0.9, "tokenized_flow": 0.9}
     """correlation when it is None, per head kind (0 for the others)."""
+    DEFAULT_FREEZE_OUTPUT: ClassVar[dict[str, bool]] = {"tokenized_flow": True}
+    """freeze_output when it is None, per head kind (False for the others)."""
+
+    def freeze_output_for(self, kind: str) -> bool:
+        return self.freeze_output if self.freeze_output is not None else self.DEFAULT_FREEZE_OUTPUT.get(kind, False)
 
     def correlation_for(self, kind: str) -> float:
         return self.correlation if self.correlation is not None else self.DEFAULT_CORRELATION.get(kind, 0.0)

@@ -119,6 +119,10 @@ class RegressionPolicy(HeadPolicy):
         """Whether the scale is one fixed value (its lower and upper clips equal)."""
         return self.cfg.scale_min == self.cfg.scale_max
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.mean_head
+
     def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_scale), each [B, H, D] in normalised units."""
         B = features.shape[0]

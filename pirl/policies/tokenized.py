@@ -89,6 +89,10 @@ class TokenizedPolicy(HeadPolicy):
         self.register_buffer("bin_low", torch.full((cfg.action_dim,), float(cfg.bin_range[0])))
         self.register_buffer("bin_high", torch.full((cfg.action_dim,), float(cfg.bin_range[1])))
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.logits_head
+
     # -- discretisation ----------------------------------------------------------------------
     @property
     def bin_width(self) -> Tensor:

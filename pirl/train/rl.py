@@ -383,6 +383,8 @@ class Trainer:
             flow_trained = getattr(self.policy.cfg, "loss", None) == "flow"
             kind = f"{policy_kind(self.policy)}_flow" if flow_trained else policy_kind(self.policy)
             self.sampler, self.algo = head_settings(cfg, kind, self.algo)
+            frozen = cfg.head.freeze_output_for(kind)
+            self.policy.output_layer.requires_grad_(not frozen)  # before the optimizer is built
             family = getattr(self.policy.cfg, "family", None)  # the regression head's Laplace (L1) or Gaussian (MSE)
             if flow_trained:  # a Gaussian of std FLOW_STD around a flow-trained mean (over the bins if tokenized)
                 family = (f"{family or 'discretised gaussian'}, flow-trained mean, std "
@@ -390,7 +392,8 @@ class Trainer:
             print(f"{policy_kind(self.policy)} head{f' ({family})' if family else ''}: lr {self.algo.optim.lr:g} "
                   f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
                   f"flow policies'), {self.sampler.log_prob_level}-level ratios, widen {self.sampler.widen:g}"
-                  + (f", within-chunk correlation {self.sampler.correlation:g}" if self.sampler.correlation else ""))
+                  + (f", within-chunk correlation {self.sampler.correlation:g}" if self.sampler.correlation else "")
+                  + (", output layer frozen (head.freeze_output)" if frozen else ""))
             self.eval_sampler = self.sampler.deterministic()
         else:
             self.sampler = replace(cfg.sampler, logp_steps=cfg.sampler.logp_steps or cfg.env.chunk)
