@@ -80,8 +80,8 @@ class HeadOptions:
     Defaults: the best settings measured under LOOP on MetaWorld reach + push in the demo's few-shot setting
     (bench/results/heads_metaworld.md), per head kind. They lift the regression (L1) and tokenized heads by a few
     points (+3.5 / +6 in 300k env steps over 2 seeds; widening, the nominal density and a larger lr did no better)
-    and the flow-trained regression head (`pirl sft regression_loss=flow`) +14 on average in 430k (4 seeds), the
-    flow-trained tokenized head (`pirl sft tokenized_loss=flow`) +6 on average (4 seeds), not by the +20 issue 17 asks for.
+    and the flow-trained heads (`pirl sft regression_loss=flow` / `tokenized_loss=flow`, the latter's logits frozen)
+    +14 / +13 on average in 430k (4 seeds each), not by the +20 issue 17 asks for.
     """
 
     ratio_level: Optional[Literal["chunk", "element"]] = None
@@ -112,16 +112,16 @@ class HeadOptions:
     shared along the chunk to this degree (regression: a Gaussian with the head's per-element std; tokenized: each
     action's tokens drawn given the chunk's earlier ones; exact log-probs, see pirl.policies.regression / tokenized).
     0 = independent elements. None = the kind's default: 0, and 0.9 for the flow-trained heads (regression under
-    LOOP on MetaWorld +18 / +8 / +18 / +13 over seeds 0-3, against +2 / +8 / +17 / +2 independent; tokenized +2 / +8
-    both ways on two seeds). For the NLL-scaled head, 0.9 gave twice the informative LOOP groups, +6.5 points over 2
+    LOOP on MetaWorld +18 / +8 / +18 / +13 over seeds 0-3, against +2 / +8 / +17 / +2 independent; tokenized, logits
+    trained, +2 / +8 both ways on two seeds). For the NLL-scaled head, 0.9 gave twice the informative LOOP groups, +6.5 points over 2
     seeds vs +3.5 at 0, within the evaluation's noise."""
 
     freeze_output: Optional[bool] = None
     """Keep the head's output layer fixed during RL (tokenized: the logits layer; regression: the mean layer), so
     that RL moves the action through the network's features only. None = the kind's default: True for the
     flow-trained tokenized head, whose logits layer holds its Gaussian (RL's bin-local updates of it took the
-    softmax off that shape: +3 / +8 trained against +10 / +17 frozen on the same SFT policies, see
-    bench/results/heads_metaworld.md); False otherwise."""
+    softmax off that shape: +3 / +8 / +7 / +5 trained against +10 / +17 / +12 / +13 frozen on the same SFT
+    policies, see bench/results/heads_metaworld.md); False otherwise."""
 
     DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5, "tokenized_flow": 1.0}
     """widen when it is None, per head kind (measured: bench/results/heads_metaworld.md; the flow-trained tokenized

@@ -22,9 +22,10 @@ one-step mean mu(s) = w.f + b with std ``FLOW_STD``: logits_k = (c_k mu - c_k^2 
 bin centres c_k, which is linear in the features f. At temperature 1 it is the flow-trained
 regression head's distribution to the bins' resolution, and it keeps that network, whose
 updates carry across states; cross-entropy leaves one whose do not. Under LOOP on MetaWorld
-reach + push it lifted +3 / +8 / +7 / +5 (4 seeds), about the cross-entropy head's few points and
-short of the flow-trained regression head's +14: RL's bin-local logit updates take the softmax off
-the Gaussian (bench/results/heads_metaworld.md).
+reach + push it lifted +10 / +17 / +12 / +13 (4 seeds) with the logits layer frozen during RL
+(``HeadOptions.freeze_output``, its default: the action moves through the features, the softmax
+stays the Gaussian), +3 / +8 / +7 / +5 with it trained: RL's bin-local logit updates take the
+softmax off the Gaussian (bench/results/heads_metaworld.md).
 
 ``HeadSamplerConfig.correlation = c > 0`` draws a chunk's actions one after another, each
 action's tokens from its softmax reweighted by a Gaussian kernel around where the chunk's earlier
