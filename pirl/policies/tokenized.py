@@ -133,7 +133,8 @@ class TokenizedPolicy(HeadPolicy):
         w = self.flow_head.weight.view(H, D, 1, -1)
         b = self.flow_head.bias.view(H, D, 1)
         var = FLOW_STD**2
-        return (centres.view(1, D, K, 1) * w / var).reshape(H * D * K, -1), ((centres * b - 0.5 * centres**2) / var).reshape(-1)
+        weight = (centres.view(1, D, K, 1) * w / var).reshape(H * D * K, -1)
+        return weight, ((centres * b - 0.5 * centres**2) / var).reshape(-1)
 
     def element_log_prob(self, params: Tensor, sample: ActionSample) -> Tensor:
         if sample.tokens is None:
