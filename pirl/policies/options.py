@@ -121,7 +121,8 @@ class HeadOptions:
     that RL moves the action through the network's features only. None = the kind's default: True for the
     flow-trained tokenized head, whose logits layer holds its Gaussian (RL's bin-local updates of it took the
     softmax off that shape: +3 / +8 / +7 / +5 trained against +10 / +17 / +12 / +13 frozen on the same SFT
-    policies, see bench/results/heads_metaworld.md); False otherwise."""
+    policies, see bench/results/heads_metaworld.md); False otherwise (the flow-trained regression head frozen:
+    +7 / +18 / +17 / +10 against +18 / +8 / +18 / +13 trained)."""
 
     DEFAULT_WIDEN: ClassVar[dict[str, float]] = {"regression": 1.0, "tokenized": 0.5, "tokenized_flow": 1.0}
     """widen when it is None, per head kind (measured: bench/results/heads_metaworld.md; the flow-trained tokenized
