@@ -320,9 +320,9 @@ def prepare_policy(policy: FlowPolicy, cfg: TrainConfig, algo: AlgorithmConfig) 
 
 def head_settings(cfg: TrainConfig, kind: str, algo: AlgorithmConfig) -> tuple[HeadSamplerConfig, AlgorithmConfig]:
     """The rollout sampler and algorithm of a regression / tokenized head (``kind``: the policy kind, or
-    ``regression_flow`` / ``tokenized_flow`` for a head whose network SFT trained as a flow denoiser) from ``cfg.head``: the sampler's log-prob level and PPO's
-    ratio level agree; the lr is the head's (``head.lr`` or the kind's default, not optim.lr); the
-    target KL is the head's where it sets one."""
+    ``regression_flow`` / ``tokenized_flow`` for a head whose network SFT trained as a flow denoiser) from
+    ``cfg.head``: the sampler's log-prob level and PPO's ratio level agree; the lr is the head's (``head.lr`` or
+    the kind's default, not optim.lr); the target KL is the head's where it sets one."""
     h = cfg.head
     correlation = h.correlation_for(kind)
     level = h.ratio_level_for(kind)
