@@ -160,7 +160,8 @@ class TokenizedPolicy(HeadPolicy):
         K = self.cfg.bins
         return self.detokenize(torch.arange(K, device=self.bin_low.device).view(-1, 1).expand(-1, self.action_dim)).T
 
-    def _conditional_logits(self, logits: Tensor, tokens: Tensor, c: float, temperature: float) -> Tensor:
+    def _conditional_logits(self, logits: Tensor, tokens: Tensor, c: float, temperature: float,
+                            mean: Optional[Tensor] = None) -> Tensor:
         """[B, H, D, bins] logits of each token of a chunk-correlated draw given the chunk's earlier tokens: the
         element's own logits plus a Gaussian kernel over the bins (a product of experts), whose centre and width
         make the product of N(mu, s^2) with it the equicorrelated Gaussian's conditional N(mu + m s, v s^2):
@@ -169,10 +170,12 @@ class TokenizedPolicy(HeadPolicy):
         flow-trained head's std (exact there, the regression head's correlated Gaussian and its gradient); the
         softmax's own std would make the kernel's sensitivity grow as 1 / std^2 once RL sharpens a softmax (a
         first-update approx-KL of 3e5 measured). Other shapes are reweighted, never sharpened: the logits enter
-        with weight 1."""
+        with weight 1. ``mean``: the softmax's mean [B, H, D], when the caller has it (it does not depend on the
+        tokens)."""
         s = FLOW_STD * math.sqrt(temperature)
         centres = self._centres()
-        mean = (logits.softmax(-1) * centres).sum(-1)
+        if mean is None:
+            mean = (logits.softmax(-1) * centres).sum(-1)
         m = conditional_mean((self.detokenize(tokens) - mean) / s, c).unsqueeze(-1)
         v = torch.exp(conditional_log_var(c, logits.shape[1], logits.device)).view(1, -1, 1, 1)
         offset = (centres - mean.unsqueeze(-1)) / s  # [B, H, D, bins]
@@ -190,8 +193,9 @@ class TokenizedPolicy(HeadPolicy):
             gumbel = -torch.log(-torch.log(u))  # Gumbel-max: argmax(logits + Gumbel) is a draw from softmax(logits)
             if correlation:  # one action at a time, each given the chunk's earlier ones
                 tokens = torch.zeros(params.shape[:-1], dtype=torch.long, device=params.device)
+                mean = (logits.softmax(-1) * self._centres()).sum(-1)  # once: the steps share it
                 for t in range(self.action_horizon):
-                    cond = self._conditional_logits(logits, tokens, correlation, cfg.widen)[:, t]
+                    cond = self._conditional_logits(logits, tokens, correlation, cfg.widen, mean)[:, t]
                     tokens[:, t] = (cond + gumbel[:, t]).argmax(-1)
             else:
                 tokens = (logits + gumbel).argmax(-1)
