@@ -156,10 +156,13 @@ def build(head: str, setup: Setup, args: argparse.Namespace, seed: int):
                f"_seed{seed}")
         cache = pathlib.Path(args.sft_cache) / f"{key}.safetensors"
         if cache.exists():
-            from pirl.policies.io import load_policy
+            from pirl.policies.io import PolicyLoadError, load_policy
 
-            policy, extra = load_policy(cache)
-            return policy, float(extra.get("sft_s", float("nan")))
+            try:
+                policy, extra = load_policy(cache)
+                return policy, float(extra.get("sft_s", float("nan")))
+            except PolicyLoadError as e:  # written by another pirl version: a cache is rebuilt, not trusted
+                print(f"SFT cache {cache} does not load ({e}); training it again", flush=True)
     policy, sft_s = _build(head, setup, args, seed)
     if cache is not None:
         from pirl.policies.io import save_policy

@@ -444,6 +444,15 @@ def test_an_instruction_policy_on_tasks_new_to_it_runs_them_with_a_notice():
     assert said == []
     bind_task_ids(policy, _Env(["reach-v3", "drawer-open-v3"], ["x", "y"]), "p", log=said.append)
     assert len(said) == 1 and "drawer-open-v3 is new to it" in said[0] and "reach-v3," not in said[0].split(";")[1]
+    assert policy.task_names == ("reach-v3", "push-v3")  # evaluating it does not make the task its own
+    # RL trains it on the new task: it records it (with its instruction, the lists aligned) and says so once
+    policy.task_instructions = ("reach the goal", "push the puck")
+    env = _Env(["reach-v3", "drawer-open-v3"], ["reach the goal", "open the drawer"])
+    bind_task_ids(policy, env, "p", log=said.append, adopt=True)
+    assert policy.task_names == ("reach-v3", "push-v3", "drawer-open-v3") and len(said) == 2
+    assert policy.task_instructions == ("reach the goal", "push the puck", "open the drawer")
+    bind_task_ids(policy, env, "p", log=said.append, adopt=True)
+    assert len(said) == 2
 
 
 @pytest.fixture

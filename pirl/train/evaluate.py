@@ -52,18 +52,29 @@ def check_policy_fits_env(policy: FlowPolicy, env: ChunkVectorEnv, source: str |
 
 
 def bind_task_ids(policy: FlowPolicy, env: ChunkVectorEnv, source: str | Path,
-                  log: Optional[Callable[[str], None]] = print, *, same_suite: bool = False) -> None:
+                  log: Optional[Callable[[str], None]] = print, *, same_suite: bool = False,
+                  adopt: bool = False) -> None:
     """Maps the env's task ids onto the ones a task-id policy was trained with, by task name (or instruction), so
     that an env listing its tasks in another order, or a subset of them, gives each task its own id; refuses an env
     task the policy was not trained on. A policy file that does not record its tasks keeps the env's ids, and so
     does one whose task names follow another naming scheme throughout, unless ``same_suite`` (the policy was
-    trained in this env's suite, so its names are this env's: none matching means other tasks)."""
+    trained in this env's suite, so its names are this env's: none matching means other tasks). With ``adopt``
+    (RL is about to train it on this env) a policy without task ids records the env's new tasks as its own, so the
+    files it saves list every task it was trained on."""
     if not getattr(getattr(policy, "cfg", None), "num_tasks", 0):
         # no task ids: a single-task policy, or one that reads the instruction (new tasks are its to try)
         new = [t for t in env.task_names if t not in (getattr(policy, "task_names", None) or env.task_names)]
         if new and log:
             log(f"the policy was trained on {list(policy.task_names)}; {', '.join(new)} "
                 f"{'is' if len(new) == 1 else 'are'} new to it (it reads the instruction, so it runs them as it would)")
+        if new and adopt:
+            texts = list(getattr(env, "instructions", ()))
+            if policy.task_instructions and len(texts) == len(env.task_names):
+                names = list(env.task_names)
+                policy.task_instructions = (*policy.task_instructions, *(texts[names.index(t)] for t in new))
+            elif policy.task_instructions:  # the two lists stay aligned by index, or the names are not extended
+                return
+            policy.task_names = (*policy.task_names, *new)
         return
     env_names, env_texts = list(env.task_names), list(getattr(env, "instructions", ()))
     for own, wanted in ((policy.task_names, env_names), (policy.task_instructions, env_texts)):

@@ -421,7 +421,8 @@ class Trainer:
         self.eval_env = None
         try:
             check_policy_fits_env(self.policy, self.env, cfg.policy)
-            bind_task_ids(self.policy, self.env, cfg.policy, same_suite=same_suite)
+            bind_task_ids(self.policy, self.env, cfg.policy, log=None if resume else print, same_suite=same_suite,
+                          adopt=True)
         except InputError:
             self.close()  # env subprocesses and Ray actors are already up
             raise
