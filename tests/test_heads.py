@@ -389,7 +389,7 @@ def test_scale_ceiling_bounds_sampling_and_log_probs():
 
 
 @pytest.mark.parametrize("kind", ["regression", "tokenized", "regression_flow", "tokenized_flow"])
-def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
+def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path, capsys):
     """`pirl train` on a head policy: the sampler's log-prob level and PPO's ratio level follow head.ratio_level
     (the kind's default: element; chunk for the flow-trained heads), widening / lr / target KL come from
     the head block, and an iteration runs on them."""
@@ -411,7 +411,13 @@ def test_train_gives_a_head_its_ratio_level_sampler_and_lr(kind, tmp_path):
     t = rl.Trainer(rl.TrainConfig(**base), tmp_path / "run")
     try:
         assert isinstance(t.sampler, HeadSamplerConfig) and t.sampler.log_prob_level == level
-        assert t.sampler.logp_steps == 2 and t.sampler.widen == HeadOptions.DEFAULT_WIDEN.get(kind, 1.0)
+        widen = {"regression": 1.0, "tokenized": 0.5, "regression_flow": 1.5, "tokenized_flow": 1.0}[kind]
+        assert t.sampler.logp_steps == 2 and t.sampler.widen == widen == HeadOptions.DEFAULT_WIDEN.get(kind, 1.0)
+        said = capsys.readouterr().out
+        if kind == "regression_flow":  # the std it explores at is said, not only the factor
+            assert "std 0.289, drawn at std 0.433" in said and "widen 1.5" in said
+        if kind == "tokenized_flow":
+            assert "std 0.289" in said and "drawn at" not in said
         assert t.algo.ppo.ratio_level == level and t.updater.cfg.ratio_level == level
         assert t.updater.optimizer.param_groups[0]["lr"] == HeadOptions.DEFAULT_LR[kind]
         assert t.eval_sampler.greedy

@@ -387,8 +387,11 @@ class Trainer:
             self.policy.output_layer.requires_grad_(not frozen)  # before the optimizer is built
             family = getattr(self.policy.cfg, "family", None)  # the regression head's Laplace (L1) or Gaussian (MSE)
             if flow_trained:  # a Gaussian of std FLOW_STD around a flow-trained mean (over the bins if tokenized)
-                family = (f"{family or 'discretised gaussian'}, flow-trained mean, std "
-                          f"{getattr(self.policy.cfg, 'scale_min', FLOW_STD):.3g}")
+                std = getattr(self.policy.cfg, "scale_min", FLOW_STD)
+                # widening scales the regression std; the tokenized temperature divides the Gaussian's logits
+                drawn = std * (self.sampler.widen if family else math.sqrt(self.sampler.widen))
+                family = (f"{family or 'discretised gaussian'}, flow-trained mean, std {std:.3g}"
+                          + (f", drawn at std {drawn:.3g}" if self.sampler.widen != 1.0 else ""))
             print(f"{policy_kind(self.policy)} head{f' ({family})' if family else ''}: lr {self.algo.optim.lr:g} "
                   f"({'head.lr' if cfg.head.lr is not None else 'the kind default; set head.lr'}: optim.lr is the "
                   f"flow policies'), {self.sampler.log_prob_level}-level ratios, widen {self.sampler.widen:g}"
