@@ -389,7 +389,8 @@ class Trainer:
             if flow_trained:  # a Gaussian of std FLOW_STD around a flow-trained mean (over the bins if tokenized)
                 std = getattr(self.policy.cfg, "scale_min", FLOW_STD)
                 # widening scales the regression std; the tokenized temperature divides the Gaussian's logits
-                drawn = std * (self.sampler.widen if family else math.sqrt(self.sampler.widen))
+                tokenized = policy_kind(self.policy) == "tokenized"
+                drawn = std * (math.sqrt(self.sampler.widen) if tokenized else self.sampler.widen)
                 family = (f"{family or 'discretised gaussian'}, flow-trained mean, std {std:.3g}"
                           + (f", drawn at std {drawn:.3g}" if self.sampler.widen != 1.0 else ""))
             print(f"{policy_kind(self.policy)} head{f' ({family})' if family else ''}: lr {self.algo.optim.lr:g} "
